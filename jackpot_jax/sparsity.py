@@ -1,0 +1,505 @@
+"""The lottery-jackpot method: exact top-k masks over frozen weights, and the measures around them.
+
+Everything here is a pure function over pytrees and imports nothing from models, data or
+training. Conventions:
+
+* A *path* is the '/'-joined key path of a leaf in the params tree, e.g.
+  ``'layer1_0/conv1/kernel'``. It names a layer everywhere: logs, summaries, exports.
+* A *prunable filter* ``filter_fn(path, leaf) -> bool`` decides which leaves get scores.
+* *Score*, *mask* and *keep-count* trees mirror the params tree with ``None`` on leaves that
+  are not pruned. Masks are float 0/1 arrays of the weight's shape and dtype.
+* A *budget* says how many weights each layer keeps: either a keep-count tree (per-layer
+  top-k, the official behaviour) or a single ``int`` (one global top-k over all scores).
+
+Tie rule: wherever two scores are equal, the one with the lower flat (row-major) index wins,
+so every mask has exactly the requested number of ones.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+FilterFn = Callable[[str, Any], bool]
+
+DISTRIBUTIONS = ("global_magnitude", "uniform", "erk", "global")
+CRITERIA = ("magnitude", "random", "snip", "grasp")
+
+# The classifier stays dense by default (as in the official code).
+DEFAULT_EXCLUDE = (r"(^|/)classifier(/|$)",)
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and prunable leaves
+# ---------------------------------------------------------------------------------------------
+
+
+def _key_str(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def path_str(keypath) -> str:
+    """'/'-joined string of a `jax.tree_util` key path."""
+    return "/".join(_key_str(k) for k in keypath)
+
+
+def flatten_paths(tree: PyTree, *, keep_none: bool = False) -> dict[str, Any]:
+    """``{path: leaf}`` for a tree; ``None`` leaves are dropped unless ``keep_none``."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+    return {path_str(kp): v for kp, v in flat if keep_none or v is not None}
+
+
+def tree_from_paths(params: PyTree, flat: Mapping[str, Any]) -> PyTree:
+    """A tree mirroring ``params`` with ``flat[path]`` where given and ``None`` elsewhere."""
+    known = flatten_paths(params)
+    unknown = sorted(set(flat) - set(known))
+    if unknown:
+        raise ValueError(f"paths not in the params tree: {unknown}; known paths: {sorted(known)}")
+    return jax.tree_util.tree_map_with_path(lambda kp, _: flat.get(path_str(kp)), params)
+
+
+def make_filter(include: Sequence[str] | None = None,
+                exclude: Sequence[str] | None = DEFAULT_EXCLUDE) -> FilterFn:
+    """Prunable-leaf filter over '/'-joined paths (patterns are `re.search` regexes).
+
+    Default (``include=None``): every leaf named ``kernel`` with at least 2 dims, i.e. conv and
+    dense kernels; biases and BatchNorm never. ``exclude`` (default: the ``classifier`` module)
+    removes leaves; ``include`` replaces the default rule.
+    """
+    inc = [re.compile(p) for p in (include or ())]
+    exc = [re.compile(p) for p in (exclude or ())]
+
+    def filter_fn(path: str, leaf) -> bool:
+        if inc:
+            chosen = any(p.search(path) for p in inc)
+        else:
+            chosen = path.split("/")[-1] == "kernel" and np.ndim(leaf) >= 2
+        return chosen and not any(p.search(path) for p in exc)
+
+    return filter_fn
+
+
+default_filter = make_filter()
+
+
+def prunable_paths(params: PyTree, filter_fn: FilterFn | None = None) -> list[str]:
+    """Paths of the prunable leaves, in tree order; a ValueError if the filter selects none."""
+    filter_fn = filter_fn or default_filter
+    flat = flatten_paths(params)
+    paths = [p for p, leaf in flat.items() if filter_fn(p, leaf)]
+    if not paths:
+        raise ValueError(
+            f"the prunable filter selects no leaf of the params tree; leaf paths are "
+            f"{sorted(flat)}. Pass include/exclude patterns that match some of them.")
+    return paths
+
+
+def map_prunable(fn: Callable[[str, Any], Any], params: PyTree,
+                 filter_fn: FilterFn | None = None) -> PyTree:
+    """Tree mirroring ``params``: ``fn(path, leaf)`` on prunable leaves, ``None`` elsewhere."""
+    chosen = set(prunable_paths(params, filter_fn))
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, x: fn(path_str(kp), x) if path_str(kp) in chosen else None, params)
+
+
+def check_mirror(params: PyTree, tree: PyTree, what: str = "scores") -> None:
+    """ValueError naming the path where ``tree`` does not mirror ``params``."""
+    p = flatten_paths(params)
+    t = flatten_paths(tree, keep_none=True)
+    if set(t) != set(p):
+        missing, extra = sorted(set(p) - set(t)), sorted(set(t) - set(p))
+        raise ValueError(f"{what} tree does not mirror the params tree: "
+                         f"missing paths {missing}, unexpected paths {extra}")
+    for path, leaf in t.items():
+        if leaf is not None and np.shape(leaf) != np.shape(p[path]):
+            raise ValueError(f"{what} leaf {path!r} has shape {np.shape(leaf)}, "
+                             f"but the param has shape {np.shape(p[path])}")
+    if not any(v is not None for v in t.values()):
+        raise ValueError(f"{what} tree has no leaf that is not None")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact-count top-k masks
+# ---------------------------------------------------------------------------------------------
+
+
+def _ordered_keys(x: jax.Array) -> jax.Array:
+    """uint32 keys whose unsigned order equals the float order of ``x`` (float32)."""
+    x = x.astype(jnp.float32)
+    x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 and +0.0 are equal scores: one key
+    u = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    sign = jnp.uint32(0x80000000)
+    return jnp.where(u & sign, ~u, u | sign)
+
+
+def _kth_largest_key(keys: jax.Array, keep: int) -> jax.Array:
+    """Largest key ``t`` with ``count(keys >= t) >= keep``: a 32-step bitwise bisection.
+
+    Each step is one fused compare-and-count pass over the scores; no sort.
+    """
+    def step(i, t):
+        cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(jnp.sum(keys >= cand, dtype=jnp.int32) >= keep, cand, t)
+
+    return jax.lax.fori_loop(0, 32, step, jnp.uint32(0))
+
+
+def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
+    """0/1 array of ``scores``' shape with exactly ``keep`` ones on the largest scores.
+
+    Ties are broken by flat (row-major) index: the lower index is kept. ``keep`` is a static
+    Python int in ``[0, scores.size]``. Cost: 32 counting passes plus one cumulative sum,
+    O(n) memory, no sort. Works under `jit`; returns the dtype of ``scores`` if floating.
+    """
+    n = int(np.size(scores))
+    keep = int(keep)
+    if not 0 <= keep <= n:
+        raise ValueError(f"keep={keep} is outside [0, {n}] for scores of shape {np.shape(scores)}")
+    scores = jnp.asarray(scores)
+    dtype = scores.dtype if jnp.issubdtype(scores.dtype, jnp.floating) else jnp.float32
+    if keep == 0:
+        return jnp.zeros(scores.shape, dtype)
+    if keep == n:
+        return jnp.ones(scores.shape, dtype)
+    keys = _ordered_keys(jax.lax.stop_gradient(scores).ravel())
+    t = _kth_largest_key(keys, keep)
+    above = keys > t
+    tied = keys == t
+    need = keep - jnp.sum(above, dtype=jnp.int32)
+    keep_tied = tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need)
+    return (above | keep_tied).astype(dtype).reshape(scores.shape)
+
+
+def _maybe_abs(scores, use_abs: bool):
+    return jnp.abs(scores) if use_abs else scores
+
+
+def ste_mask(scores: jax.Array, keep: int, *, use_abs: bool = True) -> jax.Array:
+    """Straight-through top-k: the value is ``topk_mask``, the gradient is the identity.
+
+    With ``use_abs`` (the official default) the mask ranks ``|scores|`` and the gradient
+    w.r.t. ``scores`` carries ``sign(scores)``. The value equals ``topk_mask`` bit for bit:
+    ``s - stop_gradient(s)`` is exactly zero for finite scores.
+    """
+    s = _maybe_abs(scores, use_abs)
+    hard = jax.lax.stop_gradient(topk_mask(s, keep))
+    return hard + (s - jax.lax.stop_gradient(s))
+
+
+def _global_masks(scores: PyTree, keep: int, mask_fn) -> PyTree:
+    flat, treedef = jax.tree.flatten(scores)
+    if not flat:
+        raise ValueError("scores tree has no leaf that is not None")
+    joined = jnp.concatenate([jnp.ravel(s) for s in flat])
+    m = mask_fn(joined, keep)
+    offsets = np.cumsum([0] + [int(np.size(s)) for s in flat])
+    parts = [m[a:b].reshape(np.shape(s)) for a, b, s in zip(offsets[:-1], offsets[1:], flat)]
+    return jax.tree.unflatten(treedef, parts)
+
+
+def masks_from_scores(scores: PyTree, budget: PyTree | int, *, use_abs: bool = True,
+                      straight_through: bool = False) -> PyTree:
+    """Hard masks (or STE masks) for a score tree under a budget.
+
+    ``budget`` is a keep-count tree mirroring ``scores`` (per-layer top-k) or a single int
+    (one global top-k over all scores, concatenated in tree order; ties by that order).
+    """
+    if straight_through:
+        mask_fn = lambda s, k: ste_mask(s, k, use_abs=use_abs)
+    else:
+        mask_fn = lambda s, k: topk_mask(_maybe_abs(s, use_abs), k)
+    if isinstance(budget, (int, np.integer)):
+        return _global_masks(scores, int(budget), mask_fn)
+    s_paths = flatten_paths(scores)
+    b_paths = flatten_paths(budget)
+    if set(s_paths) != set(b_paths):
+        raise ValueError(f"budget paths {sorted(b_paths)} differ from score paths {sorted(s_paths)}")
+    for path, k in b_paths.items():
+        n = int(np.size(s_paths[path]))
+        if not 0 <= int(k) <= n:
+            raise ValueError(f"keep count {k} for layer {path!r} is outside [0, {n}]")
+    return jax.tree.map(lambda s, k: None if s is None else mask_fn(s, k), scores, budget,
+                        is_leaf=_is_none)
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+    """``w * m`` on masked leaves, ``w`` elsewhere."""
+    def apply(m, w):
+        if m is None:
+            return w
+        chex.assert_equal_shape([m, w])
+        return w * m.astype(w.dtype)
+
+    return jax.tree.map(apply, masks, params, is_leaf=_is_none)
+
+
+def masked_params(params: PyTree, scores: PyTree, budget: PyTree | int, *,
+                  use_abs: bool = True) -> PyTree:
+    """Params with straight-through masks applied: ``w * ste_mask(s)`` on prunable leaves.
+
+    The gradient w.r.t. ``scores`` is ``dL/d(w*m) * w`` (times ``sign(s)`` with ``use_abs``),
+    also for pruned weights. ``params`` are treated as constants.
+    """
+    params = jax.lax.stop_gradient(params)
+    masks = masks_from_scores(scores, budget, use_abs=use_abs, straight_through=True)
+    return apply_masks(params, masks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer budgets
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_sparsity(sparsity: float) -> float:
+    if not (isinstance(sparsity, (int, float, np.floating)) and 0.0 <= float(sparsity) < 1.0):
+        raise ValueError(f"sparsity={sparsity!r} must be a float in [0, 1)")
+    return float(sparsity)
+
+
+def _keep_of(n: int, sparsity: float) -> int:
+    # Round to the nearest count (int(p * n) would turn 0.29 * 100 into 28).
+    return n - int(round(sparsity * n))
+
+
+def _erk_densities(shapes: Mapping[str, tuple], sparsity: float, power: float) -> dict[str, float]:
+    """Erdos-Renyi-Kernel densities (RigL): density_l proportional to sum(dims)/prod(dims)."""
+    sizes = {p: int(np.prod(s)) for p, s in shapes.items()}
+    raw = {p: (sum(s) / np.prod(s)) ** power for p, s in shapes.items()}
+    total_keep = (1.0 - sparsity) * sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        free_keep = total_keep - sum(sizes[p] for p in dense)
+        denom = sum(raw[p] * sizes[p] for p in shapes if p not in dense)
+        eps = free_keep / denom
+        over = [p for p in shapes if p not in dense and eps * raw[p] > 1.0]
+        if not over:
+            break
+        dense.update(over)
+    return {p: 1.0 if p in dense else eps * raw[p] for p in shapes}
+
+
+def keep_counts(params: PyTree, sparsity: float, distribution: str = "global_magnitude", *,
+                filter_fn: FilterFn | None = None, erk_power: float = 1.0) -> PyTree | int:
+    """How many weights each prunable layer keeps for a target ``sparsity`` over prunable weights.
+
+    * ``global_magnitude``: one global |w| threshold (exact global top-k, ties by tree order)
+      fixes each layer's count; the search then keeps exactly that count per layer.
+    * ``uniform``: every layer has sparsity ``sparsity`` (rounded to the nearest weight).
+    * ``erk``: Erdos-Renyi-Kernel densities as in RigL, layers over density 1 made dense.
+    * ``global``: returns one int, the total kept; masks are then one top-k over all scores.
+
+    Per-layer results are a tree of Python ints mirroring ``params`` (``None`` elsewhere).
+    The achieved global sparsity is within one weight per layer of the target.
+    """
+    sparsity = _check_sparsity(sparsity)
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution={distribution!r}; expected one of {DISTRIBUTIONS}")
+    chosen = prunable_paths(params, filter_fn)
+    flat = flatten_paths(params)
+    shapes = {p: tuple(np.shape(flat[p])) for p in chosen}
+    sizes = {p: int(np.prod(s)) for p, s in shapes.items()}
+    total = sum(sizes.values())
+    if distribution == "global":
+        return _keep_of(total, sparsity)
+    if distribution == "uniform":
+        counts = {p: _keep_of(n, sparsity) for p, n in sizes.items()}
+    elif distribution == "erk":
+        dens = _erk_densities(shapes, sparsity, erk_power)
+        counts = {p: min(sizes[p], int(round(dens[p] * sizes[p]))) for p in chosen}
+    else:  # global_magnitude
+        mags = np.concatenate([np.abs(np.asarray(flat[p], np.float32)).ravel() for p in chosen])
+        m = np.asarray(topk_mask(jnp.asarray(mags), _keep_of(total, sparsity)))
+        offsets = np.cumsum([0] + [sizes[p] for p in chosen])
+        counts = {p: int(m[a:b].sum()) for p, a, b in zip(chosen, offsets[:-1], offsets[1:])}
+    return tree_from_paths(params, counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Criteria (importance: larger = keep) and score initialisation
+# ---------------------------------------------------------------------------------------------
+
+
+def magnitude_scores(params: PyTree, filter_fn: FilterFn | None = None) -> PyTree:
+    """|w| on prunable leaves (magnitude pruning, Han et al. 2015)."""
+    return map_prunable(lambda _, w: jnp.abs(w), params, filter_fn)
+
+
+def random_scores(rng: jax.Array, params: PyTree, filter_fn: FilterFn | None = None) -> PyTree:
+    """Uniform [0, 1) importance, independent per leaf: a random mask under any budget."""
+    paths = prunable_paths(params, filter_fn)
+    keys = dict(zip(paths, jax.random.split(rng, len(paths))))
+    return map_prunable(lambda p, w: jax.random.uniform(keys[p], np.shape(w), jnp.float32),
+                        params, filter_fn)
+
+
+def _prunable_part(tree: PyTree, like: PyTree) -> PyTree:
+    return jax.tree.map(lambda m, x: None if m is None else x, like, tree, is_leaf=_is_none)
+
+
+def _sum_grads(loss_fn, params, batches):
+    grad_fn = jax.jit(jax.grad(loss_fn))
+    total = None
+    for batch in batches:
+        g = grad_fn(params, batch)
+        total = g if total is None else jax.tree.map(jnp.add, total, g)
+    if total is None:
+        raise ValueError("batches is empty: SNIP/GraSP need at least one batch")
+    return total
+
+
+def snip_scores(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree,
+                batches: Iterable[Any], filter_fn: FilterFn | None = None) -> PyTree:
+    """SNIP connection sensitivity ``|w * dL/dw|`` (Lee et al. 2019).
+
+    ``loss_fn(params, batch) -> scalar``; gradients are summed over ``batches`` first (as
+    multi-batch SNIP implementations do), then multiplied by the weights.
+    """
+    like = map_prunable(lambda _, w: True, params, filter_fn)
+    g = _sum_grads(loss_fn, params, batches)
+    return jax.tree.map(lambda m, w, gw: None if m is None else jnp.abs(w * gw),
+                        like, params, g, is_leaf=_is_none)
+
+
+def grasp_scores(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree,
+                 batches: Sequence[Any], filter_fn: FilterFn | None = None) -> PyTree:
+    """GraSP importance (Wang et al. 2020): ``w * (H g)``, i.e. minus the GraSP score.
+
+    GraSP scores weights by ``-w * (H g)`` and removes the highest scores; we return the
+    negation so that, like every criterion here, larger means keep. ``g`` is the loss
+    gradient summed over ``batches`` and ``H g`` the Hessian-gradient product, both over the
+    prunable leaves. ``loss_fn`` should use logits divided by the temperature (200 in the
+    GraSP code) and ``batches`` balanced samples per class; see `temperature_loss`.
+    """
+    like = map_prunable(lambda _, w: True, params, filter_fn)
+    g = _sum_grads(loss_fn, params, batches)
+    # Tangent: the gradient on prunable leaves, zero elsewhere (the Hessian block over them).
+    tangent = jax.tree.map(lambda m, gw: jnp.zeros_like(gw) if m is None else gw, like, g,
+                           is_leaf=_is_none)
+    grad_fn = jax.grad(loss_fn)
+
+    @jax.jit
+    def hvp(p, batch):
+        return jax.jvp(lambda q: grad_fn(q, batch), (p,), (tangent,))[1]
+
+    hg = None
+    for batch in batches:
+        h = hvp(params, batch)
+        hg = h if hg is None else jax.tree.map(jnp.add, hg, h)
+    return jax.tree.map(lambda m, w, h: None if m is None else w * h, like, params, hg,
+                        is_leaf=_is_none)
+
+
+def temperature_loss(logits_fn: Callable[[PyTree, Any], jax.Array], temperature: float = 200.0):
+    """``loss(params, (x, y))``: mean cross-entropy of ``logits_fn(params, x) / temperature``."""
+    def loss(params, batch):
+        x, y = batch
+        logits = logits_fn(params, x) / temperature
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None].astype(jnp.int32), axis=1))
+    return loss
+
+
+def init_scores_from_mask(masks: PyTree, kept: float = 1.0, pruned: float = 0.95) -> PyTree:
+    """Two-level score init (official code): ``kept`` where the mask keeps, ``pruned`` elsewhere.
+
+    The gap ``kept - pruned`` sets how many SGD steps a pruned weight needs to pop up.
+    """
+    if not kept > pruned >= 0:
+        raise ValueError(f"need kept > pruned >= 0 for a two-level init, got kept={kept}, "
+                         f"pruned={pruned}")
+    return jax.tree.map(lambda m: jnp.where(m > 0, kept, pruned).astype(jnp.float32), masks)
+
+
+def kaiming_uniform_scores(rng: jax.Array, params: PyTree,
+                           filter_fn: FilterFn | None = None) -> PyTree:
+    """Random scores as in edge-popup: kaiming-uniform with a=sqrt(5), bound 1/sqrt(fan_in).
+
+    Kernels are HWIO (conv) or (in, out) (dense): fan_in is the product of all but the last dim.
+    """
+    paths = prunable_paths(params, filter_fn)
+    keys = dict(zip(paths, jax.random.split(rng, len(paths))))
+
+    def init(path, w):
+        fan_in = int(np.prod(np.shape(w)[:-1]))
+        bound = 1.0 / math.sqrt(fan_in)
+        return jax.random.uniform(keys[path], np.shape(w), jnp.float32, -bound, bound)
+
+    return map_prunable(init, params, filter_fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measures
+# ---------------------------------------------------------------------------------------------
+
+
+def _paired_leaves(a: PyTree, b: PyTree) -> list[tuple[str, Any, Any]]:
+    fa, fb = flatten_paths(a), flatten_paths(b)
+    if set(fa) != set(fb):
+        raise ValueError(f"mask trees differ: only in the first {sorted(set(fa) - set(fb))}, "
+                         f"only in the second {sorted(set(fb) - set(fa))}")
+    for p in fa:
+        if np.shape(fa[p]) != np.shape(fb[p]):
+            raise ValueError(f"mask {p!r} has shapes {np.shape(fa[p])} and {np.shape(fb[p])}")
+    return [(p, fa[p], fb[p]) for p in fa]
+
+
+def overlap(mask_tree_a: PyTree, mask_tree_b: PyTree) -> jax.Array:
+    """Eq. 7 of the paper: ``1 - ||m - m'||_1 / k`` over all prunable weights (k of them)."""
+    pairs = _paired_leaves(mask_tree_a, mask_tree_b)
+    diff = sum(jnp.sum(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32)))
+               for _, x, y in pairs)
+    k = sum(int(np.size(x)) for _, x, _ in pairs)
+    return 1.0 - diff / k
+
+
+def mask_flips(mask_tree_a: PyTree, mask_tree_b: PyTree) -> jax.Array:
+    """How many prunable weights differ between two masks (pruned <-> kept)."""
+    return sum(jnp.sum(jnp.asarray(x) != jnp.asarray(y), dtype=jnp.int32)
+               for _, x, y in _paired_leaves(mask_tree_a, mask_tree_b))
+
+
+def sparsity_summary(masks: PyTree) -> dict[str, float]:
+    """Fraction of zeros per prunable layer (by path) and ``'_total_sparsity'`` over all of them."""
+    flat = flatten_paths(masks)
+    out: dict[str, float] = {}
+    zeros = total = 0
+    for path, m in flat.items():
+        m = np.asarray(m)
+        z = int(m.size - np.count_nonzero(m))
+        out[path] = z / m.size
+        zeros += z
+        total += m.size
+    if not total:
+        raise ValueError("mask tree has no leaf that is not None")
+    out["_total_sparsity"] = zeros / total
+    return out
+
+
+def criterion_mask(importance: PyTree, budget: PyTree | int) -> PyTree:
+    """Hard mask keeping the most important weights under ``budget`` (no abs: importance is
+    already oriented so that larger = keep)."""
+    return masks_from_scores(importance, budget, use_abs=False)
+
+
+__all__ = [
+    "CRITERIA", "DISTRIBUTIONS", "DEFAULT_EXCLUDE", "apply_masks", "check_mirror",
+    "criterion_mask", "default_filter", "flatten_paths", "grasp_scores", "init_scores_from_mask",
+    "kaiming_uniform_scores", "keep_counts", "magnitude_scores", "make_filter", "map_prunable",
+    "mask_flips", "masked_params", "masks_from_scores", "overlap", "path_str", "prunable_paths",
+    "random_scores", "snip_scores", "sparsity_summary", "ste_mask", "temperature_loss",
+    "topk_mask", "tree_from_paths",
+]
