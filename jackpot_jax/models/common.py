@@ -1,0 +1,43 @@
+"""Small pieces shared by the model families (no pruning, no training)."""
+
+from typing import Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# torch-equivalent explicit paddings (DESIGN.md §4): Flax 'SAME' pads stride-2 layers
+# asymmetrically, torch pads symmetrically.
+PAD0 = ((0, 0), (0, 0))
+PAD1 = ((1, 1), (1, 1))
+PAD3 = ((3, 3), (3, 3))
+
+# He-normal over fan_out, as torchvision initialises conv kernels.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  """BatchNorm with torch's defaults (torch momentum 0.1 == Flax momentum 0.9)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      name=name)
+
+
+def flatten_nchw(x: jnp.ndarray) -> jnp.ndarray:
+  """Flattens NHWC features in torch's (C, H, W) order, so Linear weights map 1:1."""
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+def adaptive_avg_pool(x: jnp.ndarray, output_size: Tuple[int, int]) -> jnp.ndarray:
+  """torch.nn.AdaptiveAvgPool2d on NHWC input (bins [floor(i*H/o), ceil((i+1)*H/o)))."""
+  n, h, w, c = x.shape
+  oh, ow = output_size
+  if h % oh == 0 and w % ow == 0:
+    return x.reshape(n, oh, h // oh, ow, w // ow, c).mean(axis=(2, 4))
+  rows = []
+  for i in range(oh):
+    h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+    cols = []
+    for j in range(ow):
+      w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+      cols.append(x[:, h0:h1, w0:w1, :].mean(axis=(1, 2)))
+    rows.append(jnp.stack(cols, axis=1))
+  return jnp.stack(rows, axis=1)
