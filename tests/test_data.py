@@ -1,0 +1,513 @@
+"""Tests of the numpy input pipeline (jackpot_jax.data)."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import os
+import pickle
+import socket
+import sys
+import tarfile
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from jackpot_jax import data as d
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file for a uint8 array, written byte by byte as the format defines it."""
+    assert array.dtype == np.uint8
+    header = bytes([0, 0, 0x08, array.ndim])
+    for dim in array.shape:
+        header += int(dim).to_bytes(4, 'big')
+    return header + array.tobytes()
+
+
+def write_fashion_files(directory, n_train=6, n_test=3, gz=True, seed=0):
+    """Tiny Fashion-MNIST look-alike files; returns (train_x, train_y, test_x, test_y)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    arrays = {
+        'train-images-idx3-ubyte': rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        'train-labels-idx1-ubyte': (np.arange(n_train) % 10).astype(np.uint8),
+        't10k-images-idx3-ubyte': rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        't10k-labels-idx1-ubyte': (np.arange(n_test)[::-1] % 10).astype(np.uint8),
+    }
+    for stem, array in arrays.items():
+        raw = idx_bytes(array)
+        if gz:
+            with open(os.path.join(directory, stem + '.gz'), 'wb') as f:
+                f.write(gzip.compress(raw))
+        else:
+            with open(os.path.join(directory, stem), 'wb') as f:
+                f.write(raw)
+    return tuple(arrays.values())
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No system copy, no env var, and a private cache dir: only what a test provides."""
+    monkeypatch.setattr(d, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no_system_copy'))
+    monkeypatch.setattr(d, '_dpkg_dirs', lambda package: [])
+    monkeypatch.delenv(d.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    return tmp_path
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    """Serves tmp_path/'www' on 127.0.0.1; yields (directory, base_url)."""
+    root = tmp_path / 'www'
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ('127.0.0.1', 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f'http://127.0.0.1:{server.server_address[1]}/'
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------------------
+# IDX parser
+
+
+def test_read_idx_hand_written_bytes_plain_and_gz(tmp_path):
+    raw = (b'\x00\x00\x08\x03' + b'\x00\x00\x00\x02' + b'\x00\x00\x00\x02' + b'\x00\x00\x00\x03'
+           + bytes(range(12)))
+    (tmp_path / 'a').write_bytes(raw)
+    (tmp_path / 'a.gz').write_bytes(gzip.compress(raw))
+    expected = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    for name in ('a', 'a.gz'):
+        got = d.read_idx(tmp_path / name)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_parse_idx_big_endian_int32():
+    raw = b'\x00\x00\x0c\x01' + b'\x00\x00\x00\x02' + b'\x00\x00\x01\x00' + b'\xff\xff\xff\xfe'
+    got = d.parse_idx(raw)
+    assert got.dtype == np.int32 and got.dtype.isnative
+    np.testing.assert_array_equal(got, [256, -2])
+
+
+@pytest.mark.parametrize('raw, message', [
+    (b'\x01\x00\x08\x01\x00\x00\x00\x01\x07', 'magic'),
+    (b'\x00\x00\x07\x01\x00\x00\x00\x01\x07', 'type code'),
+    (b'\x00\x00\x08\x01\x00\x00\x00\x03\x07', 'should hold 3 data bytes, has 1'),
+    (b'\x00\x00\x08\x02\x00\x00', 'truncated'),
+])
+def test_parse_idx_rejects_bad_files(raw, message):
+    with pytest.raises(ValueError, match=message):
+        d.parse_idx(raw)
+
+
+# --------------------------------------------------------------------------------------
+# real Fashion-MNIST (Debian package dataset-fashion-mnist)
+
+
+@pytest.fixture(scope='module')
+def fashion():
+    try:
+        return d.load_dataset('fashion_mnist', download=False)
+    except FileNotFoundError as e:
+        pytest.skip(f'real Fashion-MNIST not installed: {e}')
+
+
+def test_real_fashion_mnist_shapes_and_known_facts(fashion):
+    assert (len(fashion.train), len(fashion.val), len(fashion.test)) == (55000, 5000, 10000)
+    assert fashion.train.images.shape == (55000, 28, 28, 1)
+    assert fashion.train.images.dtype == np.uint8 and fashion.train.labels.dtype == np.int32
+    assert fashion.image_shape == (28, 28, 1) and fashion.num_classes == 10
+    assert fashion.augment == 'none'
+    for split in (fashion.train, fashion.val, fashion.test):
+        assert split.labels.min() == 0 and split.labels.max() == 9
+    # The official test set starts Ankle boot, Pullover, Trouser, Trouser, Shirt.
+    np.testing.assert_array_equal(fashion.test.labels[:5], [9, 2, 1, 1, 6])
+    np.testing.assert_array_equal(np.bincount(fashion.test.labels), [1000] * 10)
+    # The training set is 6000 per class; its first label is 9 (Ankle boot) too.
+    all_train = np.concatenate([fashion.train.labels, fashion.val.labels])
+    np.testing.assert_array_equal(np.bincount(all_train), [6000] * 10)
+    train_idx, val_idx = d.train_val_indices(60000, 5000, 0)
+    first = fashion.train.labels[0] if train_idx[0] == 0 else fashion.val.labels[0]
+    assert first == 9
+    # The published mean/std constants are those of the training pixels.
+    pixels = np.concatenate([fashion.train.images, fashion.val.images]) / 255.0
+    assert abs(pixels.mean() - d.FASHION_MNIST_MEAN[0]) < 1e-4
+    assert abs(pixels.std() - d.FASHION_MNIST_STD[0]) < 1e-4
+
+
+def test_real_fashion_mnist_val_is_disjoint_held_out_subset(fashion):
+    train_idx, val_idx = d.train_val_indices(60000, 5000, 0)
+    assert len(np.intersect1d(train_idx, val_idx)) == 0
+    assert len(train_idx) + len(val_idx) == 60000
+    full = d.read_idx(os.path.join(d.FASHION_MNIST_SYSTEM_DIR, 'train-images-idx3-ubyte.gz'))
+    np.testing.assert_array_equal(fashion.val.images[..., 0], full[val_idx])
+    np.testing.assert_array_equal(fashion.train.images[..., 0], full[train_idx])
+
+
+def test_real_fashion_mnist_subsets(fashion):
+    small = d.load_dataset('fashion_mnist', download=False, val_examples=100,
+                           train_subset=200, test_subset=50)
+    assert (len(small.train), len(small.val), len(small.test)) == (200, 100, 50)
+    np.testing.assert_array_equal(small.test.labels, fashion.test.labels[:50])
+
+
+# --------------------------------------------------------------------------------------
+# validation split
+
+
+def test_train_val_indices_disjoint_deterministic_seeded():
+    train, val = d.train_val_indices(100, 30, split_seed=3)
+    assert len(val) == 30 and len(train) == 70
+    assert len(np.intersect1d(train, val)) == 0
+    np.testing.assert_array_equal(np.union1d(train, val), np.arange(100))
+    again_train, again_val = d.train_val_indices(100, 30, split_seed=3)
+    np.testing.assert_array_equal(val, again_val)
+    _, other_val = d.train_val_indices(100, 30, split_seed=4)
+    assert not np.array_equal(val, other_val)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(val_examples=6), 'val_examples=6'),
+    (dict(val_examples=-1), 'val_examples=-1'),
+    (dict(val_examples=2, train_subset=5), 'train_subset=5'),
+    (dict(val_examples=2, test_subset=4), 'test_subset=4'),
+])
+def test_bad_split_sizes_name_the_value(isolated, kwargs, message):
+    write_fashion_files(isolated / 'data', n_train=6, n_test=3)
+    with pytest.raises(ValueError, match=message):
+        d.load_dataset('fashion_mnist', data_dir=str(isolated / 'data'), download=False,
+                       **kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# search, download, errors
+
+
+def test_loads_plain_idx_from_data_dir_subfolder(isolated):
+    tx, ty, sx, sy = write_fashion_files(isolated / 'data' / 'fashion_mnist', gz=False)
+    ds = d.load_dataset('fashion_mnist', data_dir=str(isolated / 'data'), val_examples=2,
+                        download=False)
+    np.testing.assert_array_equal(ds.test.images[..., 0], sx)
+    np.testing.assert_array_equal(ds.test.labels, sy)
+    train_idx, val_idx = d.train_val_indices(6, 2, 0)
+    np.testing.assert_array_equal(ds.train.images[..., 0], tx[train_idx])
+    np.testing.assert_array_equal(ds.val.labels, ty[val_idx])
+
+
+def test_loads_from_env_var(isolated, monkeypatch):
+    _, _, sx, _ = write_fashion_files(isolated / 'env')
+    monkeypatch.setenv(d.DATA_DIR_ENV, str(isolated / 'env'))
+    ds = d.load_dataset('fashion_mnist', val_examples=2, download=False)
+    np.testing.assert_array_equal(ds.test.images[..., 0], sx)
+
+
+def test_missing_dataset_error_lists_every_place(isolated):
+    with pytest.raises(FileNotFoundError) as info:
+        d.load_dataset('fashion_mnist', data_dir=str(isolated / 'mine'), download=False)
+    message = str(info.value)
+    for place in (isolated / 'mine', isolated / 'mine' / 'fashion_mnist',
+                  isolated / 'no_system_copy', isolated / 'cache' / 'jackpot_jax' / 'fashion_mnist'):
+        assert str(place) in message
+    assert 'apt-get install dataset-fashion-mnist' in message
+    assert '--config.data_dir' in message and 'download' in message
+
+
+def test_failed_download_is_reported(isolated):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    with pytest.raises(FileNotFoundError, match=f'download from http://127.0.0.1:{port}/ failed'):
+        d.load_dataset('fashion_mnist', download_url=f'http://127.0.0.1:{port}/')
+
+
+def _serve_fake_fashion(root, monkeypatch):
+    arrays = write_fashion_files(root, n_train=6, n_test=3)
+    md5s = {name: hashlib.md5((root / name).read_bytes()).hexdigest()
+            for name in d.FASHION_MNIST_MD5}
+    monkeypatch.setattr(d, 'FASHION_MNIST_MD5', md5s)
+    return arrays
+
+
+def test_download_verifies_and_installs_into_cache(isolated, http_dir, monkeypatch):
+    root, url = http_dir
+    _, _, sx, sy = _serve_fake_fashion(root, monkeypatch)
+    ds = d.load_dataset('fashion_mnist', val_examples=2, download_url=url)
+    np.testing.assert_array_equal(ds.test.images[..., 0], sx)
+    np.testing.assert_array_equal(ds.test.labels, sy)
+    cache = isolated / 'cache' / 'jackpot_jax' / 'fashion_mnist'
+    assert sorted(os.listdir(cache)) == sorted(d.FASHION_MNIST_MD5)  # no temp files left
+    # The cache is found afterwards without downloading.
+    again = d.load_dataset('fashion_mnist', val_examples=2, download=False)
+    np.testing.assert_array_equal(again.test.labels, sy)
+
+
+def test_download_refuses_checksum_mismatch(isolated, http_dir, monkeypatch):
+    root, url = http_dir
+    _serve_fake_fashion(root, monkeypatch)
+    bad = root / 't10k-labels-idx1-ubyte.gz'
+    raw = bytearray(bad.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # corrupted in transit
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(d.ChecksumError, match='t10k-labels-idx1-ubyte.gz.*does not match'):
+        d.load_dataset('fashion_mnist', val_examples=2, download_url=url)
+    cache = isolated / 'cache' / 'jackpot_jax' / 'fashion_mnist'
+    assert 't10k-labels-idx1-ubyte.gz' not in os.listdir(cache)
+    assert not [f for f in os.listdir(cache) if f.endswith('.tmp')]
+
+
+def test_official_checksums_and_url():
+    assert d.FASHION_MNIST_URL == 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
+    assert d.FASHION_MNIST_MD5['train-images-idx3-ubyte.gz'] == '8d4fb7e6c68d591d4c3dfef9ec88bf0d'
+    assert d.FASHION_MNIST_MD5['t10k-labels-idx1-ubyte.gz'] == 'bb300cfdad3c16e7a12a480ee83cd310'
+
+
+# --------------------------------------------------------------------------------------
+# CIFAR from fake archives in the official pickle format
+
+
+def _cifar_batch(n, label_key, num_classes, rng):
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    batch = {b'batch_label': b'fake batch', label_key: list(rng.integers(0, num_classes, n)),
+             b'data': data, b'filenames': [b'img%d.png' % i for i in range(n)]}
+    if label_key == b'fine_labels':
+        batch[b'coarse_labels'] = [0] * n
+    return batch
+
+
+def _write_cifar(root, name, as_archive):
+    spec = d._CIFAR[name]
+    rng = np.random.default_rng(1)
+    folder = root / spec['folder']
+    folder.mkdir(parents=True)
+    batches = {}
+    for f in spec['train'] + spec['test']:
+        batches[f] = _cifar_batch(4, spec['label_key'], spec['num_classes'], rng)
+        with open(folder / f, 'wb') as fh:
+            pickle.dump(batches[f], fh, protocol=2)
+    if as_archive:
+        with tarfile.open(root / spec['archive'], 'w:gz') as tar:
+            tar.add(folder, arcname=spec['folder'])
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    return batches
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
+@pytest.mark.parametrize('as_archive', [False, True])
+def test_cifar_loader_official_format(isolated, name, as_archive):
+    batches = _write_cifar(isolated / 'data', name, as_archive)
+    spec = d._CIFAR[name]
+    ds = d.load_dataset(name, data_dir=str(isolated / 'data'), val_examples=3)
+    n_train = 4 * len(spec['train'])
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (n_train - 3, 3, 4)
+    assert ds.num_classes == spec['num_classes'] and ds.image_shape == (32, 32, 3)
+    assert ds.augment == 'crop_flip' and ds.mean == d.CIFAR_MEAN and ds.std == d.CIFAR_STD
+    # NHWC pixel (n, y, x, c) is row n, byte c*1024 + y*32 + x of the official layout.
+    test = batches[spec['test'][0]]
+    n, y, x, c = 2, 5, 17, 1
+    assert ds.test.images[n, y, x, c] == test[b'data'][n, c * 1024 + y * 32 + x]
+    np.testing.assert_array_equal(ds.test.labels, test[spec['label_key']])
+    assert ds.test.labels.dtype == np.int32
+    all_x = np.concatenate([batches[f][b'data'] for f in spec['train']])
+    train_idx, _ = d.train_val_indices(n_train, 3, 0)
+    np.testing.assert_array_equal(
+        ds.train.images, all_x[train_idx].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def test_cifar_missing_lists_places(isolated):
+    with pytest.raises(FileNotFoundError) as info:
+        d.load_dataset('cifar10', data_dir=str(isolated / 'nowhere'))
+    message = str(info.value)
+    assert str(isolated / 'nowhere' / 'cifar-10-python.tar.gz') in message
+    assert 'cifar-10-batches-py' in message and '--config.data_dir' in message
+
+
+# --------------------------------------------------------------------------------------
+# batches
+
+
+def _collect(ds, split, batch_size, **kwargs):
+    return list(d.iterate_batches(ds, split, batch_size, **kwargs))
+
+
+def test_iterate_batches_deterministic_and_resumable():
+    ds = d.synthetic_dataset(image_shape=(8, 8, 3), n_train=40, augment='crop_flip')
+    a = _collect(ds, 'train', 8, train=True, seed=1, epoch=2)
+    b = _collect(ds, 'train', 8, train=True, seed=1, epoch=2)
+    assert len(a) == 5
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    # A resumed iterator reproduces the same batches, augmentation included.
+    resumed = _collect(ds, 'train', 8, train=True, seed=1, epoch=2, start_batch=3)
+    assert len(resumed) == 2
+    for (xa, ya), (xr, yr) in zip(a[3:], resumed):
+        np.testing.assert_array_equal(xa, xr)
+        np.testing.assert_array_equal(ya, yr)
+    # Another epoch (or seed) is another order.
+    other = _collect(ds, 'train', 8, train=True, seed=1, epoch=3)
+    assert not np.array_equal(np.concatenate([y for _, y in a]),
+                              np.concatenate([y for _, y in other]))
+    # The order is exactly the (seed, epoch) permutation.
+    perm = np.random.default_rng([1, 2]).permutation(40)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in a]), ds.train.labels[perm])
+
+
+def test_iterate_batches_train_drops_eval_keeps_remainder():
+    ds = d.synthetic_dataset(n_train=20, n_test=10)
+    train = _collect(ds, 'train', 8, train=True)
+    assert [len(y) for _, y in train] == [8, 8]
+    assert d.num_batches(ds.train, 8, drop_remainder=True) == 2
+    test = _collect(ds, 'test', 4, train=False)
+    assert [len(y) for _, y in test] == [4, 4, 2]
+    assert d.num_batches(ds.test, 4, drop_remainder=False) == 3
+    np.testing.assert_array_equal(np.concatenate([y for _, y in test]), ds.test.labels)
+    x = np.concatenate([x for x, _ in test])
+    expected = (ds.test.images / 255.0 - 0.5) / 0.289
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-5)
+    assert x.dtype == np.float32 and test[0][1].dtype == np.int32
+    with pytest.raises(ValueError, match='batch_size=32'):
+        next(d.iterate_batches(ds, 'train', 32, train=True))
+
+
+def test_crop_flip_is_shifted_or_flipped_copy_with_zero_fill():
+    h, w = 6, 5
+    image = (np.arange(h * w * 2).reshape(h, w, 2) + 1).astype(np.uint8)  # no zeros inside
+    batch = np.repeat(image[None], 64, axis=0)
+    out = d.crop_flip(batch, np.random.default_rng(0))
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    seen = set()
+    for o in out:
+        matches = [(oy, ox, flip) for oy in range(9) for ox in range(9) for flip in (0, 1)
+                   if np.array_equal(o, (padded[oy:oy + h, ox:ox + w][:, ::-1] if flip
+                                         else padded[oy:oy + h, ox:ox + w]))]
+        assert matches, 'output is not a padded crop (optionally flipped) of the input'
+        seen.update(matches)
+    assert {m[2] for m in seen} == {0, 1}
+    assert len({m[:2] for m in seen}) > 10  # many offsets occur
+
+
+def test_balanced_batch():
+    ds = d.synthetic_dataset(num_classes=4, n_train=40)
+    x, y = d.balanced_batch(ds, 'train', per_class=3, seed=0)
+    assert x.shape == (12, 28, 28, 1) and x.dtype == np.float32
+    np.testing.assert_array_equal(y, np.repeat(np.arange(4), 3))
+    x2, _ = d.balanced_batch(ds, 'train', per_class=3, seed=0)
+    np.testing.assert_array_equal(x, x2)
+    with pytest.raises(ValueError, match='per_class=11'):
+        d.balanced_batch(ds, 'train', per_class=11, seed=0)
+
+
+def test_synthetic_names():
+    ds = d.load_dataset('synthetic:cifar100', train_subset=10, val_examples=3)
+    assert ds.num_classes == 100 and ds.image_shape == (32, 32, 3) and ds.augment == 'crop_flip'
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (10, 3, 16)
+    x, y = next(d.iterate_batches(ds, 'train', 4, train=True))
+    assert x.shape == (4, 32, 32, 3)
+    assert d.load_dataset('synthetic').image_shape == (28, 28, 1)
+
+
+# --------------------------------------------------------------------------------------
+# ImageNet-style random-access sources
+
+
+def _fake_source(sizes, num_classes, seed):
+    rng = np.random.default_rng(seed)
+    return [{'image': rng.integers(0, 256, (hh, ww, 3), dtype=np.uint8),
+             'label': np.int64(i % num_classes)} for i, (hh, ww) in enumerate(sizes)]
+
+
+def test_random_resized_crop_box_bounds_and_fallback():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = d.random_resized_crop_box(300, 400, rng)
+        assert 0 <= top and top + h <= 300 and 0 <= left and left + w <= 400
+        assert 0.08 * 0.9 <= h * w / (300 * 400) <= 1.0
+        assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
+    # Too wide for any sampled crop: the centred crop of the widest allowed ratio.
+    assert d.random_resized_crop_box(10, 1000, rng) == (0, 493, 10, 13)
+
+
+def test_inception_eval_resize_and_center_crop():
+    image = np.broadcast_to(np.linspace(0, 255, 400).astype(np.uint8)[None, :, None],
+                            (300, 400, 3)).copy()
+    out = d.inception_eval(image, (224, 224))
+    assert out.shape == (224, 224, 3)
+    # 300x400 -> 256x341, centre crop columns 58..281 of 341: the middle column is the
+    # middle of the image.
+    assert abs(int(out[100, 112, 0]) - 128) <= 2
+    assert abs(int(out[0, 0, 0]) - round(58 / 341 * 255)) <= 3
+
+
+def test_tfds_path_with_fake_random_access_source(monkeypatch):
+    train_src = _fake_source([(40, 60), (50, 30), (64, 64), (33, 47)] * 3, 3, seed=0)
+    test_src = _fake_source([(70, 50), (45, 45), (30, 90)], 3, seed=1)
+    calls = []
+
+    def data_source(name, *, split, data_dir=None, download=True):
+        calls.append((name, split, data_dir))
+        return {'train': train_src, 'validation': test_src}[split]
+
+    fake = types.ModuleType('tensorflow_datasets')
+    fake.data_source = data_source
+    monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fake)
+    ds = d.load_dataset('imagenet2012', data_dir='/prepared', val_examples=2, test_subset=2)
+    assert ('imagenet2012', 'validation', '/prepared') in calls
+    assert ds.image_shape == (224, 224, 3) and ds.augment == 'inception'
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (10, 2, 2)
+    assert len(np.intersect1d(ds.train.indices, ds.val.indices)) == 0
+
+    x, y = next(d.iterate_batches(ds, 'train', 3, train=True, seed=0, epoch=1))
+    assert x.shape == (3, 224, 224, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    perm = np.random.default_rng([0, 1]).permutation(10)
+    np.testing.assert_array_equal(y, [train_src[i]['label'] for i in ds.train.indices[perm[:3]]])
+    x_again, _ = next(d.iterate_batches(ds, 'train', 3, train=True, seed=0, epoch=1))
+    np.testing.assert_array_equal(x, x_again)
+    test = _collect(ds, 'test', 4, train=False)
+    assert len(test) == 1 and test[0][0].shape == (2, 224, 224, 3)
+    expected = d.normalize(ds, d.inception_eval(test_src[0]['image'], (224, 224))[None])
+    np.testing.assert_array_equal(test[0][0][:1], expected)
+
+
+def test_source_balanced_batch_reads_labels_from_records():
+    src = _fake_source([(20, 24)] * 12, 3, seed=2)
+    ds = d.dataset_from_sources('fake', src, src[:3], num_classes=3, image_shape=(16, 16, 3),
+                                val_examples=0)
+    x, y = d.balanced_batch(ds, 'train', per_class=2, seed=0)
+    assert x.shape == (6, 16, 16, 3)
+    np.testing.assert_array_equal(y, [0, 0, 1, 1, 2, 2])
+
+
+def test_tfds_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # import fails
+    with pytest.raises(ImportError, match='tensorflow-datasets'):
+        d.load_dataset('imagenet2012')
+
+
+def test_tfds_not_prepared_is_a_clear_error(monkeypatch):
+    def data_source(name, **kwargs):
+        raise AssertionError('Dataset imagenet2012: could not find data')
+
+    fake = types.ModuleType('tensorflow_datasets')
+    fake.data_source = data_source
+    monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fake)
+    with pytest.raises(FileNotFoundError, match='tfds build imagenet2012'):
+        d.load_dataset('imagenet2012', data_dir='/x', download=False)
