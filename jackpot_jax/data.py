@@ -618,8 +618,11 @@ def _gather(ds: Dataset, split: Split, idx: np.ndarray, rng: np.random.Generator
     if split.in_memory:
         images, labels = split.images[idx], split.labels[idx]
     else:
-        records = [split.images[int(i)] for i in
-                   (split.indices[idx] if split.indices is not None else idx)]
+        keys = [int(i) for i in (split.indices[idx] if split.indices is not None else idx)]
+        source = split.images
+        # tfds data sources read a batch of records in one call; plain sequences one by one.
+        records = (source.__getitems__(keys) if hasattr(source, '__getitems__')
+                   else [source[k] for k in keys])
         images = [np.asarray(r['image']) for r in records]
         labels = np.asarray([int(r['label']) for r in records], dtype=np.int32)
     if ds.augment == 'crop_flip' and rng is not None:

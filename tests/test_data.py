@@ -487,6 +487,32 @@ def test_tfds_path_with_fake_random_access_source(monkeypatch):
     np.testing.assert_array_equal(test[0][0][:1], expected)
 
 
+class _BatchedSource:
+    """Mimics tfds data sources, which also offer `__getitems__` for batched reads."""
+
+    def __init__(self, records):
+        self.records, self.batched_reads = records, 0
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+    def __getitems__(self, keys):
+        self.batched_reads += 1
+        return [self.records[k] for k in keys]
+
+
+def test_source_batched_reads():
+    src = _BatchedSource(_fake_source([(20, 24), (24, 20)] * 4, 2, seed=3))
+    ds = d.dataset_from_sources('fake', src, src, num_classes=2, image_shape=(16, 16, 3),
+                                val_examples=2)
+    batches = _collect(ds, 'val', 4, train=False)
+    assert src.batched_reads == 1
+    np.testing.assert_array_equal(batches[0][1], [src.records[i]['label'] for i in ds.val.indices])
+
+
 def test_source_balanced_batch_reads_labels_from_records():
     src = _fake_source([(20, 24)] * 12, 3, seed=2)
     ds = d.dataset_from_sources('fake', src, src[:3], num_classes=3, image_shape=(16, 16, 3),
