@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import io
 import math
 import os
 import pickle
