@@ -271,8 +271,8 @@ def _check_sparsity(sparsity: float) -> float:
 
 
 def _keep_of(n: int, sparsity: float) -> int:
-    # Round to the nearest count (int(p * n) would turn 0.29 * 100 into 28).
-    return n - int(round(sparsity * n))
+    # The official rule prunes int(p * n); the 1e-9 stops float error turning 29 into 28.
+    return n - int(math.floor(sparsity * n + 1e-9))
 
 
 def _erk_densities(shapes: Mapping[str, tuple], sparsity: float, power: float) -> dict[str, float]:
@@ -298,7 +298,7 @@ def keep_counts(params: PyTree, sparsity: float, distribution: str = "global_mag
 
     * ``global_magnitude``: one global |w| threshold (exact global top-k, ties by tree order)
       fixes each layer's count; the search then keeps exactly that count per layer.
-    * ``uniform``: every layer has sparsity ``sparsity`` (rounded to the nearest weight).
+    * ``uniform``: every layer prunes ``floor(sparsity * n)`` of its ``n`` weights (official rule).
     * ``erk``: Erdos-Renyi-Kernel densities as in RigL, layers over density 1 made dense.
     * ``global``: returns one int, the total kept; masks are then one top-k over all scores.
 
