@@ -10,6 +10,7 @@ import pytest
 from jackpot_jax import models
 from jackpot_jax.models.cifar_resnet import option_a_shortcut
 from jackpot_jax.models.common import adaptive_avg_pool
+from jackpot_jax.models.vgg import VGG
 
 # torchvision's own counts (sum of p.numel() for the default 1000-class models).
 TORCHVISION_COUNTS = {
@@ -106,7 +107,7 @@ def test_small_model_param_counts(name, count):
   assert _count(variables["params"]) == count
 
 
-@pytest.mark.parametrize("name", ["lenet5", "lenet300_100", "resnet20"])
+@pytest.mark.parametrize("name", ["lenet5", "lenet300_100"])
 def test_forward_runs(name):
   module = models.get_model(name)
   shape = (3,) + models.input_shape(name)
@@ -156,7 +157,8 @@ def test_adaptive_avg_pool_matches_torch_bins():
 
 
 def test_vgg_dropout_only_in_train_mode():
-  module = models.get_model("vgg11_bn", num_classes=3)
+  # A one-conv VGG keeps this fast; the classifier head is the torchvision one.
+  module = VGG(cfg=(8, "M"), num_classes=3)
   variables = models.init_variables(module, jax.random.key(0), (2, 32, 32, 3))
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   a = module.apply(variables, x, train=False)
