@@ -1,0 +1,27 @@
+"""ResNet-50 (torchvision V1.5) on ImageNet with the paper's hyperparameters (GPUs needed).
+
+Data: ImageNet prepared for tfds (`tfds.data_source('imagenet2012')`, ArrayRecord) under
+--config.data_dir. Weights: convert torchvision's ResNet-50 first:
+  python tools/convert_torch_weights.py --arch resnet50 --input resnet50.pth --output runs/r50_dense
+Run (10 search epochs, 90% sparsity):
+  python -m jackpot_jax.main --config configs/imagenet_resnet50.py --workdir runs/imagenet_r50 \\
+      --config.pretrained=runs/r50_dense --config.data_dir=/path/to/tensorflow_datasets
+"""
+
+from jackpot_jax.config_base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model = "resnet50"
+    c.dataset = "imagenet2012"
+    c.val_examples = 10000
+    c.batch_size = 256
+    c.eval_batch_size = 500
+    c.pretrain.epochs = 90
+    c.pretrain.weight_decay = 1e-4
+    c.search.epochs = 10
+    c.search.weight_decay = 1e-4
+    c.finetune.epochs = 10
+    c.sparsity = 0.9
+    return c

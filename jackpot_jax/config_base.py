@@ -1,0 +1,61 @@
+"""The defaults every config starts from (`configs/*.py` override what differs).
+
+Search defaults are the official code's (DESIGN.md): SGD lr 0.1, momentum 0.9, no Nesterov,
+cosine to 0 stepped per epoch, weight decay on the scores, batch 256, scores 1.0/0.95 from the
+magnitude mask, |scores| ranked, one global magnitude threshold fixing per-layer counts.
+"""
+
+import ml_collections
+
+
+def _sgd(lr, epochs, weight_decay, momentum=0.9):
+    return ml_collections.ConfigDict(dict(lr=lr, epochs=epochs, weight_decay=weight_decay,
+                                          momentum=momentum, nesterov=False))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = "search"             # pretrain | search | finetune | eval
+    c.model = "lenet5"            # a name of jackpot_jax.models.MODEL_NAMES
+    c.model_options = ml_collections.ConfigDict()   # e.g. {'width': 2}; num_classes from data
+    c.dataset = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | imagenet2012 | synthetic:<name>
+    c.data_dir = ""               # where the dataset files are ("" = standard places)
+    c.val_examples = 5000         # held out of the training set for model selection
+    c.split_seed = 0
+    c.train_subset = 0            # 0 = all (a small number for smoke runs)
+    c.test_subset = 0
+    c.seed = 0
+    c.batch_size = 256            # global batch, split across devices
+    c.eval_batch_size = 1000
+    c.label_smoothing = 0.0
+    c.num_devices = 0             # 0 = all devices
+    c.distributed = False         # multi-host: call jax.distributed.initialize() first
+
+    c.sparsity = 0.9              # fraction of prunable weights removed
+    c.pretrained = ""             # checkpoint dir; "" = pretrain into <workdir>/pretrain
+    c.checkpoint = ""             # eval: checkpoint dir, run workdir or jackpot.npz
+
+    c.prune = ml_collections.ConfigDict()
+    c.prune.include = ()          # regexes over '/'-joined param paths; () = every kernel
+    c.prune.exclude = (r"(^|/)classifier(/|$)",)   # the classifier stays dense (official code)
+
+    c.pretrain = _sgd(lr=0.1, epochs=200, weight_decay=5e-4)
+
+    c.search = _sgd(lr=0.1, epochs=30, weight_decay=5e-4)
+    c.search.init = "magnitude"   # warm-up mask: magnitude | snip | grasp | random | kaiming (none)
+    c.search.score_kept = 1.0     # two-level score init (official code)
+    c.search.score_pruned = 0.95
+    c.search.use_abs = True
+    c.search.distribution = "global_magnitude"   # | uniform | erk | global
+    c.search.weights = "pretrained"  # | random (Fig. 2: search in a randomly initialised net)
+
+    c.finetune = _sgd(lr=0.01, epochs=10, weight_decay=0.0)
+    c.finetune.mask = "jackpot"   # | magnitude | snip | grasp | random (weight-tuning baselines)
+    c.finetune.jackpot = ""       # search workdir or jackpot.npz; "" = search into <workdir>/search
+    c.finetune.weights = "pretrained"  # | random (with mask='snip': SNIP + training from init)
+
+    c.criteria = ml_collections.ConfigDict()
+    c.criteria.snip_batches = 1
+    c.criteria.grasp_per_class = 10      # GraSP code: 10 samples per class on CIFAR-10
+    c.criteria.grasp_temperature = 200.0
+    return c

@@ -1,0 +1,26 @@
+"""Command line: `python -m jackpot_jax.main --config configs/<name>.py --workdir DIR`.
+
+Overrides go after the config, e.g. `--config.sparsity=0.95 --config.mode=pretrain`.
+Rerunning the same command resumes from the last checkpoint in DIR.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jackpot_jax import train
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
