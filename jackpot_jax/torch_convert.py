@@ -297,11 +297,11 @@ def export_to_torch_state_dict(arch: str, variables: Mapping[str, Any],
     value = np.asarray(_leaf(variables, e), dtype=np.float32)
     if e.flax_path in masks and e.collection == "params":
       value = value * masks[e.flax_path].astype(np.float32)
-    out[e.torch_key] = torch.from_numpy(np.ascontiguousarray(_to_torch(e.kind, value)))
+    out[e.torch_key] = torch.from_numpy(np.array(_to_torch(e.kind, value), order="C"))
     if e.collection == "params" and e.flax_path in scores:
       s = np.asarray(scores[e.flax_path], dtype=np.float32)
       out[e.torch_key[:-len("weight")] + "mask"] = torch.from_numpy(
-          np.ascontiguousarray(_to_torch(e.kind, s)))
+          np.array(_to_torch(e.kind, s), order="C"))
     if e.collection == "batch_stats" and e.path[-1] == "var":
       out[e.torch_key[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
   return out
