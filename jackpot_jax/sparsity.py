@@ -162,8 +162,9 @@ def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     """0/1 array of ``scores``' shape with exactly ``keep`` ones on the largest scores.
 
     Ties are broken by flat (row-major) index: the lower index is kept. ``keep`` is a static
-    Python int in ``[0, scores.size]``. Cost: 32 counting passes plus one cumulative sum,
-    O(n) memory, no sort. Works under `jit`; returns the dtype of ``scores`` if floating.
+    Python int in ``[0, scores.size]``. Cost: 32 counting passes (a bitwise bisection for
+    the k-th largest value), plus a prefix sum only when ties straddle the cut; O(n)
+    memory, no sort. Works under `jit`; returns the dtype of ``scores`` if floating.
     """
     n = int(np.size(scores))
     keep = int(keep)
@@ -180,8 +181,13 @@ def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     above = keys > t
     tied = keys == t
     need = keep - jnp.sum(above, dtype=jnp.int32)
-    keep_tied = tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need)
-    return (above | keep_tied).astype(dtype).reshape(scores.shape)
+
+    def first_tied():  # only when some tied scores must be dropped: lower flat index wins
+        rank = jax.lax.associative_scan(jnp.add, tied.astype(jnp.int32))
+        return above | (tied & (rank <= need))
+
+    mask = jax.lax.cond(need == jnp.sum(tied, dtype=jnp.int32), lambda: above | tied, first_tied)
+    return mask.astype(dtype).reshape(scores.shape)
 
 
 def _maybe_abs(scores, use_abs: bool):

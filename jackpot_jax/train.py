@@ -195,7 +195,9 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
     return jax.jit(step, donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=16)
 def make_eval_step(module):
+    """Jitted eval step, one per module (cached: evaluation runs every epoch)."""
     @jax.jit
     def step(variables, images, labels, weights):
         logits = module.apply(variables, images, train=False)
@@ -383,6 +385,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         if bar is not None:
             bar.close()
         sums = jax.device_get(sums)
+        train_seconds = time.time() - t0
         loss = float(sums["loss"]) / spe
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss} in epoch {epoch + 1}; "
@@ -392,7 +395,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         record = {"epoch": epoch + 1, "loss": loss, "train_accuracy": float(sums["accuracy"]) / spe,
                   "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss"),
                   "learning_rate": lr, "seconds": time.time() - t0,
-                  "images_per_second": spe * batch_size / (time.time() - t0)}
+                  "train_images_per_second": spe * batch_size / train_seconds}
         if epoch_hook is not None:
             record.update(epoch_hook(epoch + 1, state))
         ckpt.save(epoch + 1, state)
@@ -534,16 +537,17 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     init_val = evaluate(module, init_vars, ds, "val", config.eval_batch_size, mesh) \
         if len(ds.val) else {}
     prev = {"mask": init_mask}
+    hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
 
     def hook(epoch, state):
-        m = sp.masks_from_scores(state.trainable, budget, use_abs=cfg.use_abs)
+        m = hard_masks(state.trainable)
         out = {"overlap_with_init": float(sp.overlap(m, init_mask)),
                "mask_flips": int(sp.mask_flips(m, prev["mask"]))}
         prev["mask"] = m
         return out
 
     def eval_params(state):
-        m = sp.masks_from_scores(state.trainable, budget, use_abs=cfg.use_abs)
+        m = hard_masks(state.trainable)
         return _variables(sp.apply_masks(params, m), state.batch_stats)
 
     state, log = train_loop(
