@@ -7,7 +7,6 @@ import sys
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -11,6 +11,7 @@ Conventions every model follows (other code relies on them):
 import functools
 from typing import Any, Callable, Dict, Mapping, Tuple
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -96,6 +97,7 @@ def block_outputs(module: nn.Module, variables: Mapping[str, Any], x: jnp.ndarra
   ResNets sow `stem` and `layer{k}`; VGGs sow `pool{k}` after each max-pool; LeNet-5
   sows `features`. In train mode the updated batch stats are discarded.
   """
+  chex.assert_rank(x, 4)
   variables = {k: v for k, v in variables.items() if k != "intermediates"}
   mutable = ["intermediates"] + (["batch_stats"] if train and "batch_stats" in variables else [])
   _, state = module.apply(variables, x, train=train, mutable=mutable)
