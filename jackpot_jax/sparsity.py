@@ -17,6 +17,7 @@ so every mask has exactly the requested number of ones.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -170,7 +171,13 @@ def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     keep = int(keep)
     if not 0 <= keep <= n:
         raise ValueError(f"keep={keep} is outside [0, {n}] for scores of shape {np.shape(scores)}")
-    scores = jnp.asarray(scores)
+    return _topk_mask(jnp.asarray(scores), keep)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _topk_mask(scores: jax.Array, keep: int) -> jax.Array:
+    # Jitted also when called eagerly: one compilation per (shape, keep), not per primitive.
+    n = scores.size
     dtype = scores.dtype if jnp.issubdtype(scores.dtype, jnp.floating) else jnp.float32
     if keep == 0:
         return jnp.zeros(scores.shape, dtype)

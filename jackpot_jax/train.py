@@ -359,7 +359,8 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     step_fn = make_train_step(module, kind, tx, budget=budget,
                               use_abs=config.search.use_abs,
                               label_smoothing=config.label_smoothing)
-    state = replicate(mesh, state)
+    # Host copies first: the step donates the state, which must not free the caller's arrays.
+    state = replicate(mesh, _as_numpy(state))
     frozen = replicate(mesh, frozen)
     try:
         from tqdm.auto import tqdm
@@ -530,14 +531,14 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         init_mask = criterion_mask(cfg.init, config, module, variables, ds, config.seed,
                                    filter_fn, budget)
         scores = sp.init_scores_from_mask(init_mask, cfg.score_kept, cfg.score_pruned)
-    init_mask = sp.masks_from_scores(scores, budget, use_abs=cfg.use_abs)
+    hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
+    init_mask = hard_masks(scores)
     dense_acc = evaluate(module, variables, ds, "test", config.eval_batch_size, mesh)
     init_vars = _variables(sp.apply_masks(params, init_mask), batch_stats)
     init_acc = evaluate(module, init_vars, ds, "test", config.eval_batch_size, mesh)
     init_val = evaluate(module, init_vars, ds, "val", config.eval_batch_size, mesh) \
         if len(ds.val) else {}
     prev = {"mask": init_mask}
-    hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
 
     def hook(epoch, state):
         m = hard_masks(state.trainable)
