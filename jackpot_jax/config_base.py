@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model_options = ml_collections.ConfigDict()   # e.g. {'width': 2}; num_classes from data
     c.dataset = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | imagenet2012 | synthetic:<name>
     c.data_dir = ""               # where the dataset files are ("" = standard places)
+    c.image_size = 0              # ImageNet-style data only: crop size (0 = 224)
     c.val_examples = 5000         # held out of the training set for model selection
     c.split_seed = 0
     c.train_subset = 0            # 0 = all (a small number for smoke runs)

@@ -190,7 +190,7 @@ def _topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     need = keep - jnp.sum(above, dtype=jnp.int32)
 
     def first_tied():  # only when some tied scores must be dropped: lower flat index wins
-        rank = jax.lax.associative_scan(jnp.add, tied.astype(jnp.int32))
+        rank = jnp.cumsum(tied, dtype=jnp.int32)
         return above | (tied & (rank <= need))
 
     mask = jax.lax.cond(need == jnp.sum(tied, dtype=jnp.int32), lambda: above | tied, first_tied)
@@ -231,24 +231,46 @@ def masks_from_scores(scores: PyTree, budget: PyTree | int, *, use_abs: bool = T
     ``budget`` is a keep-count tree mirroring ``scores`` (per-layer top-k) or a single int
     (one global top-k over all scores, concatenated in tree order; ties by that order).
     """
+    if isinstance(budget, (int, np.integer)):
+        n = sum(int(np.size(s)) for s in jax.tree.leaves(scores))
+        if not 0 <= int(budget) <= n:
+            raise ValueError(f"global keep count {budget} is outside [0, {n}]")
+        key: int | tuple = int(budget)
+    else:
+        s_paths = flatten_paths(scores)
+        b_paths = flatten_paths(budget)
+        if set(s_paths) != set(b_paths):
+            raise ValueError(f"budget paths {sorted(b_paths)} differ from score paths "
+                             f"{sorted(s_paths)}")
+        for path, k in b_paths.items():
+            n = int(np.size(s_paths[path]))
+            if not 0 <= int(k) <= n:
+                raise ValueError(f"keep count {k} for layer {path!r} is outside [0, {n}]")
+        key = tuple(sorted((p, int(k)) for p, k in b_paths.items()))
+    return _masks_fn(key, bool(use_abs), bool(straight_through))(scores)
+
+
+@functools.lru_cache(maxsize=64)
+def _masks_fn(budget_key, use_abs: bool, straight_through: bool):
+    """One jitted function per budget: eager callers compile the whole tree once, not one
+    small program per layer (53 for ResNet-50)."""
     if straight_through:
         mask_fn = lambda s, k: ste_mask(s, k, use_abs=use_abs)
     else:
         mask_fn = lambda s, k: topk_mask(_maybe_abs(s, use_abs), k)
-    if isinstance(budget, (int, np.integer)):
-        return _global_masks(scores, int(budget), mask_fn)
-    s_paths = flatten_paths(scores)
-    b_paths = flatten_paths(budget)
-    if set(s_paths) != set(b_paths):
-        raise ValueError(f"budget paths {sorted(b_paths)} differ from score paths {sorted(s_paths)}")
-    for path, k in b_paths.items():
-        n = int(np.size(s_paths[path]))
-        if not 0 <= int(k) <= n:
-            raise ValueError(f"keep count {k} for layer {path!r} is outside [0, {n}]")
-    return jax.tree.map(lambda s, k: None if s is None else mask_fn(s, k), scores, budget,
-                        is_leaf=_is_none)
+
+    @jax.jit
+    def fn(scores):
+        if isinstance(budget_key, int):
+            return _global_masks(scores, budget_key, mask_fn)
+        counts = dict(budget_key)
+        return jax.tree_util.tree_map_with_path(lambda kp, s: mask_fn(s, counts[path_str(kp)]),
+                                                scores)
+
+    return fn
 
 
+@jax.jit
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     """``w * m`` on masked leaves, ``w`` elsewhere."""
     def apply(m, w):
@@ -434,6 +456,11 @@ def init_scores_from_mask(masks: PyTree, kept: float = 1.0, pruned: float = 0.95
     if not kept > pruned >= 0:
         raise ValueError(f"need kept > pruned >= 0 for a two-level init, got kept={kept}, "
                          f"pruned={pruned}")
+    return _two_level(masks, float(kept), float(pruned))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _two_level(masks, kept, pruned):
     return jax.tree.map(lambda m: jnp.where(m > 0, kept, pruned).astype(jnp.float32), masks)
 
 
@@ -473,16 +500,25 @@ def _paired_leaves(a: PyTree, b: PyTree) -> list[tuple[str, Any, Any]]:
 def overlap(mask_tree_a: PyTree, mask_tree_b: PyTree) -> jax.Array:
     """Eq. 7 of the paper: ``1 - ||m - m'||_1 / k`` over all prunable weights (k of them)."""
     pairs = _paired_leaves(mask_tree_a, mask_tree_b)
-    diff = sum(jnp.sum(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32)))
-               for _, x, y in pairs)
     k = sum(int(np.size(x)) for _, x, _ in pairs)
-    return 1.0 - diff / k
+    return 1.0 - _l1_distance([x for _, x, _ in pairs], [y for _, _, y in pairs]) / k
+
+
+@jax.jit
+def _l1_distance(xs, ys):
+    return sum(jnp.sum(jnp.abs(jnp.asarray(x, jnp.float32) - jnp.asarray(y, jnp.float32)))
+               for x, y in zip(xs, ys))
 
 
 def mask_flips(mask_tree_a: PyTree, mask_tree_b: PyTree) -> jax.Array:
     """How many prunable weights differ between two masks (pruned <-> kept)."""
-    return sum(jnp.sum(jnp.asarray(x) != jnp.asarray(y), dtype=jnp.int32)
-               for _, x, y in _paired_leaves(mask_tree_a, mask_tree_b))
+    pairs = _paired_leaves(mask_tree_a, mask_tree_b)
+    return _count_different([x for _, x, _ in pairs], [y for _, _, y in pairs])
+
+
+@jax.jit
+def _count_different(xs, ys):
+    return sum(jnp.sum(jnp.asarray(x) != jnp.asarray(y), dtype=jnp.int32) for x, y in zip(xs, ys))
 
 
 def sparsity_summary(masks: PyTree) -> dict[str, float]:

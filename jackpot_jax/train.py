@@ -284,10 +284,18 @@ class Checkpointer:
 
 
 def load_data(config) -> data_lib.Dataset:
-    return data_lib.load_dataset(
+    ds = data_lib.load_dataset(
         config.dataset, data_dir=config.data_dir or None, val_examples=config.val_examples,
         split_seed=config.split_seed, train_subset=config.train_subset or None,
         test_subset=config.test_subset or None)
+    if config.image_size:
+        if ds.augment != "inception":
+            raise ValueError(f"image_size={config.image_size} applies only to ImageNet-style "
+                             f"data (resized crops); {config.dataset!r} has fixed-size images")
+        # Crop size of RandomResizedCrop / centre crop (eval resizes to 256/224 of it).
+        ds = dataclasses.replace(ds, image_shape=(config.image_size, config.image_size,
+                                                  ds.image_shape[2]))
+    return ds
 
 
 def model_options(config, ds) -> dict:
@@ -299,7 +307,9 @@ def model_options(config, ds) -> dict:
 def init_model(config, ds, seed: int):
     opts = model_options(config, ds)
     module = models.get_model(config.model, **opts)
-    variables = models.init_variables(module, jax.random.key(seed), (1, *ds.image_shape))
+    # Jitted: an eager init of ResNet-50 compiles hundreds of small programs.
+    variables = jax.jit(models.init_variables, static_argnums=(0, 2))(
+        module, jax.random.key(seed), (1, *ds.image_shape))
     return module, variables, opts
 
 
@@ -540,15 +550,16 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         if len(ds.val) else {}
     prev = {"mask": init_mask}
 
+    # Host copies: arrays committed to the mesh would compile the mask function again.
     def hook(epoch, state):
-        m = hard_masks(state.trainable)
+        m = hard_masks(_as_numpy(state.trainable))
         out = {"overlap_with_init": float(sp.overlap(m, init_mask)),
                "mask_flips": int(sp.mask_flips(m, prev["mask"]))}
         prev["mask"] = m
         return out
 
     def eval_params(state):
-        m = hard_masks(state.trainable)
+        m = hard_masks(_as_numpy(state.trainable))
         return _variables(sp.apply_masks(params, m), state.batch_stats)
 
     state, log = train_loop(
@@ -557,7 +568,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         epochs=cfg.epochs, seed=config.seed, budget=budget, epoch_hook=hook,
         eval_params=eval_params)
     scores = _as_numpy(state.trainable)
-    masks = _as_numpy(sp.masks_from_scores(scores, budget, use_abs=cfg.use_abs))
+    masks = _as_numpy(hard_masks(scores))
     final_bs = _as_numpy(state.batch_stats)
     final_vars = _variables(_as_numpy(sp.apply_masks(params, masks)), final_bs)
     test = evaluate(module, final_vars, ds, "test", config.eval_batch_size, mesh)
