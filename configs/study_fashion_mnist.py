@@ -32,7 +32,7 @@ def get_config():
 
     c.quick = False                 # --config.quick=True applies `quick_settings`
     c.quick_settings = ml_collections.ConfigDict(dict(
-        seeds=(0,), pretrain_epochs=3, short_epochs=2, long_epochs=6, finetune_epochs=2,
-        table_sparsities=(0.9,), curve_sparsities=(0.5, 0.9), table4_epochs=(0, 1, 2, 6),
-        train_subset=12000))
+        seeds=(0,), pretrain_epochs=3, short_epochs=2, long_epochs=4, finetune_epochs=2,
+        table_sparsities=(0.9,), curve_sparsities=(0.5, 0.9), table4_epochs=(0, 1, 2, 4),
+        train_subset=8000))
     return c
