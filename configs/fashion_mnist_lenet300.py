@@ -12,8 +12,8 @@ def get_config():
     c.model = "lenet300_100"
     c.dataset = "fashion_mnist"
     c.batch_size = 256
-    c.pretrain.epochs = 10
+    c.pretrain.epochs = 5
     c.pretrain.lr = 0.05
-    c.search.epochs = 10
+    c.search.epochs = 4
     c.sparsity = 0.9
     return c
