@@ -13,16 +13,8 @@ Fine-tune the jackpot afterwards (Eq. 9):
       --config.mode=finetune --config.finetune.jackpot=runs/cifar100_resnet32
 """
 
-from jackpot_jax.config_base import base_config
+from jackpot_jax.config_base import cifar_config
 
 
 def get_config():
-    c = base_config()
-    c.model = "resnet32"
-    c.dataset = "cifar100"
-    c.batch_size = 256
-    c.pretrain.epochs = 200
-    c.search.epochs = 30          # the paper's "30(S)"; 10 also reported
-    c.search.weight_decay = 5e-4
-    c.sparsity = 0.9
-    return c
+    return cifar_config("resnet32", "cifar100")

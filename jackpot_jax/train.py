@@ -498,12 +498,15 @@ def _weights_for_masking(config, workdir, ds, mesh, weights: str, seed: int):
     raise ValueError(f"weights={weights!r}; expected 'pretrained' or 'random'")
 
 
+def _start(workdir, config, ds, mesh):
+    """(start time, dataset, mesh) of a mode; a study passes its own data and mesh."""
+    os.makedirs(workdir, exist_ok=True)
+    return time.time(), ds or load_data(config), mesh or make_mesh(config.num_devices)
+
+
 def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
     """Dense SGD training; leaves workdir/model (loadable with `checkpoint.load_model`)."""
-    t0 = time.time()
-    os.makedirs(workdir, exist_ok=True)
-    ds = ds or load_data(config)
-    mesh = mesh or make_mesh(config.num_devices)
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
     module, variables, opts = init_model(config, ds, config.seed)
     state, log = train_loop(
         config=config, workdir=workdir, module=module, ds=ds, mesh=mesh, kind="dense",
@@ -525,10 +528,7 @@ def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
 
 def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     """The lottery-jackpot search: frozen weights, scores trained by SGD (Eq. 8)."""
-    t0 = time.time()
-    os.makedirs(workdir, exist_ok=True)
-    ds = ds or load_data(config)
-    mesh = mesh or make_mesh(config.num_devices)
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
     cfg = config.search
     module, variables, opts, source = _weights_for_masking(config, workdir, ds, mesh,
                                                            cfg.weights, config.seed)
@@ -596,10 +596,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
 def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
     """Eq. 9: the weights (and BatchNorm) trained with a fixed mask: the jackpot's, or a
     criterion's (``finetune.mask='magnitude'`` etc.: the weight-tuning baselines)."""
-    t0 = time.time()
-    os.makedirs(workdir, exist_ok=True)
-    ds = ds or load_data(config)
-    mesh = mesh or make_mesh(config.num_devices)
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
     cfg = config.finetune
     filter_fn = prune_filter(config)
     if cfg.mask == "jackpot":
@@ -641,10 +638,7 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
 
 def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
     """Accuracy of a dense checkpoint dir, a run's workdir or a jackpot.npz on val and test."""
-    t0 = time.time()
-    os.makedirs(workdir, exist_ok=True)
-    ds = ds or load_data(config)
-    mesh = mesh or make_mesh(config.num_devices)
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
     path = config.checkpoint or config.pretrained
     if not path:
         raise ValueError("eval needs --config.checkpoint=PATH (a checkpoint directory, a run's "
