@@ -315,18 +315,9 @@ def _leaf(variables, e: _Entry):
 
 
 def load_jackpot(npz_path: str | os.PathLike):
-  """Reads a jackpot npz (`masks/<path>`, `params/<path>` keys) -> (masks, params) flat dicts."""
-  masks, params = {}, {}
-  with np.load(os.fspath(npz_path)) as data:
-    for key in data.files:
-      kind, _, path = key.partition("/")
-      if kind == "masks" and path:
-        masks[path] = data[key]
-      elif kind == "params" and path:
-        params[path] = data[key]
-      else:
-        raise ValueError(f"{npz_path}: unexpected key {key!r} (want masks/<path> or params/<path>)")
-  return masks, params
+  """Reads a jackpot npz -> (masks, params) flat `{path: array}` dicts."""
+  jackpot = checkpoint.read_jackpot(npz_path)
+  return jackpot["masks"], jackpot["params"]
 
 
 def export_checkpoint(checkpoint_dir: str | os.PathLike, output_pth: str | os.PathLike,

@@ -707,21 +707,11 @@ def _save_jackpot(workdir, config, opts, masks, variables, source) -> str:
 
 def load_jackpot(path: str) -> tuple[dict, dict, dict, dict]:
     """(meta, masks tree, params tree, batch_stats tree or {}) from a jackpot.npz."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "jackpot.npz")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no jackpot.npz at {path}")
-    with np.load(path) as z:
-        meta = json.loads(str(z["meta"]))
-        groups = {"masks": {}, "params": {}, "batch_stats": {}}
-        for key in z.files:
-            head, _, rest = key.partition("/")
-            if head in groups:
-                groups[head][rest] = z[key]
-    params = ckpt_lib._nest(groups["params"])
+    jackpot = ckpt_lib.read_jackpot(path)
+    params = ckpt_lib._nest(jackpot["params"])
     masks = sp.tree_from_paths(params, {k: v.astype(np.float32)
-                                        for k, v in groups["masks"].items()})
-    return meta, masks, params, ckpt_lib._nest(groups["batch_stats"])
+                                        for k, v in jackpot["masks"].items()})
+    return jackpot["meta"], masks, params, ckpt_lib._nest(jackpot["batch_stats"])
 
 
 def _load_jackpot_for_training(path, config):

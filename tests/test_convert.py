@@ -1,6 +1,7 @@
 """PyTorch <-> Flax conversion (parity with torchvision and the official CIFAR layouts) and
 checkpoints. Tests needing torch skip when it is not installed (it is an optional extra)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -416,3 +417,19 @@ def test_importing_jackpot_jax_does_not_import_torch():
           "assert 'torch' not in sys.modules, 'torch imported'")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
+
+
+def test_load_jackpot_reads_the_pipeline_export_format(tmp_path):
+  # The pipeline's jackpot.npz also holds batch_stats/<path> and a JSON meta entry.
+  mask = np.array([[1, 0], [0, 1]], np.uint8)
+  np.savez(tmp_path / "jackpot.npz", **{
+      "masks/conv1/kernel": mask, "params/conv1/kernel": mask * 2.0,
+      "params/classifier/bias": np.ones(3), "batch_stats/bn1/mean": np.zeros(2),
+      "meta": np.asarray(json.dumps({"arch": "lenet5"}))})
+  masks, params = torch_convert.load_jackpot(tmp_path / "jackpot.npz")
+  assert sorted(masks) == ["conv1/kernel"]
+  assert sorted(params) == ["classifier/bias", "conv1/kernel"]
+  np.testing.assert_array_equal(params["conv1/kernel"], mask * 2.0)
+  np.savez(tmp_path / "bad.npz", **{"weights/conv1": mask})
+  with pytest.raises(ValueError, match="unexpected key 'weights/conv1'"):
+    torch_convert.load_jackpot(tmp_path / "bad.npz")
