@@ -29,6 +29,7 @@ def get_config():
     c.warmup_sparsity = 0.9         # Fig. 5 and Table 4
     c.table4_epochs = (0, 1, 3, 10, 30)
     c.curves_all_seeds = False      # figures on seed 0 only (tables always use every seed)
+    c.workers = 1                   # >1: that many processes share the pieces (GPU, many cores)
 
     c.quick = False                 # --config.quick=True applies `quick_settings`
     c.quick_settings = ml_collections.ConfigDict(dict(

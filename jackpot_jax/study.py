@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
 import os
 import platform
+import queue as queue_lib
+import socket
 import subprocess
 import sys
 import time
@@ -36,13 +39,21 @@ CRITERIA = ("magnitude", "snip", "grasp", "random")
 
 
 class Study:
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    """The study's pieces. With `plan=True` nothing runs and nothing is loaded: every piece the
+    experiments ask for is recorded as a `Task` (with the pieces it needs first) and answered
+    with a placeholder, so `run_study` can hand the whole list to parallel workers."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, plan: bool = False):
         self.c = config
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        self.ds = train.load_data(config.base)
-        self.mesh = train.make_mesh(config.base.num_devices)
+        self.plan = {} if plan else None      # target file -> Task, in the order first asked
+        self.ds = None if plan else train.load_data(config.base)
+        self.mesh = None if plan else train.make_mesh(config.base.num_devices)
         self.ran = 0
+
+    def _dir(self, network, seed, name):
+        return os.path.join(self.workdir, network, f"seed{seed}", name)
 
     def cfg(self, network: str, seed: int, **over) -> ml_collections.ConfigDict:
         c = copy.deepcopy(self.c.base)
@@ -56,10 +67,19 @@ class Study:
             node[last] = value
         return c
 
-    def piece(self, network, seed, name, mode, **over) -> dict:
-        """Runs (or reads back) one pipeline run; returns its summary plus its metrics."""
-        path = os.path.join(self.workdir, network, f"seed{seed}", name)
+    def piece(self, network, seed, name, mode, needs=(), **over) -> dict:
+        """Runs (or reads back) one pipeline run; returns its summary plus its metrics.
+        `needs`: the piece folders whose results this one reads (for the planner)."""
+        path = self._dir(network, seed, name)
         summary_file = os.path.join(path, "summary.json")
+        if self.plan is not None:
+            if not os.path.exists(summary_file):
+                epochs = over.get(f"{mode}.epochs", 0)
+                self.plan.setdefault(summary_file, Task(
+                    summary_file, [os.path.join(d, "summary.json") for d in needs],
+                    cost=1 + epochs, call=("piece", (network, seed, name, mode), over)))
+            return {"dir": path, "test_accuracy": 0.0, "metrics": [], "overlap_with_init": 0.0,
+                    "init_mask_val_accuracy": 0.0}
         if not os.path.exists(summary_file):
             t0 = time.time()
             print(f"[study] {network} seed{seed} {name} ...", flush=True)
@@ -82,8 +102,8 @@ class Study:
     def search(self, network, seed, sparsity, epochs, init="magnitude", weights="pretrained"):
         name = f"search_{weights}_{init}_p{sparsity}_e{epochs}"
         dense = self.pretrained(network, seed)
-        return self.piece(network, seed, name, "search", sparsity=sparsity,
-                          pretrained=dense["pretrained_checkpoint"],
+        return self.piece(network, seed, name, "search", needs=[dense["dir"]], sparsity=sparsity,
+                          pretrained=os.path.join(dense["dir"], "model"),
                           **{"search.epochs": epochs, "search.init": init,
                              "search.weights": weights})
 
@@ -95,19 +115,27 @@ class Study:
         if weights == "random":  # training from initialisation: the pretraining recipe
             over.update({"finetune.lr": self.c.base.pretrain.lr,
                          "finetune.weight_decay": self.c.base.pretrain.weight_decay})
-        return self.piece(network, seed, name, "finetune", sparsity=sparsity,
-                          pretrained=dense["pretrained_checkpoint"], **over)
+        needs = [dense["dir"]] + ([jackpot] if jackpot else [])
+        return self.piece(network, seed, name, "finetune", needs=needs, sparsity=sparsity,
+                          pretrained=os.path.join(dense["dir"], "model"), **over)
 
     def criteria(self, network, seed, sparsity) -> dict:
         """Test accuracy of each criterion's mask with no tuning, and its overlap with the
         short-budget jackpot at the same sparsity (Fig. 3 and 4 analogues)."""
-        path = os.path.join(self.workdir, network, f"seed{seed}", f"criteria_p{sparsity}.json")
+        path = self._dir(network, seed, f"criteria_p{sparsity}.json")
         if os.path.exists(path):
             return json.load(open(path))
         dense = self.pretrained(network, seed)
         jackpot = self.search(network, seed, sparsity, self.c.short_epochs)
+        if self.plan is not None:
+            self.plan.setdefault(path, Task(
+                path, [os.path.join(d["dir"], "summary.json") for d in (dense, jackpot)],
+                cost=1, call=("criteria", (network, seed, sparsity), {})))
+            return {k: {"test_accuracy": 0.0, "overlap_with_jackpot": 0.0}
+                    for k in (*CRITERIA, "jackpot")}
         _, jackpot_masks, _, _ = train.load_jackpot(jackpot["dir"])
-        c = self.cfg(network, seed, sparsity=sparsity, pretrained=dense["pretrained_checkpoint"])
+        c = self.cfg(network, seed, sparsity=sparsity,
+                     pretrained=os.path.join(dense["dir"], "model"))
         module, variables, _, _ = train._dense_source(c, self.workdir, self.ds, self.mesh)
         filter_fn = train.prune_filter(c)
         budget = train.budget_for(c, variables["params"], filter_fn)
@@ -123,6 +151,135 @@ class Study:
         out["jackpot"] = {"test_accuracy": jackpot["test_accuracy"], "overlap_with_jackpot": 1.0}
         train._write_json(path, out)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel workers: several processes share one workdir (one GPU, or many CPU cores)
+# ---------------------------------------------------------------------------------------------
+
+
+class Task:
+    """One piece to run: `target` appears when it is done; `needs` must exist before it starts;
+    `call` = (Study method, args, kwargs) that produces it; `cost` orders the work (epochs)."""
+
+    def __init__(self, target, needs, cost, call):
+        self.target, self.needs, self.cost, self.call = target, list(needs), cost, call
+
+    def done(self) -> bool:
+        return os.path.exists(self.target)
+
+    def ready(self) -> bool:
+        return all(os.path.exists(n) for n in self.needs)
+
+    def run(self, st: Study):
+        method, args, kwargs = self.call
+        getattr(st, method)(*args, **kwargs)
+
+
+def _claim(target: str) -> bool:
+    """Claims `target` for this process with an exclusively created `<target>.claim` file; a
+    claim left by a dead process of this host is taken over."""
+    lock = target + ".claim"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = open(lock).read().split()
+            except (OSError, ValueError):
+                return False          # being written right now
+            if host != socket.gethostname() or _alive(int(pid)):
+                return False
+            try:
+                os.remove(lock)       # its owner died: take the piece over
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def work(st: Study, tasks: list[Task], poll_seconds: float = 1.0) -> int:
+    """Runs every task of `tasks` that no other process claims, costliest ready task first,
+    until all are done (by this process or others). Returns how many this process ran."""
+    pending = sorted(tasks, key=lambda t: -t.cost)
+    ran = 0
+    while pending:
+        pending = [t for t in pending if not t.done()]
+        task = next((t for t in pending if t.ready() and _claim(t.target)), None)
+        if task is None:
+            if pending:
+                time.sleep(poll_seconds)
+            continue
+        try:
+            if not task.done():
+                task.run(st)
+                ran += 1
+        finally:
+            os.remove(task.target + ".claim")
+    return ran
+
+
+def _worker_main(config, workdir, tasks, index, queue):
+    """A worker process: its own JAX runtime, data and mesh, the shared task list."""
+    try:
+        st = Study(config, workdir)
+        queue.put((index, work(st, tasks), None))
+    except BaseException as e:  # reported by the parent, which then fails loudly
+        import traceback
+        queue.put((index, 0, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def run_workers(config, workdir: str, tasks: list[Task], workers: int) -> int:
+    """Runs `tasks` in `workers` spawned processes that share `workdir`; returns how many pieces
+    they ran. On a GPU each process gets an equal share of its memory (unless
+    XLA_PYTHON_CLIENT_MEM_FRACTION or XLA_PYTHON_CLIENT_PREALLOCATE is already set)."""
+    if not tasks:
+        return 0
+    if not any(k in os.environ for k in ("XLA_PYTHON_CLIENT_MEM_FRACTION",
+                                         "XLA_PYTHON_CLIENT_PREALLOCATE")):
+        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{min(0.75, 0.9 / workers):.3f}"
+    print(f"[study] {len(tasks)} pieces to run on {workers} worker processes", flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(config, workdir, tasks, i, queue))
+             for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    ran, errors, reported = 0, [], set()
+    while len(reported) < len(procs) and not errors:
+        try:
+            index, n, err = queue.get(timeout=5)
+        except queue_lib.Empty:    # a worker that died without a word (killed, crashed)
+            errors += [f"worker {i}: exited with code {p.exitcode} and no report"
+                       for i, p in enumerate(procs) if i not in reported and p.exitcode]
+            continue
+        reported.add(index)
+        ran += n
+        if err:
+            errors.append(f"worker {index}: {err}")
+    if errors:                       # no point in going on: the study would be incomplete
+        for proc in procs:
+            proc.terminate()
+    for proc in procs:
+        proc.join()
+    if errors:
+        raise RuntimeError("a study worker failed:\n" + "\n".join(errors))
+    return ran
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,8 +308,41 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t0 = time.time()
     if config.quick:
         config = apply_quick(config)
-    st = Study(config, workdir)
     c = config
+    S, L, F = c.short_epochs, c.long_epochs, c.finetune_epochs
+    ran_by_workers = 0
+    if c.get("workers", 1) > 1:
+        planner = Study(c, workdir, plan=True)
+        _experiments(planner, c)
+        ran_by_workers = run_workers(c, workdir, list(planner.plan.values()), c.workers)
+    st = Study(c, workdir)
+    res = _experiments(st, c)
+    st.ran += ran_by_workers
+    res["claims"] = assess_claims(res, c)
+    res["settings"] = {
+        "networks": list(c.networks), "seeds": list(c.seeds), "short_epochs": S,
+        "long_epochs": L, "finetune_epochs": F, "pretrain_epochs": c.pretrain_epochs,
+        "table_sparsities": list(c.table_sparsities), "curve_sparsities": list(c.curve_sparsities),
+        "quick": c.quick, "dataset": c.base.dataset, "train_examples": len(st.ds.train),
+        "val_examples": len(st.ds.val), "test_examples": len(st.ds.test),
+        "batch_size": c.base.batch_size, "search_lr": c.base.search.lr,
+        "score_init": [c.base.search.score_kept, c.base.search.score_pruned],
+        "distribution": c.base.search.distribution,
+    }
+    command = ("python -m jackpot_jax.study " + " ".join(sys.argv[1:])
+               if sys.argv and sys.argv[0].endswith("study.py") else None)
+    res["run"] = {"command": command,
+                  "commit": _git_commit(), "cpu_count": os.cpu_count(),
+                  "machine": platform.platform(), "jax": jax.__version__,
+                  "backend": jax.default_backend(), "wall_seconds_this_invocation": time.time() - t0,
+                  "pieces_run_this_invocation": st.ran}
+    train._write_json(os.path.join(st.workdir, "results.json"), res)
+    write_report(res, st.workdir)
+    return res
+
+
+def _experiments(st: Study, c: ml_collections.ConfigDict) -> dict:
+    """Every experiment of the study, in order; each asks `st` for the pieces it reads."""
     S, L, F = c.short_epochs, c.long_epochs, c.finetune_epochs
     res = {"table1": [], "overlap": [], "criteria_accuracy": [], "fig5": [], "table4": [],
            "fig2": []}
@@ -231,26 +421,6 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 res["fig2"].append({"network": net, "sparsity": p, "weights": weights,
                                     "epochs": S, "test_acc_mean": m, "test_acc_std": sd,
                                     "seeds": n})
-    res["claims"] = assess_claims(res, c)
-    res["settings"] = {
-        "networks": list(c.networks), "seeds": list(c.seeds), "short_epochs": S,
-        "long_epochs": L, "finetune_epochs": F, "pretrain_epochs": c.pretrain_epochs,
-        "table_sparsities": list(c.table_sparsities), "curve_sparsities": list(c.curve_sparsities),
-        "quick": c.quick, "dataset": c.base.dataset, "train_examples": len(st.ds.train),
-        "val_examples": len(st.ds.val), "test_examples": len(st.ds.test),
-        "batch_size": c.base.batch_size, "search_lr": c.base.search.lr,
-        "score_init": [c.base.search.score_kept, c.base.search.score_pruned],
-        "distribution": c.base.search.distribution,
-    }
-    command = ("python -m jackpot_jax.study " + " ".join(sys.argv[1:])
-               if sys.argv and sys.argv[0].endswith("study.py") else None)
-    res["run"] = {"command": command,
-                  "commit": _git_commit(), "cpu_count": os.cpu_count(),
-                  "machine": platform.platform(), "jax": jax.__version__,
-                  "backend": jax.default_backend(), "wall_seconds_this_invocation": time.time() - t0,
-                  "pieces_run_this_invocation": st.ran}
-    train._write_json(os.path.join(st.workdir, "results.json"), res)
-    write_report(res, st.workdir)
     return res
 
 

@@ -1,8 +1,12 @@
 """A tiny study end to end: every piece runs, the report, plots and results.json appear, a
-rerun reads the pieces back instead of running them again."""
+rerun reads the pieces back instead of running them again; parallel workers sharing a workdir
+give the serial run's numbers."""
 
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -31,8 +35,14 @@ def _tiny_config():
     return c
 
 
-def test_tiny_study_end_to_end(tmp_path):
-    res = study.run_study(_tiny_config(), str(tmp_path))
+@pytest.fixture(scope="module")
+def serial_study(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("serial")
+    return study.run_study(_tiny_config(), str(tmp_path)), tmp_path
+
+
+def test_tiny_study_end_to_end(serial_study):
+    res, tmp_path = serial_study
     for name in ["report.md", "results.json", "fig2_pretrained_vs_random.png",
                  "fig3_criteria_accuracy.png", "fig4_overlap.png", "fig5_warmup.png"]:
         assert os.path.getsize(tmp_path / name) > 0, name
@@ -64,3 +74,51 @@ def test_tiny_study_end_to_end(tmp_path):
     again = study.run_study(_tiny_config(), str(tmp_path))
     assert again["run"]["pieces_run_this_invocation"] == 0
     assert again["table1"] == res["table1"]
+
+
+def test_parallel_workers_match_the_serial_study(serial_study, tmp_path):
+    """Two worker processes share the pieces of one workdir; every piece runs exactly once and
+    every number equals the serial run's (each piece is deterministic on the CPU)."""
+    serial, _ = serial_study
+    c = _tiny_config()
+    c.workers = 2
+    planner = study.Study(c, str(tmp_path), plan=True)
+    study._experiments(planner, c)
+    n_pieces = len(planner.plan)
+    res = study.run_study(c, str(tmp_path))
+    assert res["run"]["pieces_run_this_invocation"] == n_pieces > 20
+    for key in ("table1", "overlap", "criteria_accuracy", "fig5", "table4", "fig2"):
+        assert res[key] == serial[key], key
+    assert not list(tmp_path.glob("**/*.claim"))
+
+
+def test_claim_is_exclusive_and_taken_over_from_a_dead_owner(tmp_path):
+    target = str(tmp_path / "piece" / "summary.json")
+    assert study._claim(target)
+    assert not study._claim(target)           # held by this (live) process
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(target + ".claim", "w") as f:
+        f.write(f"{socket.gethostname()} {dead.pid}")
+    assert study._claim(target)               # its owner is gone: taken over
+    with open(target + ".claim") as f:
+        assert f.read() == f"{socket.gethostname()} {os.getpid()}"
+
+
+def test_plan_lists_each_piece_once_with_what_it_needs(tmp_path):
+    c = _tiny_config()
+    planner = study.Study(c, str(tmp_path), plan=True)
+    study._experiments(planner, c)
+    tasks = planner.plan
+    pre = {s: str(tmp_path / "lenet300_100" / f"seed{s}" / "pretrain" / "summary.json")
+           for s in c.seeds}
+    assert all(pre[s] in tasks and tasks[pre[s]].needs == [] for s in c.seeds)
+    for target, task in tasks.items():
+        for need in task.needs:                 # every prerequisite is itself planned
+            assert need in tasks, (target, need)
+    jf = [t for t in tasks.values() if "finetune_pretrained_jackpot" in t.target]
+    assert len(jf) == len(c.seeds)
+    for t in jf:
+        assert any("search_pretrained_magnitude_p0.9_e1" in n for n in t.needs)
+    # Nothing ran: no folder but the plan's targets' parents was touched.
+    assert not list(tmp_path.glob("**/summary.json"))
