@@ -334,7 +334,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     res["run"] = {"command": command,
                   "commit": _git_commit(), "cpu_count": os.cpu_count(),
                   "machine": platform.platform(), "jax": jax.__version__,
-                  "backend": jax.default_backend(), "wall_seconds_this_invocation": time.time() - t0,
+                  "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+                  "workers": c.get("workers", 1),
+                  "wall_seconds_this_invocation": time.time() - t0,
                   "pieces_run_this_invocation": st.ran}
     train._write_json(os.path.join(st.workdir, "results.json"), res)
     write_report(res, st.workdir)
@@ -658,7 +660,8 @@ def write_report(res: dict, workdir: str) -> str:
     lines += ["## Provenance", "",
               f"- command: `{run['command']}`", f"- commit: `{run['commit']}`",
               f"- machine: {run['cpu_count']} CPU cores, {run['machine']}, JAX {run['jax']} "
-              f"({run['backend']})",
+              f"({run['backend']}: {run.get('device')}), {run.get('workers', 1)} worker "
+              "process(es)",
               f"- wall time of this invocation: {run['wall_seconds_this_invocation']:.0f} s "
               f"({run['pieces_run_this_invocation']} pieces run, the rest read back)", ""]
     path = os.path.join(workdir, "report.md")
