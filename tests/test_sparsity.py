@@ -64,6 +64,43 @@ def test_topk_matches_reference_with_negatives_and_ties(seed):
                                       reference_topk(x, int(keep)))
 
 
+@pytest.mark.parametrize("layout", ["per_layer", "together"])
+def test_per_layer_masks_match_the_reference_in_both_layouts(layout, monkeypatch):
+    """Per-layer budgets, each layer alone ("per_layer") or all layers in one blocked bisection
+    ("together"): per layer the mask must equal the reference, with layers whose ties straddle
+    the cut next to layers without, sizes below, at and above the row length (1024), and
+    empty / full keeps."""
+    monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
+    rng = np.random.default_rng(3)
+    scores = {
+        "a": np.where(rng.random((40, 50)) < 0.3, 1.0, 0.95).astype(np.float32),  # ties cut
+        "b": rng.normal(size=(7,)).astype(np.float32),                            # tiny
+        "c": rng.normal(size=(32, 32)).astype(np.float32),                        # one row
+        "d": rng.integers(-3, 3, size=(5, 5, 3, 19)).astype(np.float32),          # ties cut
+        "e": rng.normal(size=(9, 9)).astype(np.float32),                          # keep 0
+        "f": rng.normal(size=(13,)).astype(np.float32),                           # keep all
+    }
+    budget = {"a": 700, "b": 3, "c": 1000, "d": 800, "e": 0, "f": 13}
+    masks = sp.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget, use_abs=False)
+    for name, x in scores.items():
+        np.testing.assert_array_equal(np.asarray(masks[name]), reference_topk(x, budget[name]),
+                                      err_msg=name)
+    # And with |scores| ranked (the default), against the reference on |x|.
+    masks = sp.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget)
+    for name, x in scores.items():
+        np.testing.assert_array_equal(np.asarray(masks[name]),
+                                      reference_topk(np.abs(x), budget[name]), err_msg=name)
+    # A single array and the global budget go through the same layout.
+    np.testing.assert_array_equal(np.asarray(sp.topk_mask(jnp.asarray(scores["d"]), 123)),
+                                  reference_topk(scores["d"], 123))
+
+
+def test_bad_mask_layout(monkeypatch):
+    monkeypatch.setattr(sp, "MASK_LAYOUT", "sorted")
+    with pytest.raises(ValueError, match="'sorted'.*'auto', 'per_layer' or 'together'"):
+        sp.topk_mask(jnp.arange(5.0), 2)
+
+
 def test_topk_continuous_matches_lax_top_k():
     x = jax.random.normal(jax.random.key(1), (1000,))
     _, idx = jax.lax.top_k(x, 123)
