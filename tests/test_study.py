@@ -32,6 +32,7 @@ def _tiny_config():
     c.table_sparsities = (0.9,)
     c.curve_sparsities = (0.5, 0.9)
     c.table4_epochs = (0, 1, 2)
+    c.curves_all_seeds = False
     return c
 
 
