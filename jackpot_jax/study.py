@@ -338,6 +338,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   "workers": c.get("workers", 1),
                   "wall_seconds_this_invocation": time.time() - t0,
                   "pieces_run_this_invocation": st.ran}
+    res["invocations"] = _record_invocation(st.workdir, res["run"])
     train._write_json(os.path.join(st.workdir, "results.json"), res)
     write_report(res, st.workdir)
     return res
@@ -424,6 +425,16 @@ def _experiments(st: Study, c: ml_collections.ConfigDict) -> dict:
                                     "epochs": S, "test_acc_mean": m, "test_acc_std": sd,
                                     "seeds": n})
     return res
+
+
+def _record_invocation(workdir: str, run: dict) -> list[dict]:
+    """Appends this invocation to DIR/invocations.jsonl (pieces run, time, machine, commit) and
+    returns every invocation so far: a study resumed on other machines lists them all."""
+    path = os.path.join(workdir, "invocations.jsonl")
+    with open(path, "a") as f:
+        f.write(json.dumps(run, sort_keys=True) + "\n")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _git_commit():
@@ -657,13 +668,17 @@ def write_report(res: dict, workdir: str) -> str:
         lines.append(f"![{name}]({name})")
         lines.append("")
     run = res["run"]
-    lines += ["## Provenance", "",
-              f"- command: `{run['command']}`", f"- commit: `{run['commit']}`",
-              f"- machine: {run['cpu_count']} CPU cores, {run['machine']}, JAX {run['jax']} "
-              f"({run['backend']}: {run.get('device')}), {run.get('workers', 1)} worker "
-              "process(es)",
-              f"- wall time of this invocation: {run['wall_seconds_this_invocation']:.0f} s "
-              f"({run['pieces_run_this_invocation']} pieces run, the rest read back)", ""]
+    lines += ["## Provenance", ""]
+    history = res.get("invocations") or [run]   # the last one wrote this report
+    invocations = [r for r in history[:-1] if r["pieces_run_this_invocation"]] + history[-1:]
+    for i, r in enumerate(invocations, 1):
+        lines += [f"Invocation {i}:" if len(invocations) > 1 else "This invocation:", "",
+                  f"- command: `{r['command']}`", f"- commit: `{r['commit']}`",
+                  f"- machine: {r['cpu_count']} CPU cores, {r['machine']}, JAX {r['jax']} "
+                  f"({r['backend']}: {r.get('device')}), {r.get('workers', 1)} worker "
+                  "process(es)",
+                  f"- wall time: {r['wall_seconds_this_invocation']:.0f} s "
+                  f"({r['pieces_run_this_invocation']} pieces run, the rest read back)", ""]
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -74,6 +74,10 @@ def test_tiny_study_end_to_end(serial_study):
     # A rerun runs no piece again.
     again = study.run_study(_tiny_config(), str(tmp_path))
     assert again["run"]["pieces_run_this_invocation"] == 0
+    # Both invocations are on record, and the report names them.
+    assert [r["pieces_run_this_invocation"] for r in again["invocations"]] == [
+        res["run"]["pieces_run_this_invocation"], 0]
+    assert "Invocation 1:" in open(tmp_path / "report.md").read()
     assert again["table1"] == res["table1"]
 
 
