@@ -213,24 +213,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def work(st: Study, tasks: list[Task], poll_seconds: float = 1.0) -> int:
+def work(st: Study, tasks: list[Task], poll_seconds: float = 1.0,
+         warn_after_seconds: float = 600.0) -> int:
     """Runs every task of `tasks` that no other process claims, costliest ready task first,
     until all are done (by this process or others). Returns how many this process ran."""
     pending = sorted(tasks, key=lambda t: -t.cost)
-    ran = 0
+    ran, idle_since = 0, time.time()
     while pending:
         pending = [t for t in pending if not t.done()]
         task = next((t for t in pending if t.ready() and _claim(t.target)), None)
         if task is None:
+            if pending and time.time() - idle_since > warn_after_seconds:
+                held = [t.target + ".claim" for t in pending if os.path.exists(t.target + ".claim")]
+                print(f"[study] waiting {time.time() - idle_since:.0f}s for pieces claimed by "
+                      f"other processes: {held[:3]}{' ...' if len(held) > 3 else ''}; a claim "
+                      "left by a process of another machine that is gone must be deleted by "
+                      "hand", flush=True)
+                idle_since = time.time()
             if pending:
                 time.sleep(poll_seconds)
             continue
+        idle_since = time.time()
         try:
             if not task.done():
                 task.run(st)
                 ran += 1
         finally:
             os.remove(task.target + ".claim")
+        idle_since = time.time()
     return ran
 
 
