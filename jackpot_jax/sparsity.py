@@ -267,8 +267,12 @@ def ste_mask(scores: jax.Array, keep: int, *, use_abs: bool = True) -> jax.Array
     ``s - stop_gradient(s)`` is exactly zero for finite scores.
     """
     s = _maybe_abs(scores, use_abs)
-    hard = jax.lax.stop_gradient(topk_mask(s, keep))
-    return hard + (s - jax.lax.stop_gradient(s))
+    return _straight_through(topk_mask(s, keep), s)
+
+
+def _straight_through(hard: jax.Array, s: jax.Array) -> jax.Array:
+    """``hard`` in value, the identity w.r.t. ``s`` in gradient."""
+    return jax.lax.stop_gradient(hard) + (s - jax.lax.stop_gradient(s))
 
 
 def _global_masks(scores: PyTree, keep: int, mask_fn) -> PyTree:
@@ -328,7 +332,7 @@ def _masks_fn(budget_key, use_abs: bool, straight_through: bool, layout: str):
         hard = _topk_masks(ranked, [counts[path_str(kp)] for kp, _ in with_paths], layout)
         hard = [h.astype(_float_dtype(r)) for h, r in zip(hard, ranked)]
         if straight_through:
-            hard = [h + (r - jax.lax.stop_gradient(r)) for h, r in zip(hard, ranked)]
+            hard = [_straight_through(h, r) for h, r in zip(hard, ranked)]
         return jax.tree.unflatten(treedef, hard)
 
     return fn

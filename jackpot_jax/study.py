@@ -59,12 +59,7 @@ class Study:
         c = copy.deepcopy(self.c.base)
         c.unlock()
         c.model, c.seed = network, seed
-        for key, value in over.items():
-            node = c
-            *head, last = key.split(".")
-            for h in head:
-                node = node[h]
-            node[last] = value
+        c.update_from_flattened_dict(over)    # dotted keys: {"search.epochs": 10}
         return c
 
     def piece(self, network, seed, name, mode, needs=(), **over) -> dict:
@@ -631,48 +626,40 @@ def write_report(res: dict, workdir: str) -> str:
         plt.close(fig)
         figs.append(name)
 
-    fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 3.6), squeeze=False)
-    for ax, net in zip(axes[0], nets):
-        for crit in (*CRITERIA, "jackpot"):
-            rows = [r for r in res["criteria_accuracy"] if r["network"] == net and r["criterion"] == crit]
-            ax.plot([100 * r["sparsity"] for r in rows], [100 * r["test_acc_mean"] for r in rows],
-                    marker="o", label=crit)
-        ax.set(title=f"{net}: accuracy without weight tuning", xlabel="sparsity (%)",
-               ylabel="test accuracy (%)")
-        ax.legend(fontsize=8)
-    save(fig, "fig3_criteria_accuracy.png")
+    def per_network(name, title, xlabel, ylabel, curves, marker="o"):
+        """One panel per network; `curves(net)` yields (x, y, label) for each line."""
+        fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 3.6), squeeze=False)
+        for ax, net in zip(axes[0], nets):
+            for x, y, label in curves(net):
+                ax.plot(x, y, marker=marker, label=label)
+            ax.set(title=f"{net}: {title}", xlabel=xlabel, ylabel=ylabel)
+            ax.legend(fontsize=8)
+        save(fig, name)
 
-    fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 3.6), squeeze=False)
-    for ax, net in zip(axes[0], nets):
-        for crit in CRITERIA:
-            rows = [r for r in res["overlap"] if r["network"] == net and r["criterion"] == crit]
-            ax.plot([100 * r["sparsity"] for r in rows], [r["overlap_mean"] for r in rows],
-                    marker="o", label=crit)
-        ax.set(title=f"{net}: overlap with the jackpot (Eq. 7)", xlabel="sparsity (%)",
-               ylabel="overlap")
-        ax.legend(fontsize=8)
-    save(fig, "fig4_overlap.png")
+    def over_sparsity(table, field, scale, key, values, label="{}"):
+        """Curves against sparsity of `table`'s rows, one per value of `key`."""
+        def curves(net):
+            for v in values:
+                rows = [r for r in res[table] if r["network"] == net and r[key] == v]
+                yield ([100 * r["sparsity"] for r in rows], [scale * r[field] for r in rows],
+                       label.format(v))
+        return curves
 
-    fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 3.6), squeeze=False)
-    for ax, net in zip(axes[0], nets):
-        for r in [r for r in res["fig5"] if r["network"] == net]:
-            ax.plot(range(len(r["val_acc_mean"])), [100 * v for v in r["val_acc_mean"]],
-                    marker=".", label=f"{r['init']} warm-up")
-        ax.set(title=f"{net}: search from each warm-up ({res['fig5'][0]['sparsity']:.0%})",
-               xlabel="search epoch", ylabel="validation accuracy (%)")
-        ax.legend(fontsize=8)
-    save(fig, "fig5_warmup.png")
-
-    fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 3.6), squeeze=False)
-    for ax, net in zip(axes[0], nets):
-        for w in ("pretrained", "random"):
-            rows = [r for r in res["fig2"] if r["network"] == net and r["weights"] == w]
-            ax.plot([100 * r["sparsity"] for r in rows], [100 * r["test_acc_mean"] for r in rows],
-                    marker="o", label=f"{w} weights")
-        ax.set(title=f"{net}: search in pre-trained vs random weights", xlabel="sparsity (%)",
-               ylabel="test accuracy (%)")
-        ax.legend(fontsize=8)
-    save(fig, "fig2_pretrained_vs_random.png")
+    per_network("fig3_criteria_accuracy.png", "accuracy without weight tuning", "sparsity (%)",
+                "test accuracy (%)", over_sparsity("criteria_accuracy", "test_acc_mean", 100,
+                                                   "criterion", (*CRITERIA, "jackpot")))
+    per_network("fig4_overlap.png", "overlap with the jackpot (Eq. 7)", "sparsity (%)",
+                "overlap", over_sparsity("overlap", "overlap_mean", 1, "criterion", CRITERIA))
+    per_network("fig5_warmup.png",
+                f"search from each warm-up ({res['fig5'][0]['sparsity']:.0%})", "search epoch",
+                "validation accuracy (%)",
+                lambda net: ((range(len(r["val_acc_mean"])), [100 * v for v in r["val_acc_mean"]],
+                              f"{r['init']} warm-up")
+                             for r in res["fig5"] if r["network"] == net), marker=".")
+    per_network("fig2_pretrained_vs_random.png", "search in pre-trained vs random weights",
+                "sparsity (%)", "test accuracy (%)",
+                over_sparsity("fig2", "test_acc_mean", 100, "weights", ("pretrained", "random"),
+                              label="{} weights"))
 
     for name in figs:
         lines.append(f"![{name}]({name})")

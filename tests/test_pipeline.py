@@ -107,12 +107,7 @@ def _tiny_config(base="fashion_mnist_lenet300.py", **over):
     c.train_subset, c.test_subset, c.val_examples = 256, 32, 16
     c.batch_size, c.eval_batch_size = 32, 16
     c.pretrain.epochs = 1
-    for k, v in over.items():
-        node = c
-        *head, last = k.split(".")
-        for h in head:
-            node = node[h]
-        node[last] = v
+    c.update_from_flattened_dict(over)
     return c
 
 
