@@ -150,33 +150,4 @@ def load_model(path: str | os.PathLike):
   return module, load_variables(path)
 
 
-JACKPOT_GROUPS = ("masks", "params", "batch_stats")
-
-
-def read_jackpot(path: str | os.PathLike) -> dict[str, Any]:
-  """Reads a jackpot.npz (or the run directory holding one) as flat `{path: array}` dicts.
-
-  Returns `{'meta': dict, 'masks': ..., 'params': ..., 'batch_stats': ...}`; `meta` (JSON:
-  arch, options, ...) and `batch_stats` are empty when the file has none. Any other key is
-  an error, so a foreign file is never half-read.
-  """
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    path = os.path.join(path, "jackpot.npz")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"no jackpot.npz at {path}")
-  out: dict[str, Any] = {"meta": {}, **{g: {} for g in JACKPOT_GROUPS}}
-  with np.load(path) as data:
-    for key in data.files:
-      group, _, leaf = key.partition("/")
-      if key == "meta":
-        out["meta"] = json.loads(str(data[key]))
-      elif group in JACKPOT_GROUPS and leaf:
-        out[group][leaf] = data[key]
-      else:
-        raise ValueError(f"{path}: unexpected key {key!r} (want meta or "
-                         f"{'/<path>, '.join(JACKPOT_GROUPS)}/<path>)")
-  return out
-
-
-__all__ = ["read_jackpot", "save_variables", "load_variables", "load_scores", "load_model", "load_model_info"]
+__all__ = ["save_variables", "load_variables", "load_scores", "load_model", "load_model_info"]

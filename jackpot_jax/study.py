@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from jackpot_jax import sparsity as sp
-from jackpot_jax import train
+from jackpot_jax import criteria, engine, export, modes, train, utils
 
 CRITERIA = ("magnitude", "snip", "grasp", "random")
 
@@ -48,8 +48,8 @@ class Study:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.plan = {} if plan else None      # target file -> Task, in the order first asked
-        self.ds = None if plan else train.load_data(config.base)
-        self.mesh = None if plan else train.make_mesh(config.base.num_devices)
+        self.ds = None if plan else modes.load_data(config.base)
+        self.mesh = None if plan else engine.make_mesh(config.base.num_devices)
         self.ran = 0
 
     def _dir(self, network, seed, name):
@@ -128,23 +128,23 @@ class Study:
                 cost=1, call=("criteria", (network, seed, sparsity), {})))
             return {k: {"test_accuracy": 0.0, "overlap_with_jackpot": 0.0}
                     for k in (*CRITERIA, "jackpot")}
-        _, jackpot_masks, _, _ = train.load_jackpot(jackpot["dir"])
+        _, jackpot_masks, _, _ = export.load_jackpot(jackpot["dir"])
         c = self.cfg(network, seed, sparsity=sparsity,
                      pretrained=os.path.join(dense["dir"], "model"))
-        module, variables, _, _ = train._dense_source(c, self.workdir, self.ds, self.mesh)
-        filter_fn = train.prune_filter(c)
-        budget = train.budget_for(c, variables["params"], filter_fn)
+        module, variables, _, _ = modes.dense_source(c, self.workdir, self.ds, self.mesh)
+        filter_fn = criteria.prune_filter(c)
+        budget = criteria.budget_for(c, variables["params"], filter_fn)
         out = {}
         for name in CRITERIA:
-            masks = train.criterion_mask(name, c, module, variables, self.ds, seed, filter_fn,
-                                         budget)
-            masked = train._variables(sp.apply_masks(variables["params"], masks),
-                                      train._batch_stats(variables))
-            acc = train.evaluate(module, masked, self.ds, "test", c.eval_batch_size, self.mesh)
+            masks = criteria.criterion_mask(name, c, module, variables, self.ds, seed,
+                                            filter_fn, budget)
+            masked = utils.variables_of(sp.apply_masks(variables["params"], masks),
+                                        utils.batch_stats_of(variables))
+            acc = engine.evaluate(module, masked, self.ds, "test", c.eval_batch_size, self.mesh)
             out[name] = {"test_accuracy": acc["accuracy"],
                          "overlap_with_jackpot": float(sp.overlap(masks, jackpot_masks))}
         out["jackpot"] = {"test_accuracy": jackpot["test_accuracy"], "overlap_with_jackpot": 1.0}
-        train._write_json(path, out)
+        utils.write_json(path, out)
         return out
 
 
@@ -344,7 +344,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   "wall_seconds_this_invocation": time.time() - t0,
                   "pieces_run_this_invocation": st.ran}
     res["invocations"] = _record_invocation(st.workdir, res["run"])
-    train._write_json(os.path.join(st.workdir, "results.json"), res)
+    utils.write_json(os.path.join(st.workdir, "results.json"), res)
     write_report(res, st.workdir)
     return res
 
@@ -588,7 +588,7 @@ def write_report(res: dict, workdir: str) -> str:
         lines.append(f"| {r['network']} | {r['sparsity']:.0%} | {r['method']} | {cost} | "
                      f"{_pct(r['test_acc_mean'], r['test_acc_std'])} | {r['seeds']} |")
     lines += ["", "## Table 4 analogue: search epochs", "",
-              f"| network | sparsity | search epochs | test acc. (%) | overlap with magnitude mask |",
+              "| network | sparsity | search epochs | test acc. (%) | overlap with magnitude mask |",
               "|---|---|---|---|---|"]
     for r in res["table4"]:
         lines.append(f"| {r['network']} | {r['sparsity']:.0%} | {r['epochs']} | "

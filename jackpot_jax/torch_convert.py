@@ -33,7 +33,7 @@ import flax
 import jax
 import numpy as np
 
-from jackpot_jax import checkpoint, models
+from jackpot_jax import checkpoint, export, models
 
 # Layouts whose classifier is stored as a 1x1 conv `(classes, in, 1, 1)` with bias.
 CONV_CLASSIFIER_ARCHS = ("resnet20", "resnet32", "resnet56", "vgg19_cifar")
@@ -316,7 +316,7 @@ def _leaf(variables, e: _Entry):
 
 def load_jackpot(npz_path: str | os.PathLike):
   """Reads a jackpot npz -> (masks, params) flat `{path: array}` dicts."""
-  jackpot = checkpoint.read_jackpot(npz_path)
+  jackpot = export.read_jackpot(npz_path)
   return jackpot["masks"], jackpot["params"]
 
 

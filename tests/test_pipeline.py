@@ -11,13 +11,12 @@ import sys
 import textwrap
 import time
 
-import jax
 import numpy as np
 import pytest
 
 from jackpot_jax import checkpoint as ckpt_lib
 from jackpot_jax import data as data_lib
-from jackpot_jax import models, train
+from jackpot_jax import export, modes, train
 from jackpot_jax import sparsity as sp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,8 +111,8 @@ def _tiny_config(base="fashion_mnist_lenet300.py", **over):
 
 
 def _pretrained_dir(tmp_path, config):
-    ds = train.load_data(config)
-    module, variables, opts = train.init_model(config, ds, seed=123)
+    ds = modes.load_data(config)
+    module, variables, opts = modes.init_model(config, ds, seed=123)
     return ckpt_lib.save_variables(tmp_path / "init_dense", variables, arch=config.model,
                                    model_options=opts)
 
@@ -158,7 +157,7 @@ TWO_DEVICES = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import json, jax, jax.numpy as jnp, numpy as np
-    from jackpot_jax import models, sparsity as sp, train
+    from jackpot_jax import engine, models, sparsity as sp
     from jackpot_jax.config_base import base_config
     assert jax.device_count() == 2, jax.devices()
     module = models.get_model("resnet20", num_classes=10, width=1)
@@ -172,21 +171,21 @@ TWO_DEVICES = textwrap.dedent("""
     cfg = base_config().search
     out = {}
     for n in (1, 2):
-        mesh = train.make_mesh(n)
-        tx, _ = train.make_optimizer(cfg, 2, 1)
-        state = train.TrainState(jnp.zeros((), jnp.int32), scores, tx.init(scores), bs,
+        mesh = engine.make_mesh(n)
+        tx, _ = engine.make_optimizer(cfg, 2, 1)
+        state = engine.TrainState(jnp.zeros((), jnp.int32), scores, tx.init(scores), bs,
                                  jax.random.key_data(jax.random.key(0)))
         state = jax.tree.map(np.array, state)   # the step donates its state: pass copies
-        step = train.make_train_step(module, "search", tx, budget=budget)
-        state = train.replicate(mesh, state)
-        new, m = step(state, train.replicate(mesh, params), *train.shard_batch(mesh, (x, y)))
+        step = engine.make_train_step(module, "search", tx, budget=budget)
+        state = engine.replicate(mesh, state)
+        new, m = step(state, engine.replicate(mesh, params), *engine.shard_batch(mesh, (x, y)))
         out[n] = (float(m["loss"]), jax.device_get(new.trainable), jax.device_get(new.batch_stats))
     assert abs(out[1][0] - out[2][0]) < 1e-5, (out[1][0], out[2][0])
     for a, b in zip(jax.tree.leaves(out[1][1:]), jax.tree.leaves(out[2][1:])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(jax.tree.leaves(out[2][1])[0] - jax.tree.leaves(scores)[0]).max()) > 0
     try:
-        train.check_batch(7, train.make_mesh(2))
+        engine.check_batch(7, engine.make_mesh(2))
     except ValueError as e:
         assert "batch_size=7" in str(e) and "2 devices" in str(e), e
     else:
@@ -230,8 +229,8 @@ def test_finetune_keeps_the_mask_and_changes_weights(tmp_path):
     config.pretrained = _pretrained_dir(tmp_path, config)
     summary = train.run(config, str(tmp_path / "ft"))
     assert summary["mode"] == "finetune"
-    meta, masks, params, _ = train.load_jackpot(str(tmp_path / "ft"))
-    _, search_masks, _, _ = train.load_jackpot(str(tmp_path / "ft" / "search"))
+    meta, masks, params, _ = export.load_jackpot(str(tmp_path / "ft"))
+    _, search_masks, _, _ = export.load_jackpot(str(tmp_path / "ft" / "search"))
     assert float(sp.overlap(masks, search_masks)) == 1.0
     for path, m in sp.flatten_paths(masks).items():
         w = sp.flatten_paths(params)[path]

@@ -1,0 +1,66 @@
+"""Masks from criteria on a dataset: the prunable filter, per-layer budgets, and the
+magnitude / random / SNIP / GraSP masks that warm-start the search or serve as baselines.
+
+The formulas are in `jackpot_jax.sparsity`; this module feeds them the config and the data.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from jackpot_jax import data as data_lib
+from jackpot_jax import sparsity as sp
+from jackpot_jax import utils
+
+WARMUPS = ("magnitude", "snip", "grasp", "random", "kaiming")
+
+
+def prune_filter(config) -> sp.FilterFn:
+    include = list(config.prune.include) or None
+    exclude = list(config.prune.exclude)
+    return sp.make_filter(include=include, exclude=exclude)
+
+
+
+def criterion_importance(name: str, config, module, variables, ds, seed: int, filter_fn):
+    """Importance scores (larger = keep) of one criterion on the given weights."""
+    params, batch_stats = variables["params"], utils.batch_stats_of(variables)
+    if name == "magnitude":
+        return sp.magnitude_scores(params, filter_fn)
+    if name == "random":
+        return sp.random_scores(jax.random.key(seed + 7919), params, filter_fn)
+
+    def logits_fn(p, x):
+        # Train mode (batch statistics), as SNIP/GraSP compute on a mini-batch; stats discarded.
+        out, _ = module.apply(utils.variables_of(p, batch_stats), x, train=True,
+                              mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        return out
+
+    if name == "snip":
+        batches = []
+        it = data_lib.iterate_batches(ds, "train", config.batch_size, train=True, seed=seed,
+                                      epoch=10_000)
+        for _ in range(config.criteria.snip_batches):
+            batches.append(next(it))
+        return sp.snip_scores(sp.temperature_loss(logits_fn, 1.0), params, batches, filter_fn)
+    if name == "grasp":
+        x, y = data_lib.balanced_batch(ds, "train", config.criteria.grasp_per_class, seed)
+        half = len(y) // 2  # the GraSP code splits its balanced sample in two halves
+        order = np.random.default_rng(seed).permutation(len(y))
+        x, y = x[order], y[order]
+        batches = [(x[:half], y[:half]), (x[half:], y[half:])]
+        loss = sp.temperature_loss(logits_fn, config.criteria.grasp_temperature)
+        return sp.grasp_scores(loss, params, batches, filter_fn)
+    raise ValueError(f"criterion={name!r}; expected one of {sp.CRITERIA}")
+
+
+def budget_for(config, params, filter_fn):
+    return sp.keep_counts(params, config.sparsity, config.search.distribution,
+                          filter_fn=filter_fn)
+
+
+def criterion_mask(name: str, config, module, variables, ds, seed, filter_fn, budget):
+    importance = criterion_importance(name, config, module, variables, ds, seed, filter_fn)
+    return sp.criterion_mask(importance, budget)
+

@@ -1,0 +1,277 @@
+"""The training engine every mode shares: devices, train state, jitted steps, evaluation and
+the epoch loop.
+
+One jitted, data-parallel step over a `Mesh` ('data' axis: batch sharded, state replicated,
+BatchNorm statistics over the global batch). The loop trains, validates, checkpoints
+(`jackpot_jax.resume`) and logs once per epoch, and resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jackpot_jax import data as data_lib
+from jackpot_jax import sparsity as sp
+from jackpot_jax import utils
+from jackpot_jax.resume import Checkpointer, MetricsLog
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser and loss
+# ---------------------------------------------------------------------------------------------
+
+
+def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+    """Cosine from ``lr`` to 0 stepped once per epoch, no warm-up (the official schedule)."""
+    def schedule(step):
+        epoch = jnp.minimum(step // steps_per_epoch, epochs)
+        return 0.5 * lr * (1.0 + jnp.cos(jnp.pi * epoch / max(epochs, 1)))
+    return schedule
+
+
+def make_optimizer(opt_cfg, epochs: int, steps_per_epoch: int):
+    """(optimizer, schedule): torch-style SGD: weight decay added to the gradient, then momentum (no Nesterov)."""
+    schedule = cosine_per_epoch(opt_cfg.lr, epochs, steps_per_epoch)
+    return optax.chain(
+        optax.add_decayed_weights(opt_cfg.weight_decay),
+        optax.sgd(schedule, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.nesterov),
+    ), schedule
+
+
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+    num_classes = logits.shape[-1]
+    onehot = jax.nn.one_hot(labels, num_classes)
+    if label_smoothing:
+        onehot = optax.smooth_labels(onehot, label_smoothing)
+    return optax.softmax_cross_entropy(logits, onehot).mean()
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices
+# ---------------------------------------------------------------------------------------------
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    devices = jax.devices()
+    if num_devices:
+        if num_devices > len(devices):
+            raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def check_batch(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ValueError(f"{what}={batch_size} does not split across the {n} devices; use a "
+                         f"multiple of {n} (e.g. {max(n, batch_size // n * n)})")
+
+
+def shard_batch(mesh: Mesh, batch):
+    """Global numpy batch -> arrays sharded along 'data' (this process supplies its slice)."""
+    sharding = NamedSharding(mesh, P("data"))
+    nproc, pid = jax.process_count(), jax.process_index()
+
+    def put(x):
+        per = x.shape[0] // nproc
+        local = x[pid * per:(pid + 1) * per]
+        return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+    return jax.tree.map(put, batch)
+
+
+def replicate(mesh: Mesh, tree):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Training state and steps
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What must survive a crash. ``trainable`` is the params (pretrain/finetune) or the
+    scores (search); ``frozen`` inputs are not part of the state."""
+    step: jax.Array
+    trainable: Any
+    opt_state: Any
+    batch_stats: Any
+    rng: jax.Array
+
+
+jax.tree_util.register_dataclass(
+    TrainState, data_fields=["step", "trainable", "opt_state", "batch_stats", "rng"],
+    meta_fields=[])
+
+
+def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
+                    label_smoothing: float = 0.0):
+    """One jitted SGD step. ``kind``: 'dense' (trainable = params), 'search' (trainable =
+    scores, frozen = pre-trained params) or 'masked' (trainable = params, frozen = masks)."""
+
+    def effective_params(trainable, frozen):
+        if kind == "dense":
+            return trainable
+        if kind == "search":
+            return sp.masked_params(frozen, trainable, budget, use_abs=use_abs)
+        return sp.apply_masks(trainable, frozen)
+
+    def step(state: TrainState, frozen, images, labels):
+        dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(trainable):
+            variables = {"params": effective_params(trainable, frozen)}
+            if state.batch_stats is not None:
+                variables["batch_stats"] = state.batch_stats
+            logits, updates = module.apply(variables, images, train=True,
+                                           mutable=["batch_stats"],
+                                           rngs={"dropout": dropout_rng})
+            loss = cross_entropy(logits, labels, label_smoothing)
+            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+        trainable = optax.apply_updates(state.trainable, updates)
+        acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+        new = TrainState(state.step + 1, trainable, opt_state, batch_stats, state.rng)
+        return new, {"loss": loss, "accuracy": acc}
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=16)
+def make_eval_step(module):
+    """Jitted eval step, one per module (cached: evaluation runs every epoch)."""
+    @jax.jit
+    def step(variables, images, labels, weights):
+        logits = module.apply(variables, images, train=False)
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+        top1 = jnp.argmax(logits, -1) == labels
+        k = min(5, logits.shape[-1])
+        topk = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
+        return {"loss": jnp.sum(nll * weights), "top1": jnp.sum(top1 * weights),
+                "top5": jnp.sum(topk * weights), "count": jnp.sum(weights)}
+    return step
+
+
+def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh) -> dict:
+    """Top-1 (and top-5 where classes > 5) accuracy and mean loss over a whole split."""
+    check_batch(batch_size, mesh, "eval_batch_size")
+    step = make_eval_step(module)
+    variables = replicate(mesh, variables)
+    totals = None
+    for images, labels in data_lib.iterate_batches(ds, split, batch_size, train=False):
+        n = len(labels)
+        weights = np.zeros(batch_size, np.float32)
+        weights[:n] = 1.0
+        if n < batch_size:  # pad to one shape: one compilation
+            images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:],
+                                                      images.dtype)])
+            labels = np.concatenate([labels, np.zeros(batch_size - n, labels.dtype)])
+        out = step(variables, *shard_batch(mesh, (images, labels, weights)))
+        out = jax.device_get(out)
+        totals = out if totals is None else {k: totals[k] + out[k] for k in out}
+    if totals is None:
+        raise ValueError(f"the {split} split is empty")
+    count = float(totals["count"])
+    res = {"accuracy": float(totals["top1"]) / count, "loss": float(totals["loss"]) / count,
+           "examples": int(count)}
+    if ds.num_classes > 5:
+        res["top5"] = float(totals["top5"]) / count
+    return res
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The epoch loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, trainable, frozen,
+               batch_stats, opt_cfg, epochs: int, seed: int, budget=None,
+               epoch_hook: Callable[[int, TrainState], dict] | None = None,
+               eval_params: Callable[[TrainState], Any]) -> tuple[TrainState, MetricsLog]:
+    """Epoch loop shared by every mode: train, validate, checkpoint, log, resume."""
+    batch_size = config.batch_size
+    check_batch(batch_size, mesh)
+    spe = data_lib.num_batches(ds.train, batch_size, drop_remainder=True)
+    if spe == 0:
+        raise ValueError(f"train split has {len(ds.train)} examples, fewer than "
+                         f"batch_size={batch_size}")
+    tx, schedule = make_optimizer(opt_cfg, epochs, spe)
+    state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                       opt_state=tx.init(trainable), batch_stats=batch_stats,
+                       rng=jax.random.key_data(jax.random.key(seed)))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    start = 0
+    restored = ckpt.restore_latest(state)
+    if restored is not None:
+        start, state = restored
+        utils.log(f"resuming {workdir} from epoch {start}")
+    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
+    step_fn = make_train_step(module, kind, tx, budget=budget,
+                              use_abs=config.search.use_abs,
+                              label_smoothing=config.label_smoothing)
+    # Host copies first: the step donates the state, which must not free the caller's arrays.
+    state = replicate(mesh, utils.as_numpy(state))
+    frozen = replicate(mesh, frozen)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    for epoch in range(start, epochs):
+        t0 = time.time()
+        lr = float(schedule(epoch * spe))
+        sums = {"loss": 0.0, "accuracy": 0.0}
+        batches = data_lib.iterate_batches(ds, "train", batch_size, train=True, seed=seed,
+                                           epoch=epoch)
+        bar = tqdm(total=spe, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
+                   disable=None) if tqdm else None
+        for i, (images, labels) in enumerate(batches):
+            state, m = step_fn(state, frozen, *shard_batch(mesh, (images, labels)))
+            if bar is not None and (i % 10 == 0 or i == spe - 1):
+                m = jax.device_get(m)
+                bar.set_postfix(loss=f"{float(m['loss']):.3f}",
+                                img_s=f"{(i + 1) * batch_size / (time.time() - t0):.0f}")
+            if bar is not None:
+                bar.update(1)
+            sums = jax.tree.map(lambda a, b: a + b, sums, m)
+        if bar is not None:
+            bar.close()
+        sums = jax.device_get(sums)
+        train_seconds = time.time() - t0
+        loss = float(sums["loss"]) / spe
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss} in epoch {epoch + 1}; "
+                                     f"lower the learning rate ({opt_cfg.lr})")
+        val = evaluate(module, eval_params(state), ds, "val", config.eval_batch_size, mesh) \
+            if len(ds.val) else {}
+        record = {"epoch": epoch + 1, "loss": loss, "train_accuracy": float(sums["accuracy"]) / spe,
+                  "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss"),
+                  "learning_rate": lr, "seconds": time.time() - t0,
+                  "train_images_per_second": spe * batch_size / train_seconds}
+        if epoch_hook is not None:
+            record.update(epoch_hook(epoch + 1, state))
+        ckpt.save(epoch + 1, state)
+        log.append(record)
+        utils.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in record.items() if v is not None))
+    ckpt.close()
+    return state, log
+
