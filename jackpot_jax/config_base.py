@@ -9,8 +9,11 @@ import ml_collections
 
 
 def _sgd(lr, epochs, weight_decay, momentum=0.9):
+    # schedule: "cosine_epoch" (cosine stepped once per epoch, the official code) or
+    # "cosine_step" (the same cosine stepped every optimiser step)
     return ml_collections.ConfigDict(dict(lr=lr, epochs=epochs, weight_decay=weight_decay,
-                                          momentum=momentum, nesterov=False))
+                                          momentum=momentum, nesterov=False,
+                                          schedule="cosine_epoch"))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,6 +52,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.use_abs = True
     c.search.distribution = "global_magnitude"   # | uniform | erk | global
     c.search.weights = "pretrained"  # | random (Fig. 2: search in a randomly initialised net)
+    # How the mask follows the scores: "topk" (recomputed every step, the 2022 code) or "swap"
+    # (a persistent mask updated after every step by balanced swaps, the 2023 code; set
+    # use_abs=False for its raw-score ranking). swap_schedule "official" swaps every eligible
+    # pair; "poly" a fraction swap_rate * (1 - epoch/epochs) ** swap_power of them.
+    c.search.mask_update = "topk"
+    c.search.swap_schedule = "official"
+    c.search.swap_rate = 1.0
+    c.search.swap_power = 4.0
 
     c.finetune = _sgd(lr=0.01, epochs=10, weight_decay=0.0)
     c.finetune.mask = "jackpot"   # | magnitude | snip | grasp | random (weight-tuning baselines)

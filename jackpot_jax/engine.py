@@ -40,9 +40,26 @@ def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Sche
     return schedule
 
 
+def cosine_per_step(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
+    """Cosine from ``lr`` to 0 over the run's ``epochs * steps_per_epoch`` steps, no warm-up."""
+    total = max(epochs * steps_per_epoch, 1)
+
+    def schedule(step):
+        t = jnp.minimum(step, total)
+        return 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t / total))
+    return schedule
+
+
+SCHEDULES = {"cosine_epoch": cosine_per_epoch, "cosine_step": cosine_per_step}
+
+
 def make_optimizer(opt_cfg, epochs: int, steps_per_epoch: int):
-    """(optimizer, schedule): torch-style SGD: weight decay added to the gradient, then momentum (no Nesterov)."""
-    schedule = cosine_per_epoch(opt_cfg.lr, epochs, steps_per_epoch)
+    """(optimizer, schedule): torch-style SGD: weight decay added to the gradient, then momentum
+    (no Nesterov); ``opt_cfg.schedule`` is 'cosine_epoch' (the official code) or 'cosine_step'."""
+    name = opt_cfg.get("schedule", "cosine_epoch")
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule={name!r}; expected one of {sorted(SCHEDULES)}")
+    schedule = SCHEDULES[name](opt_cfg.lr, epochs, steps_per_epoch)
     return optax.chain(
         optax.add_decayed_weights(opt_cfg.weight_decay),
         optax.sgd(schedule, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.nesterov),
@@ -105,27 +122,33 @@ def replicate(mesh: Mesh, tree):
 @dataclasses.dataclass
 class TrainState:
     """What must survive a crash. ``trainable`` is the params (pretrain/finetune) or the
-    scores (search); ``frozen`` inputs are not part of the state."""
+    scores (search); ``frozen`` inputs are not part of the state. ``masks``: the persistent
+    0/1 masks of a swap search (``search.mask_update='swap'``), None otherwise."""
     step: jax.Array
     trainable: Any
     opt_state: Any
     batch_stats: Any
     rng: jax.Array
+    masks: Any = None
 
 
 jax.tree_util.register_dataclass(
-    TrainState, data_fields=["step", "trainable", "opt_state", "batch_stats", "rng"],
+    TrainState, data_fields=["step", "trainable", "opt_state", "batch_stats", "rng", "masks"],
     meta_fields=[])
 
 
 def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
-                    label_smoothing: float = 0.0):
+                    label_smoothing: float = 0.0, swap_rate: Callable | None = None):
     """One jitted SGD step. ``kind``: 'dense' (trainable = params), 'search' (trainable =
-    scores, frozen = pre-trained params) or 'masked' (trainable = params, frozen = masks)."""
+    scores, frozen = pre-trained params) or 'masked' (trainable = params, frozen = masks).
+    With ``swap_rate`` (step -> fraction, see `sparsity.swap_rate`) a search uses the state's
+    persistent masks and updates them by `sparsity.swap_masks` after the optimiser step."""
 
-    def effective_params(trainable, frozen):
+    def effective_params(trainable, frozen, masks):
         if kind == "dense":
             return trainable
+        if kind == "search" and swap_rate is not None:
+            return sp.masked_params_from_masks(frozen, trainable, masks, use_abs=use_abs)
         if kind == "search":
             return sp.masked_params(frozen, trainable, budget, use_abs=use_abs)
         return sp.apply_masks(trainable, frozen)
@@ -134,7 +157,7 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
         dropout_rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(trainable):
-            variables = {"params": effective_params(trainable, frozen)}
+            variables = {"params": effective_params(trainable, frozen, state.masks)}
             if state.batch_stats is not None:
                 variables["batch_stats"] = state.batch_stats
             logits, updates = module.apply(variables, images, train=True,
@@ -147,8 +170,12 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
             state.trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
+        masks = state.masks
+        if swap_rate is not None:   # the 2023 rule: swap pairs after every optimiser step
+            masks = sp.swap_masks(trainable, masks, budget, swap_rate(state.step),
+                                  use_abs=use_abs)
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-        new = TrainState(state.step + 1, trainable, opt_state, batch_stats, state.rng)
+        new = TrainState(state.step + 1, trainable, opt_state, batch_stats, state.rng, masks)
         return new, {"loss": loss, "accuracy": acc}
 
     return jax.jit(step, donate_argnums=(0,))
@@ -204,10 +231,13 @@ def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh) -> 
 
 
 def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, trainable, frozen,
-               batch_stats, opt_cfg, epochs: int, seed: int, budget=None,
+               batch_stats, opt_cfg, epochs: int, seed: int, budget=None, masks=None,
                epoch_hook: Callable[[int, TrainState], dict] | None = None,
                eval_params: Callable[[TrainState], Any]) -> tuple[TrainState, MetricsLog]:
-    """Epoch loop shared by every mode: train, validate, checkpoint, log, resume."""
+    """Epoch loop shared by every mode: train, validate, checkpoint, log, resume.
+
+    ``masks``: the initial persistent masks of a swap search (``config.search.mask_update
+    == 'swap'``), kept in the train state and checkpointed with it."""
     batch_size = config.batch_size
     check_batch(batch_size, mesh)
     spe = data_lib.num_batches(ds.train, batch_size, drop_remainder=True)
@@ -215,9 +245,18 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         raise ValueError(f"train split has {len(ds.train)} examples, fewer than "
                          f"batch_size={batch_size}")
     tx, schedule = make_optimizer(opt_cfg, epochs, spe)
+    swap_rate = None
+    if kind == "search" and config.search.get("mask_update", "topk") == "swap":
+        if masks is None:
+            raise ValueError("search.mask_update='swap' needs the initial masks")
+        sc = config.search
+        sp.check_swap_schedule(sc.swap_schedule, sc.swap_rate, sc.swap_power)
+        swap_rate = lambda step: sp.swap_rate(step // spe, epochs, sc.swap_schedule,
+                                              sc.swap_rate, sc.swap_power)
     state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                        opt_state=tx.init(trainable), batch_stats=batch_stats,
-                       rng=jax.random.key_data(jax.random.key(seed)))
+                       rng=jax.random.key_data(jax.random.key(seed)),
+                       masks=masks if swap_rate is not None else None)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     start = 0
     restored = ckpt.restore_latest(state)
@@ -227,7 +266,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
     step_fn = make_train_step(module, kind, tx, budget=budget,
                               use_abs=config.search.use_abs,
-                              label_smoothing=config.label_smoothing)
+                              label_smoothing=config.label_smoothing, swap_rate=swap_rate)
     # Host copies first: the step donates the state, which must not free the caller's arrays.
     state = replicate(mesh, utils.as_numpy(state))
     frozen = replicate(mesh, frozen)

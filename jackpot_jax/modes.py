@@ -129,6 +129,13 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         scores = sp.init_scores_from_mask(init_mask, cfg.score_kept, cfg.score_pruned)
     hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
     init_mask = hard_masks(scores)
+    swap = cfg.mask_update == "swap"
+
+    def current_masks(state):
+        """The search's mask now: the persistent one (swap) or the top-k of the scores."""
+        if swap:
+            return utils.as_numpy(state.masks)
+        return hard_masks(utils.as_numpy(state.trainable))
     dense_acc = engine.evaluate(module, variables, ds, "test", config.eval_batch_size, mesh)
     init_vars = utils.variables_of(sp.apply_masks(params, init_mask), batch_stats)
     init_acc = engine.evaluate(module, init_vars, ds, "test", config.eval_batch_size, mesh)
@@ -138,23 +145,23 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
 
     # Host copies: arrays committed to the mesh would compile the mask function again.
     def hook(epoch, state):
-        m = hard_masks(utils.as_numpy(state.trainable))
+        m = current_masks(state)
         out = {"overlap_with_init": float(sp.overlap(m, init_mask)),
                "mask_flips": int(sp.mask_flips(m, prev["mask"]))}
         prev["mask"] = m
         return out
 
     def eval_params(state):
-        m = hard_masks(utils.as_numpy(state.trainable))
+        m = current_masks(state)
         return utils.variables_of(sp.apply_masks(params, m), state.batch_stats)
 
     state, log = engine.train_loop(
         config=config, workdir=workdir, module=module, ds=ds, mesh=mesh, kind="search",
         trainable=scores, frozen=params, batch_stats=batch_stats, opt_cfg=cfg,
         epochs=cfg.epochs, seed=config.seed, budget=budget, epoch_hook=hook,
-        eval_params=eval_params)
+        eval_params=eval_params, masks=init_mask if swap else None)
     scores = utils.as_numpy(state.trainable)
-    masks = utils.as_numpy(hard_masks(scores))
+    masks = utils.as_numpy(current_masks(state))
     final_bs = utils.as_numpy(state.batch_stats)
     final_vars = utils.variables_of(utils.as_numpy(sp.apply_masks(params, masks)), final_bs)
     test = engine.evaluate(module, final_vars, ds, "test", config.eval_batch_size, mesh)
@@ -166,7 +173,8 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     summary.update(_mask_summary(masks, config))
     summary.update({
         "pretrained_checkpoint": source, "weights": cfg.weights, "init": cfg.init,
-        "distribution": cfg.distribution,
+        "distribution": cfg.distribution, "mask_update": cfg.mask_update,
+        "schedule": cfg.schedule,
         "dense_test_accuracy": dense_acc["accuracy"],
         "init_mask_test_accuracy": init_acc["accuracy"],
         "init_mask_val_accuracy": init_val.get("accuracy"),

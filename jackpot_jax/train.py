@@ -25,6 +25,7 @@ from jackpot_jax import utils
 from jackpot_jax.criteria import WARMUPS
 
 MODES = ("pretrain", "search", "finetune", "eval")
+MASK_UPDATES = ("topk", "swap")
 RUNNERS = {"pretrain": modes.run_pretrain, "search": modes.run_search,
            "finetune": modes.run_finetune, "eval": modes.run_eval}
 
@@ -36,6 +37,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"sparsity={config.sparsity!r} must be in [0, 1)")
     if config.search.init not in WARMUPS:
         raise ValueError(f"search.init={config.search.init!r}; expected one of {WARMUPS}")
+    if config.search.mask_update not in MASK_UPDATES:
+        raise ValueError(f"search.mask_update={config.search.mask_update!r}; expected one of "
+                         f"{MASK_UPDATES}")
+    if config.search.mask_update == "swap" and config.search.distribution == "global":
+        raise ValueError("search.mask_update='swap' swaps within each layer: it needs per-layer "
+                         "counts, so search.distribution must be global_magnitude, uniform or "
+                         "erk, not 'global'")
     if config.distributed:
         jax.distributed.initialize()
     workdir = os.path.abspath(workdir)
