@@ -1,0 +1,76 @@
+"""The efficiency sweep's selection and verdicts (jackpot_jax/sweep.py), by hand."""
+
+import pytest
+
+from jackpot_jax import sweep
+
+TABLE = {(1, 1): 0.50, (2, 1): 0.60, (3, 1): 0.55, (1, 2): 0.65, (2, 2): 0.70, (3, 2): 0.80}
+
+
+def _evaluate(calls, table=TABLE):
+    def evaluate(point):
+        calls.append((point["a"], point["b"]))
+        return table.get((point["a"], point["b"]))
+    return evaluate
+
+
+def test_coordinate_search_by_hand():
+    calls = []
+    best, seen, finished = sweep.coordinate_search(
+        _evaluate(calls), {"a": 1, "b": 1}, {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 3)
+    # round 1: a at b=1 -> a=2 (0.60); b at a=2 -> b=2 (0.70)
+    # round 2: a at b=2 -> a=3 (0.80); b at a=3 -> stays 2;  round 3: nothing changes
+    assert best == {"a": 3, "b": 2} and finished
+    assert calls == [(1, 1), (2, 1), (3, 1), (2, 2), (1, 2), (3, 2)]   # each point once
+    assert len(seen) == 6
+    # One round only: the search stops after round 1 at (2, 2).
+    best, _, finished = sweep.coordinate_search(
+        _evaluate([]), {"a": 1, "b": 1}, {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 1)
+    assert best == {"a": 2, "b": 2} and finished
+
+
+def test_coordinate_search_ties_keep_the_current_level_and_missing_values_stop():
+    flat = {k: 0.5 for k in TABLE}
+    best, _, _ = sweep.coordinate_search(_evaluate([], flat), {"a": 2, "b": 2},
+                                         {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 2)
+    assert best == {"a": 2, "b": 2}
+    pending = dict(TABLE)
+    del pending[(2, 2)]                    # not run yet: the search waits there
+    calls = []
+    best, seen, finished = sweep.coordinate_search(
+        _evaluate(calls, pending), {"a": 1, "b": 1}, {"a": (1, 2, 3), "b": (1, 2)},
+        ("a", "b"), 2)
+    assert not finished and best == {"a": 2, "b": 1} and calls[-1] == (2, 2)
+    with pytest.raises(ValueError, match="factor 'b'"):
+        sweep.coordinate_search(_evaluate([]), {"a": 1, "b": 9}, {"a": (1, 2, 3), "b": (1, 2)},
+                                ("a", "b"), 1)
+
+
+def test_recipe_names_and_overrides():
+    r = {"batch_size": 64, "lr": 0.2, "score_pruned": 0.99, "schedule": "cosine_step",
+         "mask_update": "swap"}
+    assert sweep.recipe_name("jackpot", r, 10) == "jackpot_b64_lr0.2_s0.99_cosine_step_swap_e10"
+    mode, over = sweep.recipe_overrides("jackpot", r, 10)
+    assert mode == "search" and over["search.use_abs"] is False    # 2023: raw scores
+    assert over["batch_size"] == 64 and over["search.schedule"] == "cosine_step"
+    mode, over = sweep.recipe_overrides("weight_tuning", {"batch_size": 128, "lr": 0.02}, 3)
+    assert mode == "finetune" and over == {"batch_size": 128, "finetune.epochs": 3,
+                                           "finetune.lr": 0.02, "finetune.mask": "magnitude"}
+    with pytest.raises(ValueError, match="kind='dense'"):
+        sweep.recipe_overrides("dense", r, 1)
+
+
+def test_assessment_by_hand():
+    rows = [{"network": "n", "method": "dense", "epochs": 10, "test_acc_mean": 0.9000}]
+    for m, accs in {"jackpot_official": (0.85, 0.8900), "jackpot_selected": (0.88, 0.8980),
+                    "weight_tuning_selected": (0.87, 0.8950)}.items():
+        rows += [{"network": "n", "method": m, "epochs": e, "test_acc_mean": a}
+                 for e, a in zip((1, 10), accs)]
+    (v,) = sweep.assess({"settings": {"networks": ["n"]}, "rows": rows})
+    assert v["target_epochs"] == 10
+    assert v["gap_to_dense"] == pytest.approx(0.20)
+    assert v["jackpot_minus_weight_tuning"] == pytest.approx(0.30)
+    assert v["within_0.3_of_dense"] and v["at_least_weight_tuning"]
+    b1 = v["budgets"][0]
+    assert b1["winner"] == "jackpot_selected" and b1["runner_up"] == "weight_tuning_selected"
+    assert b1["margin"] == pytest.approx(1.0)
