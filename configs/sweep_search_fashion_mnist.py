@@ -35,11 +35,15 @@ def get_config():
     c.final_seeds = (1, 2, 3)           # fresh: none of them is used for selection
     c.final_epochs = (1, 3, 10)
     c.max_rounds = 2                    # coordinate-descent rounds per network and method
+    # Per-network changes of the design: any of jackpot_start, jackpot_levels, wt_start,
+    # wt_levels (merged into the sweep-wide ones), max_rounds.
+    c.per_network = ml_collections.ConfigDict()
     c.workers = 1
 
     # The official recipe (the 2022 code): also the sweep's starting point.
     c.official = ml_collections.ConfigDict(dict(
         batch_size=256, lr=0.1, score_pruned=0.95, schedule="cosine_epoch", mask_update="topk"))
+    c.jackpot_start = None              # where the jackpot selection starts (None: official)
     # "swap" is the 2023 rule as the authors run it: raw scores, every eligible pair swapped.
     c.jackpot_factors = ("batch_size", "lr", "score_pruned", "schedule", "mask_update")
     c.jackpot_levels = ml_collections.ConfigDict(dict(

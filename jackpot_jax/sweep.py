@@ -115,20 +115,41 @@ def _plain(cfg) -> dict:
     return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
 
 
+def design_for(c, network: str) -> dict:
+    """The selection design of one network: starting points, levels and rounds, with
+    `c.per_network[network]` (if any) overriding the sweep-wide ones."""
+    d = {"jackpot_start": _plain(c.jackpot_start or c.official),
+         "jackpot_levels": _plain(c.jackpot_levels), "wt_start": _plain(c.wt_start),
+         "wt_levels": _plain(c.wt_levels), "max_rounds": c.max_rounds}
+    over = _plain(c.per_network.get(network) or {})
+    unknown = sorted(set(over) - set(d))
+    if unknown:
+        raise ValueError(f"per_network.{network}: unknown keys {unknown}; expected some of "
+                         f"{sorted(d)}")
+    for k, v in over.items():
+        d[k] = dict(d[k], **_plain(v)) if isinstance(d[k], dict) else v
+    for k in ("jackpot_levels", "wt_levels"):
+        d[k] = {f: tuple(v) for f, v in d[k].items()}
+    return d
+
+
 def _experiments(st: Study, c) -> dict:
-    res = {"sweep": [], "selected": {}, "rows": [], "complete": True}
+    res = {"sweep": [], "selected": {}, "rows": [], "complete": True, "designs": {}}
     for net in c.networks:
+        design = design_for(c, net)
+        res["designs"][net] = {k: ({f: list(v) for f, v in d.items()} if k.endswith("levels")
+                                   else d) for k, d in design.items()}
         selected, finished = {}, True
-        for kind, start, levels, factors in (
-                ("jackpot", c.official, c.jackpot_levels, c.jackpot_factors),
-                ("weight_tuning", c.wt_start, c.wt_levels, c.wt_factors)):
+        for kind, factors in (("jackpot", c.jackpot_factors), ("weight_tuning", c.wt_factors)):
+            prefix = "jackpot" if kind == "jackpot" else "wt"
+
             def evaluate(point, kind=kind):
                 r = run_recipe(st, kind, net, c.select_seed, point, c.select_epochs, c.sparsity)
                 return None if r is None else r["final_val_accuracy"]
 
-            levels = {k: tuple(v) for k, v in _plain(levels).items()}
-            best, seen, done = coordinate_search(evaluate, _plain(start), levels,
-                                                 tuple(factors), c.max_rounds)
+            best, seen, done = coordinate_search(
+                evaluate, design[f"{prefix}_start"], design[f"{prefix}_levels"],
+                tuple(factors), design["max_rounds"])
             finished &= done
             selected[kind] = best
             for order, (key, val) in enumerate(seen.items()):
@@ -148,15 +169,17 @@ def _experiments(st: Study, c) -> dict:
         m, sd, n = _mean_std(dense)
         res["rows"].append({"network": net, "method": "dense", "epochs": c.pretrain_epochs,
                             "test_acc_mean": m, "test_acc_std": sd, "seeds": n})
-        for method in METHODS:
-            kind, recipe = recipes[method]
-            for e in c.final_epochs:
+        rows = []
+        for e in sorted(c.final_epochs, reverse=True):     # the target's budget first
+            for method in METHODS:
+                kind, recipe = recipes[method]
                 runs = [run_recipe(st, kind, net, s, recipe, e, c.sparsity)
                         for s in c.final_seeds]
                 m, sd, n = _mean_std([r["test_accuracy"] for r in runs if r is not None])
-                res["rows"].append({"network": net, "method": method, "epochs": e,
-                                    "test_acc_mean": m, "test_acc_std": sd, "seeds": n,
-                                    "recipe": recipe})
+                rows.append({"network": net, "method": method, "epochs": e,
+                             "test_acc_mean": m, "test_acc_std": sd, "seeds": n,
+                             "recipe": recipe})
+        res["rows"] += sorted(rows, key=lambda r: (METHODS.index(r["method"]), r["epochs"]))
     return res
 
 
@@ -183,11 +206,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "networks": list(c.networks), "sparsity": c.sparsity, "select_seed": c.select_seed,
         "select_epochs": c.select_epochs, "final_seeds": list(c.final_seeds),
         "final_epochs": list(c.final_epochs), "pretrain_epochs": c.pretrain_epochs,
-        "max_rounds": c.max_rounds, "official": _plain(c.official),
-        "jackpot_factors": list(c.jackpot_factors),
-        "jackpot_levels": {k: list(v) for k, v in _plain(c.jackpot_levels).items()},
-        "wt_start": _plain(c.wt_start), "wt_factors": list(c.wt_factors),
-        "wt_levels": {k: list(v) for k, v in _plain(c.wt_levels).items()},
+        "official": _plain(c.official), "jackpot_factors": list(c.jackpot_factors),
+        "wt_factors": list(c.wt_factors), "designs": res.pop("designs"),
         "quick": c.quick, "dataset": c.base.dataset, "train_examples": len(st.ds.train),
         "val_examples": len(st.ds.val), "test_examples": len(st.ds.test),
         "search_weight_decay": c.base.search.weight_decay,
@@ -329,10 +349,11 @@ def write_report(res: dict, workdir: str) -> str:
                     else str(r["recipe"][f]) for f in factors) + f" | {_pct(r['val_accuracy'])}"
                     f"{mark} |")
             best = res["selected"][net][kind]
+            design = st["designs"][net]
             around = []
             for f in factors:
                 cells = []
-                for lvl in st["jackpot_levels" if kind == "jackpot" else "wt_levels"][f]:
+                for lvl in design["jackpot_levels" if kind == "jackpot" else "wt_levels"][f]:
                     p = dict(best, **{f: lvl})
                     hit = next((r for r in sweep if r["recipe"] == p), None)
                     cells.append(f"{lvl:g}" if isinstance(lvl, float) else str(lvl))
@@ -373,20 +394,29 @@ def write_report(res: dict, workdir: str) -> str:
               f"seed starts from that seed's dense checkpoint ({st['pretrain_epochs']} epochs). "
               f"Jackpot: scores 1.0 on the magnitude mask and the pruned-score level elsewhere, "
               f"SGD momentum 0.9, weight decay {st['search_weight_decay']:g} on the scores, "
-              f"cosine to 0; 'swap' is the authors' 2023 rule (persistent mask, balanced swaps "
+              f"cosine to 0 (stepped per epoch or per step); 'swap' is the authors' 2023 rule (persistent mask, balanced swaps "
               f"after every step, raw scores, every eligible pair). Weight tuning: the magnitude "
               f"mask fixed, weights and biases trained by SGD momentum 0.9, weight decay "
               f"{st['finetune_weight_decay']:g}, cosine per epoch.",
               "",
-              f"Selection: coordinate descent from the official recipe (jackpot) and from "
-              f"{_recipe_text('weight_tuning', st['wt_start'])} (weight tuning), factors in the "
-              f"order {st['jackpot_factors']} / {st['wt_factors']}, every level of one factor "
+              f"Selection: coordinate descent, factors in the order {st['jackpot_factors']} "
+              f"(jackpot) and {st['wt_factors']} (weight tuning): every level of one factor "
               f"with the others at the best point so far (a tie keeps the current level), "
-              f"rounds until nothing changes (at most {st['max_rounds']}); only the final-epoch "
+              f"rounds until one changes nothing or the round limit; only the final-epoch "
               f"validation accuracy of seed {st['select_seed']} after {st['select_epochs']} "
               f"epochs is read. The test set is read only for the final table, on seeds "
               f"{st['final_seeds']}, none of which took part in the selection. Each budget "
-              f"is its own run (the cosine ends at 0 at that budget).", ""]
+              f"is its own run (the cosine ends at 0 at that budget). Per network:", ""]
+    for net, d in st["designs"].items():
+        lines.append(
+            f"- {net}: jackpot from {_recipe_text('jackpot', d['jackpot_start'])}, levels "
+            + "; ".join(f"{f} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
+                        for f in st["jackpot_factors"] for vs in [d["jackpot_levels"][f]])
+            + f"; weight tuning from {_recipe_text('weight_tuning', d['wt_start'])}, levels "
+            + "; ".join(f"{f} {', '.join(f'{v:g}' for v in vs)}"
+                        for f in st["wt_factors"] for vs in [d["wt_levels"][f]])
+            + f"; at most {d['max_rounds']} round(s).")
+    lines.append("")
     lines += ["## Provenance", ""]
     history = res.get("invocations") or [res["run"]]
     invocations = [r for r in history[:-1] if r["pieces_run_this_invocation"]] + history[-1:]
