@@ -38,6 +38,14 @@ def get_config():
     # Per-network changes of the design: any of jackpot_start, jackpot_levels, wt_start,
     # wt_levels (merged into the sweep-wide ones), max_rounds.
     c.per_network = ml_collections.ConfigDict()
+    # LeNet-5 (an epoch costs ~10x LeNet-300-100's on 2 CPU cores): one round, starting from
+    # LeNet-300-100's selected recipe (validation), without lr 0.05 and pruned scores 0.999,
+    # the lowest levels on LeNet-300-100 wherever they were tried.
+    c.per_network.lenet5 = ml_collections.ConfigDict(dict(
+        max_rounds=1,
+        jackpot_start=dict(batch_size=64, lr=0.2, score_pruned=0.95, schedule="cosine_step",
+                           mask_update="topk"),
+        jackpot_levels=dict(lr=(0.1, 0.2, 0.4), score_pruned=(0.95, 0.99))))
     c.workers = 1
 
     # The official recipe (the 2022 code): also the sweep's starting point.
