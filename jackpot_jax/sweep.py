@@ -186,6 +186,8 @@ def _experiments(st: Study, c) -> dict:
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) the sweep and writes the report; returns results.json's content."""
     t0 = time.time()
+    commit = _git_commit()              # the code that runs: read now, not when it ends
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0))
     if config.quick:
         config = apply_quick(config)
     c = config
@@ -215,7 +217,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     }
     command = ("python -m jackpot_jax.sweep " + " ".join(sys.argv[1:])
                if sys.argv and sys.argv[0].endswith("sweep.py") else None)
-    res["run"] = {"command": command, "commit": _git_commit(), "cpu_count": os.cpu_count(),
+    res["run"] = {"command": command, "commit": commit, "started": started,
+                  "cpu_count": os.cpu_count(),
                   "machine": platform.platform(), "jax": jax.__version__,
                   "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
                   "workers": c.get("workers", 1),
@@ -422,7 +425,8 @@ def write_report(res: dict, workdir: str) -> str:
     invocations = [r for r in history[:-1] if r["pieces_run_this_invocation"]] + history[-1:]
     for i, r in enumerate(invocations, 1):
         lines += [f"Invocation {i}:", "", f"- command: `{r['command']}`",
-                  f"- commit: `{r['commit']}`",
+                  f"- commit: `{r['commit']}`" + (f", started {r['started']}"
+                                                   if r.get("started") else ""),
                   f"- machine: {r['cpu_count']} CPU cores, {r['machine']}, JAX {r['jax']} "
                   f"({r['backend']}: {r.get('device')}), {r.get('workers', 1)} worker "
                   "process(es)",
