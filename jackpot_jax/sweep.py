@@ -120,7 +120,7 @@ def design_for(c, network: str) -> dict:
     `c.per_network[network]` (if any) overriding the sweep-wide ones."""
     d = {"jackpot_start": _plain(c.jackpot_start or c.official),
          "jackpot_levels": _plain(c.jackpot_levels), "wt_start": _plain(c.wt_start),
-         "wt_levels": _plain(c.wt_levels), "max_rounds": c.max_rounds}
+         "wt_levels": _plain(c.wt_levels), "max_rounds": c.max_rounds, "note": ""}
     over = _plain(c.per_network.get(network) or {})
     unknown = sorted(set(over) - set(d))
     if unknown:
@@ -332,6 +332,8 @@ def write_report(res: dict, workdir: str) -> str:
               f"{st['select_seed']}, {st['select_epochs']} epochs)", ""]
     for net, sel in res["selected"].items():
         state = "" if sel["selection_finished"] else " (selection not finished)"
+        if st["designs"][net]["max_rounds"] == 0:
+            state = f" ({st['designs'][net]['note'] or 'not selected on this network'})"
         lines.append(f"- {net}{state}: jackpot — {_recipe_text('jackpot', sel['jackpot'])}; "
                      f"weight tuning — {_recipe_text('weight_tuning', sel['weight_tuning'])}.")
     lines += ["", f"Official recipe: {_recipe_text('jackpot', st['official'])}.", ""]
@@ -411,6 +413,11 @@ def write_report(res: dict, workdir: str) -> str:
               f"{st['final_seeds']}, none of which took part in the selection. Each budget "
               f"is its own run (the cosine ends at 0 at that budget). Per network:", ""]
     for net, d in st["designs"].items():
+        if d["max_rounds"] == 0:
+            lines.append(f"- {net}: {d['note'] or 'no sweep'}: jackpot "
+                         f"{_recipe_text('jackpot', d['jackpot_start'])}; weight tuning "
+                         f"{_recipe_text('weight_tuning', d['wt_start'])}.")
+            continue
         lines.append(
             f"- {net}: jackpot from {_recipe_text('jackpot', d['jackpot_start'])}, levels "
             + "; ".join(f"{f} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in vs)}"
@@ -418,7 +425,8 @@ def write_report(res: dict, workdir: str) -> str:
             + f"; weight tuning from {_recipe_text('weight_tuning', d['wt_start'])}, levels "
             + "; ".join(f"{f} {', '.join(f'{v:g}' for v in vs)}"
                         for f in st["wt_factors"] for vs in [d["wt_levels"][f]])
-            + f"; at most {d['max_rounds']} round(s).")
+            + f"; at most {d['max_rounds']} round(s)" + (f" ({d['note']})" if d["note"] else "")
+            + ".")
     lines.append("")
     lines += ["## Provenance", ""]
     history = res.get("invocations") or [res["run"]]
