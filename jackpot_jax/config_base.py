@@ -10,10 +10,11 @@ import ml_collections
 
 def _sgd(lr, epochs, weight_decay, momentum=0.9):
     # schedule: "cosine_epoch" (cosine stepped once per epoch, the official code) or
-    # "cosine_step" (the same cosine stepped every optimiser step)
+    # "cosine_step" (the same cosine stepped every optimiser step); batch_size: this mode's
+    # global batch (0 = the config's batch_size)
     return ml_collections.ConfigDict(dict(lr=lr, epochs=epochs, weight_decay=weight_decay,
                                           momentum=momentum, nesterov=False,
-                                          schedule="cosine_epoch"))
+                                          schedule="cosine_epoch", batch_size=0))
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -230,6 +230,11 @@ def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+def mode_batch_size(config, opt_cfg) -> int:
+    """The global training batch of a mode: its own ``batch_size`` if set, else the config's."""
+    return int((opt_cfg.get("batch_size") if opt_cfg is not None else 0) or config.batch_size)
+
+
 def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, trainable, frozen,
                batch_stats, opt_cfg, epochs: int, seed: int, budget=None, masks=None,
                epoch_hook: Callable[[int, TrainState], dict] | None = None,
@@ -238,7 +243,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
 
     ``masks``: the initial persistent masks of a swap search (``config.search.mask_update
     == 'swap'``), kept in the train state and checkpointed with it."""
-    batch_size = config.batch_size
+    batch_size = mode_batch_size(config, opt_cfg)
     check_batch(batch_size, mesh)
     spe = data_lib.num_batches(ds.train, batch_size, drop_remainder=True)
     if spe == 0:

@@ -260,7 +260,8 @@ def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
 def _base_summary(config, mode, ds, log: MetricsLog, t0) -> dict:
     best = max(log.records, key=lambda r: r.get("val_accuracy") or -1) if log.records else None
     return {"mode": mode, "model": config.model, "dataset": config.dataset,
-            "seed": config.seed, "batch_size": config.batch_size,
+            "seed": config.seed,
+            "batch_size": engine.mode_batch_size(config, config.get(mode)),
             "num_devices": jax.device_count() if not config.num_devices else config.num_devices,
             "final_val_accuracy": log.records[-1].get("val_accuracy") if log.records else None,
             "best_val_epoch": best["epoch"] if best else None,

@@ -2,6 +2,7 @@
 transcription of the authors' code, its rate schedule, the per-step cosine schedule, and a
 swap search resumed after a crash."""
 
+import json
 import os
 
 import jax
@@ -193,7 +194,7 @@ def _tiny_swap_config(tmp_path):
         "search.epochs": 4, "sparsity": 0.8, "search.mask_update": "swap",
         "search.use_abs": False, "search.swap_schedule": "poly", "search.swap_rate": 0.5,
         "search.swap_power": 1.0, "search.lr": 2.0, "search.score_pruned": 0.99,
-        "search.schedule": "cosine_step"})
+        "search.schedule": "cosine_step", "search.batch_size": 16})
     ds = modes.load_data(c)
     module, variables, opts = modes.init_model(c, ds, seed=123)
     c.pretrained = ckpt_lib.save_variables(tmp_path / "init_dense", variables, arch=c.model,
@@ -205,6 +206,9 @@ def test_swap_search_resumed_after_a_crash_ends_with_the_same_mask(tmp_path, mon
     config = _tiny_swap_config(tmp_path)
     ref = train.run(config, str(tmp_path / "ref"))
     assert ref["mask_update"] == "swap" and ref["schedule"] == "cosine_step"
+    assert ref["batch_size"] == 16                   # the search's own batch, not the config's
+    lines = [json.loads(x) for x in open(tmp_path / "ref" / "metrics.jsonl")]
+    assert lines[1]["learning_rate"] == pytest.approx(1.0 + np.cos(np.pi * 16 / 64))  # step 16
     with np.load(tmp_path / "ref" / "jackpot.npz") as z:
         ref_masks = {k: z[k] for k in z.files if k.startswith("masks/")}
     # Half the swaps a step makes are left out (rate <= 0.5), so the persistent mask lags the
