@@ -11,6 +11,10 @@ Run:
 Fine-tune the jackpot afterwards (Eq. 9):
   python -m jackpot_jax.main --config configs/cifar10_vgg19.py --workdir runs/cifar10_vgg19_ft \
       --config.mode=finetune --config.finetune.jackpot=runs/cifar10_vgg19
+
+Search recipe: the official one (batch 256, SGD lr 0.1 with the cosine stepped per epoch,
+scores 1.0 / 0.95, top-k masks). The Fashion-MNIST configs use a recipe selected for the LeNets
+on Fashion-MNIST (docs/results/fashion_mnist/efficiency/); it is not carried over here.
 """
 
 from jackpot_jax.config_base import cifar_config

@@ -6,6 +6,10 @@ Data: ImageNet prepared for tfds (`tfds.data_source('imagenet2012')`, ArrayRecor
 Run (10 search epochs, 90% sparsity):
   python -m jackpot_jax.main --config configs/imagenet_resnet50.py --workdir runs/imagenet_r50 \\
       --config.pretrained=runs/r50_dense --config.data_dir=/path/to/tensorflow_datasets
+
+Search recipe: the official one (batch 256, SGD lr 0.1 with the cosine stepped per epoch,
+scores 1.0 / 0.95, top-k masks). The Fashion-MNIST configs use a recipe selected for the LeNets
+on Fashion-MNIST (docs/results/fashion_mnist/efficiency/); it is not carried over here.
 """
 
 from jackpot_jax.config_base import base_config

@@ -105,6 +105,8 @@ def _tiny_config(base="fashion_mnist_lenet300.py", **over):
     c.dataset = "synthetic:" + c.dataset
     c.train_subset, c.test_subset, c.val_examples = 256, 32, 16
     c.batch_size, c.eval_batch_size = 32, 16
+    for mode in ("pretrain", "search", "finetune"):
+        c[mode].batch_size = 0
     c.pretrain.epochs = 1
     c.update_from_flattened_dict(over)
     return c
@@ -125,6 +127,7 @@ def test_kill_and_resume_gives_identical_masks(tmp_path):
     args = [f"--config.{k}={v}" for k, v in [
         ("dataset", config.dataset), ("train_subset", 256), ("test_subset", 32),
         ("val_examples", 16), ("batch_size", 32), ("eval_batch_size", 16),
+        ("search.batch_size", 0), ("pretrain.batch_size", 0),
         ("search.epochs", 8), ("sparsity", 0.8), ("pretrained", config.pretrained)]]
     work = tmp_path / "killed"
     cmd = [sys.executable, "-m", "jackpot_jax.main", "--config", cfg_file, "--workdir",
@@ -209,6 +212,8 @@ def test_every_config_runs_one_step_on_synthetic_data(tmp_path, config_path):
     c.dataset = "synthetic:" + c.dataset
     c.train_subset, c.test_subset, c.val_examples = 2, 2, 2
     c.batch_size = c.eval_batch_size = 2
+    for mode in ("pretrain", "search", "finetune"):
+        c[mode].batch_size = 0           # a config's own per-mode batch: the tiny one here
     c.search.epochs = 1
     if c.dataset == "synthetic:imagenet2012":
         c.image_size = 64   # same graph as 224 (global pooling), a fraction of the CPU time
