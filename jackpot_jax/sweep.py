@@ -168,7 +168,8 @@ def _experiments(st: Study, c) -> dict:
         dense = [st.pretrained(net, s)["test_accuracy"] for s in c.final_seeds]
         m, sd, n = _mean_std(dense)
         res["rows"].append({"network": net, "method": "dense", "epochs": c.pretrain_epochs,
-                            "test_acc_mean": m, "test_acc_std": sd, "seeds": n})
+                            "test_acc_mean": m, "test_acc_std": sd, "seeds": n,
+                            "per_seed": dict(zip(map(str, c.final_seeds), dense))})
         rows = []
         for e in sorted(c.final_epochs, reverse=True):     # the target's budget first
             for method in METHODS:
@@ -178,7 +179,9 @@ def _experiments(st: Study, c) -> dict:
                 m, sd, n = _mean_std([r["test_accuracy"] for r in runs if r is not None])
                 rows.append({"network": net, "method": method, "epochs": e,
                              "test_acc_mean": m, "test_acc_std": sd, "seeds": n,
-                             "recipe": recipe})
+                             "recipe": recipe, "per_seed": {
+                                 str(s): r["test_accuracy"] for s, r in zip(c.final_seeds, runs)
+                                 if r is not None}})
         res["rows"] += sorted(rows, key=lambda r: (METHODS.index(r["method"]), r["epochs"]))
     return res
 
@@ -273,13 +276,43 @@ def assess(res: dict) -> list[dict]:
         js, wt = last["accuracy"].get("jackpot_selected"), last["accuracy"].get(
             "weight_tuning_selected")
         gap = 100 * (dense - js) if js is not None else None
+
+        def paired(a, b, e):
+            """Per-seed differences a - b (points): every seed's runs share its checkpoint."""
+            ra = next((r for r in rows if r["method"] == a and r["epochs"] == e), None)
+            rb = next((r for r in rows if r["method"] == b and (b == "dense" or
+                                                                 r["epochs"] == e)), None)
+            if not ra or not rb or "per_seed" not in ra or "per_seed" not in rb:
+                return None
+            d = [100 * (ra["per_seed"][k] - rb["per_seed"][k]) for k in ra["per_seed"]
+                 if k in rb["per_seed"]]
+            return {"mean": float(np.mean(d)), "std": float(np.std(d)), "seeds": len(d)} \
+                if d else None
+
+        e = last["epochs"]
         out.append({"network": net, "dense": dense, "budgets": per_budget,
+                    "paired_jackpot_minus_weight_tuning": paired(
+                        "jackpot_selected", "weight_tuning_selected", e),
+                    "paired_jackpot_minus_dense": paired("jackpot_selected", "dense", e),
                     "target_epochs": last["epochs"], "gap_to_dense": gap,
                     "jackpot_minus_weight_tuning": 100 * (js - wt) if None not in (js, wt)
                     else None,
                     "within_0.3_of_dense": gap is not None and gap <= 0.3,
                     "at_least_weight_tuning": None not in (js, wt) and js >= wt})
     return out
+
+
+def _paired_text(v: dict) -> str:
+    parts = []
+    for key, what in (("paired_jackpot_minus_dense", "jackpot - dense"),
+                      ("paired_jackpot_minus_weight_tuning", "jackpot - weight tuning")):
+        p = v.get(key)
+        if p:
+            parts.append(f"{what} {p['mean']:+.2f} ± {p['std']:.2f}")
+        if p and p["seeds"] > 1:
+            parts[-1] += f" (std over {p['seeds']} seeds)"
+    return (" Per-seed paired differences (each seed's runs share its dense checkpoint): "
+            + "; ".join(parts) + ".") if parts else ""
 
 
 def write_report(res: dict, workdir: str) -> str:
@@ -304,7 +337,7 @@ def write_report(res: dict, workdir: str) -> str:
             f"{v['target_epochs']} epochs the selected jackpot is {v['gap_to_dense']:.2f} points "
             f"below dense ({_pct(v['dense'])}%; target <= 0.30; negative: above dense) and "
             f"{v['jackpot_minus_weight_tuning']:+.2f} points against the selected weight tuning "
-            f"(target >= 0).")
+            f"(target >= 0)." + _paired_text(v))
     lines += ["", "## Which recipe wins at which budget (test accuracy, %, mean ± std over "
               f"seeds {st['final_seeds']})", ""]
     for net in st["networks"]:

@@ -74,3 +74,17 @@ def test_assessment_by_hand():
     b1 = v["budgets"][0]
     assert b1["winner"] == "jackpot_selected" and b1["runner_up"] == "weight_tuning_selected"
     assert b1["margin"] == pytest.approx(1.0)
+
+
+def test_paired_differences_by_hand():
+    rows = [{"network": "n", "method": "dense", "epochs": 10, "test_acc_mean": 0.90,
+             "per_seed": {"1": 0.90, "2": 0.91}}]
+    for m, (a, b) in {"jackpot_official": (0.88, 0.88), "jackpot_selected": (0.897, 0.909),
+                      "weight_tuning_selected": (0.899, 0.905)}.items():
+        rows.append({"network": "n", "method": m, "epochs": 10, "test_acc_mean": (a + b) / 2,
+                     "per_seed": {"1": a, "2": b}})
+    (v,) = sweep.assess({"settings": {"networks": ["n"]}, "rows": rows})
+    pj = v["paired_jackpot_minus_weight_tuning"]      # seed 1: -0.2, seed 2: +0.4 points
+    assert pj["mean"] == pytest.approx(0.1) and pj["std"] == pytest.approx(0.3)
+    pd = v["paired_jackpot_minus_dense"]              # -0.3 and -0.1 points
+    assert pd["mean"] == pytest.approx(-0.2) and pd["std"] == pytest.approx(0.1)
