@@ -120,7 +120,8 @@ def design_for(c, network: str) -> dict:
     `c.per_network[network]` (if any) overriding the sweep-wide ones."""
     d = {"jackpot_start": _plain(c.jackpot_start or c.official),
          "jackpot_levels": _plain(c.jackpot_levels), "wt_start": _plain(c.wt_start),
-         "wt_levels": _plain(c.wt_levels), "max_rounds": c.max_rounds, "note": ""}
+         "wt_levels": _plain(c.wt_levels), "max_rounds": c.max_rounds, "note": "",
+         "final_seeds": tuple(c.final_seeds)}
     over = _plain(c.per_network.get(network) or {})
     unknown = sorted(set(over) - set(d))
     if unknown:
@@ -128,6 +129,10 @@ def design_for(c, network: str) -> dict:
                          f"{sorted(d)}")
     for k, v in over.items():
         d[k] = dict(d[k], **_plain(v)) if isinstance(d[k], dict) else v
+    d["final_seeds"] = tuple(d["final_seeds"])
+    if c.select_seed in d["final_seeds"]:
+        raise ValueError(f"{network}: final_seeds {d['final_seeds']} include the selection seed "
+                         f"{c.select_seed}; the final runs need fresh seeds")
     for k in ("jackpot_levels", "wt_levels"):
         d[k] = {f: tuple(v) for f, v in d[k].items()}
     return d
@@ -138,7 +143,9 @@ def _experiments(st: Study, c) -> dict:
     for net in c.networks:
         design = design_for(c, net)
         res["designs"][net] = {k: ({f: list(v) for f, v in d.items()} if k.endswith("levels")
-                                   else d) for k, d in design.items()}
+                                   else list(d) if k == "final_seeds" else d)
+                               for k, d in design.items()}
+        seeds = design["final_seeds"]
         selected, finished = {}, True
         for kind, factors in (("jackpot", c.jackpot_factors), ("weight_tuning", c.wt_factors)):
             prefix = "jackpot" if kind == "jackpot" else "wt"
@@ -165,22 +172,22 @@ def _experiments(st: Study, c) -> dict:
         recipes = {"jackpot_official": ("jackpot", _plain(c.official)),
                    "jackpot_selected": ("jackpot", selected["jackpot"]),
                    "weight_tuning_selected": ("weight_tuning", selected["weight_tuning"])}
-        dense = [st.pretrained(net, s)["test_accuracy"] for s in c.final_seeds]
+        dense = [st.pretrained(net, s)["test_accuracy"] for s in seeds]
         m, sd, n = _mean_std(dense)
         res["rows"].append({"network": net, "method": "dense", "epochs": c.pretrain_epochs,
                             "test_acc_mean": m, "test_acc_std": sd, "seeds": n,
-                            "per_seed": dict(zip(map(str, c.final_seeds), dense))})
+                            "per_seed": dict(zip(map(str, seeds), dense))})
         rows = []
         for e in sorted(c.final_epochs, reverse=True):     # the target's budget first
             for method in METHODS:
                 kind, recipe = recipes[method]
                 runs = [run_recipe(st, kind, net, s, recipe, e, c.sparsity)
-                        for s in c.final_seeds]
+                        for s in seeds]
                 m, sd, n = _mean_std([r["test_accuracy"] for r in runs if r is not None])
                 rows.append({"network": net, "method": method, "epochs": e,
                              "test_acc_mean": m, "test_acc_std": sd, "seeds": n,
                              "recipe": recipe, "per_seed": {
-                                 str(s): r["test_accuracy"] for s, r in zip(c.final_seeds, runs)
+                                 str(s): r["test_accuracy"] for s, r in zip(seeds, runs)
                                  if r is not None}})
         res["rows"] += sorted(rows, key=lambda r: (METHODS.index(r["method"]), r["epochs"]))
     return res
@@ -339,7 +346,7 @@ def write_report(res: dict, workdir: str) -> str:
             f"{v['jackpot_minus_weight_tuning']:+.2f} points against the selected weight tuning "
             f"(target >= 0)." + _paired_text(v))
     lines += ["", "## Which recipe wins at which budget (test accuracy, %, mean ± std over "
-              f"seeds {st['final_seeds']})", ""]
+              "fresh seeds)", ""]
     for net in st["networks"]:
         rows = [r for r in res["rows"] if r["network"] == net]
         if not rows:
@@ -348,7 +355,8 @@ def write_report(res: dict, workdir: str) -> str:
         dense = next(r for r in rows if r["method"] == "dense")
         lines += [f"### {net} at {st['sparsity']:.0%} sparsity (dense: "
                   f"{_pct(dense['test_acc_mean'], dense['test_acc_std'])}, "
-                  f"{dense['epochs']} pretraining epochs)", "",
+                  f"{dense['epochs']} pretraining epochs; seeds "
+                  f"{', '.join(dense.get('per_seed', {}))})", "",
                   "| epochs | " + " | ".join(names[m] for m in METHODS) + " | winner (margin) |",
                   "|---|" + "---|" * len(METHODS) + "---|"]
         v = next(x for x in verdicts if x["network"] == net)
@@ -442,14 +450,15 @@ def write_report(res: dict, workdir: str) -> str:
               f"with the others at the best point so far (a tie keeps the current level), "
               f"rounds until one changes nothing or the round limit; only the final-epoch "
               f"validation accuracy of seed {st['select_seed']} after {st['select_epochs']} "
-              f"epochs is read. The test set is read only for the final table, on seeds "
-              f"{st['final_seeds']}, none of which took part in the selection. Each budget "
+              f"epochs is read. The test set is read only for the final table, on fresh seeds "
+              f"(below), none of which took part in the selection. Each budget "
               f"is its own run (the cosine ends at 0 at that budget). Per network:", ""]
     for net, d in st["designs"].items():
         if d["max_rounds"] == 0:
             lines.append(f"- {net}: {d['note'] or 'no sweep'}: jackpot "
                          f"{_recipe_text('jackpot', d['jackpot_start'])}; weight tuning "
-                         f"{_recipe_text('weight_tuning', d['wt_start'])}.")
+                         f"{_recipe_text('weight_tuning', d['wt_start'])}; final seeds "
+                         f"{d['final_seeds']}.")
             continue
         lines.append(
             f"- {net}: jackpot from {_recipe_text('jackpot', d['jackpot_start'])}, levels "
@@ -459,7 +468,7 @@ def write_report(res: dict, workdir: str) -> str:
             + "; ".join(f"{f} {', '.join(f'{v:g}' for v in vs)}"
                         for f in st["wt_factors"] for vs in [d["wt_levels"][f]])
             + f"; at most {d['max_rounds']} round(s)" + (f" ({d['note']})" if d["note"] else "")
-            + ".")
+            + f"; final seeds {d['final_seeds']}.")
     lines.append("")
     lines += ["## Provenance", ""]
     history = res.get("invocations") or [res["run"]]
