@@ -102,6 +102,20 @@ def shard_local_batch(mesh: Mesh, batch):
         sharding, x, (x.shape[0] * nproc, *x.shape[1:])), batch)
 
 
+def batch_to_mesh(mesh: Mesh, ds, keys=("image", "label")):
+    """A function: a uint8 batch dict of this process's rows -> the arrays ``keys`` sharded on
+    the mesh, images normalised there (float32, the dataset's mean/std)."""
+    scale = (1.0 / (255.0 * np.asarray(ds.std, np.float64))).astype(np.float32)
+    bias = (-np.asarray(ds.mean, np.float64) / np.asarray(ds.std, np.float64)).astype(np.float32)
+    normalize = jax.jit(lambda x: x.astype(jnp.float32) * scale + bias)
+
+    def put(batch):
+        arrays = shard_local_batch(mesh, tuple(batch[k] for k in keys))
+        return (normalize(arrays[0]), *arrays[1:])
+
+    return put
+
+
 def replicate(mesh: Mesh, tree):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
@@ -193,9 +207,10 @@ def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh,
     workers = input_pipeline.resolve_workers(workers, ds.split(split))
     batches = input_pipeline.eval_batches(ds, split, batch_size, workers=workers,
                                           process_index=jax.process_index(),
-                                          process_count=jax.process_count())
+                                          process_count=jax.process_count(), normalize=False)
+    put = batch_to_mesh(mesh, ds, ("image", "label", "weight"))
     for b in batches:
-        out = step(variables, *shard_local_batch(mesh, (b["image"], b["label"], b["weight"])))
+        out = step(variables, *put(b))
         out = jax.device_get(out)
         totals = out if totals is None else {k: totals[k] + out[k] for k in out}
     if totals is None:
@@ -253,9 +268,8 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     batches = iter(input_pipeline.device_prefetch(
         input_pipeline.train_batches(ds, batch_size, seed=seed, epochs=range(start, epochs),
                                      workers=workers, process_index=jax.process_index(),
-                                     process_count=jax.process_count()),
-        lambda b: shard_local_batch(mesh, (b["image"], b["label"])),
-        config.get("data_prefetch", 2)))
+                                     process_count=jax.process_count(), normalize=False),
+        batch_to_mesh(mesh, ds), config.get("data_prefetch", 2)))
     for epoch in range(start, epochs):
         t0 = time.time()
         lr = float(schedule(epoch * spe))
