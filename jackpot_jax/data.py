@@ -206,6 +206,7 @@ _SYNTHETIC_LIKE = {  # name -> (num_classes, image_shape, augment)
     'cifar10': (10, (32, 32, 3), 'crop_flip'),
     'cifar100': (100, (32, 32, 3), 'crop_flip'),
     'imagenet2012': (1000, (224, 224, 3), 'inception'),
+    'imagenet_folder': (1000, (224, 224, 3), 'inception'),
 }
 
 

@@ -370,10 +370,8 @@ def iterate_batches(ds, split: str, batch_size: int, *, train: bool, seed: int =
         raise ValueError(f'start_batch={start_batch} must be in [0, {len(d)}]')
     for b in loader(d[start_batch:], workers):
         keep = b['weight'] > 0
-        if keep.all():
-            yield b['image'], b['label']
-        else:
-            yield b['image'][keep], b['label'][keep]
+        # Copies: from workers the arrays live in shared memory that grain frees with them.
+        yield np.array(b['image'][keep]), np.array(b['label'][keep])
 
 
 def balanced_batch(ds, split: str, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

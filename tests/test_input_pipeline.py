@@ -357,3 +357,65 @@ def test_engine_normalises_uint8_batches_on_the_mesh_as_the_host_does():
     # The reference formula, by hand: (x / 255 - mean) / std.
     by_hand = (raw['image'] / 255.0 - np.asarray(d.CIFAR_MEAN)) / np.asarray(d.CIFAR_STD)
     np.testing.assert_allclose(host['image'], by_hand, rtol=1e-5, atol=1e-5)
+
+
+TWO_PROCESSES = r'''
+import json, sys
+import jax
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+import numpy as np
+from jax.experimental import multihost_utils
+from jackpot_jax import data as d, engine, input_pipeline as ip, models
+
+ds = d.load_dataset('synthetic:cifar10', train_subset=20, val_examples=16, test_subset=10)
+mesh = engine.make_mesh()
+assert mesh.devices.size == 2 and jax.process_count() == 2
+put = engine.batch_to_mesh(mesh, ds)
+gathered = []
+for b in ip.train_batches(ds, 8, seed=3, epochs=[0, 1], normalize=False,
+                          process_index=jax.process_index(), process_count=2):
+    assert b['image'].shape[0] == 4  # this process's rows only
+    images, labels = put(b)
+    gathered.append(multihost_utils.process_allgather((images, labels), tiled=True))
+single = list(ip.train_batches(ds, 8, seed=3, epochs=[0, 1]))
+assert len(gathered) == len(single) == 4
+for (x, y), s in zip(gathered, single):
+    np.testing.assert_allclose(np.asarray(x), s['image'], atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(y), s['label'])
+module = models.get_model('lenet300_100', num_classes=10)
+variables = models.init_variables(module, jax.random.key(0), (1, 32, 32, 3))
+res = engine.evaluate(module, variables, ds, 'test', 4, mesh)  # 10 examples: a padded last batch
+print('RESULT', json.dumps(res))
+'''
+
+
+def test_two_jax_processes_feed_their_rows_and_evaluate_as_one(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
+    procs = [subprocess.Popen([sys.executable, '-c', TWO_PROCESSES, f'127.0.0.1:{port}', str(i)],
+                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.split('RESULT ', 1)[1]) for out, _ in outs]
+    assert results[0] == results[1]
+    # One process on one device gives the same evaluation.
+    import jax
+    from jackpot_jax import engine, models
+    ds = d.load_dataset('synthetic:cifar10', train_subset=20, val_examples=16, test_subset=10)
+    module = models.get_model('lenet300_100', num_classes=10)
+    variables = models.init_variables(module, jax.random.key(0), (1, 32, 32, 3))
+    one = engine.evaluate(module, variables, ds, 'test', 4, engine.make_mesh(1))
+    assert one['examples'] == results[0]['examples'] == 10
+    for key in ('accuracy', 'loss'):
+        assert abs(one[key] - results[0][key]) < 1e-5
