@@ -17,9 +17,9 @@ Parts (`--only`, repeatable; default cifar, imagenet, lenet):
 Both host paths stop at uint8 batches, as the training loop uses them: the engine normalises
 on the device (`engine.batch_to_mesh`).
 * lenet: the real training loop (`engine.train_loop`, Caffe LeNet-5, dense SGD, batch 256, on
-  in-memory 28x28 data) with device prefetch (2) and without (0), against the bare jitted
-  step called on one batch already on the device: img/s of the second epoch (the first
-  compiles).
+  in-memory 28x28 data, 3 epochs) with device prefetch (2) and without (0), against the bare
+  jitted step called on one batch already on the device, timed before and after the loops:
+  the median img/s of epochs 2-3 (the first compiles) over the mean of the two bare runs.
 * resnet32: the same for ResNet-32x2 on synthetic CIFAR (`--resnet32-train` images, batch
   128): on a GPU this is the check that an epoch takes within 10% of its bare steps.
 
@@ -188,7 +188,7 @@ def bench_imagenet(args, rows):
 # Training loop against the bare step
 
 
-def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=2):
+def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
     import jax
     import jax.numpy as jnp
 
@@ -211,38 +211,52 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=2):
     tx, _ = engine.make_optimizer(config.pretrain, epochs, spe)
     step = engine.make_train_step(module, 'dense', tx)
     bs = utils.batch_stats_of(variables)
-    state = engine.TrainState(jnp.zeros((), jnp.int32), variables['params'],
-                              tx.init(variables['params']), bs,
-                              jax.random.key_data(jax.random.key(0)))
-    state = engine.replicate(mesh, state)
     x, y = next(ip.iterate_batches(ds, 'train', batch, train=True))
     x, y = engine.shard_batch(mesh, (x, y))
-    state, m = step(state, None, x, y)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(spe):
-        state, m = step(state, None, x, y)
-    jax.block_until_ready((state, m))
-    bare = spe * batch / (time.perf_counter() - t0)
-    rows.append(dict(dataset=dataset, path=f'{name} bare step', workers=0, batch=batch,
-                     img_per_s=round(bare, 1), steps=spe))
-    print(f'{name:9s} bare step                    batch={batch}  {bare:10.1f} img/s', flush=True)
 
-    for prefetch in (2, 0):
+    def bare_rate():
+        state = engine.TrainState(jnp.zeros((), jnp.int32), variables['params'],
+                                  tx.init(variables['params']), bs,
+                                  jax.random.key_data(jax.random.key(0)))
+        state = engine.replicate(mesh, utils.as_numpy(state))
+        state, m = step(state, None, x, y)  # compiled on the first call
+        jax.block_until_ready(m)
+        t0 = time.perf_counter()
+        for _ in range(spe):
+            state, m = step(state, None, x, y)
+        jax.block_until_ready((state, m))
+        return spe * batch / (time.perf_counter() - t0)
+
+    def loop_rates(prefetch):
         config.data_prefetch = prefetch
         with tempfile.TemporaryDirectory() as workdir:
-            _, log = engine.train_loop(
+            engine.train_loop(
                 config=config, workdir=workdir, module=module, ds=ds, mesh=mesh, kind='dense',
                 trainable=variables['params'], frozen=None, batch_stats=bs,
                 opt_cfg=config.pretrain, epochs=epochs, seed=0,
                 eval_params=lambda s: utils.variables_of(s.trainable, s.batch_stats))
             with open(os.path.join(workdir, 'metrics.jsonl')) as f:
                 records = [json.loads(line) for line in f]
-        rate = records[-1]['train_images_per_second']
+        return [r['train_images_per_second'] for r in records[1:]]  # the first compiles
+
+    # Interleaved (bare, loops, bare) so that a change of the machine's load hits both.
+    bare = [bare_rate()]
+    loops = {prefetch: loop_rates(prefetch) for prefetch in (2, 0)}
+    bare.append(bare_rate())
+    bare_mean = float(np.mean(bare))
+    rows.append(dict(dataset=dataset, path=f'{name} bare step', workers=0, batch=batch,
+                     img_per_s=round(bare_mean, 1), runs=[round(b, 1) for b in bare],
+                     steps=spe))
+    print(f'{name:9s} bare step                    batch={batch}  {bare_mean:10.1f} img/s  '
+          f'(runs before/after the loops: {bare[0]:.1f}, {bare[1]:.1f})', flush=True)
+    for prefetch, rates in loops.items():
+        rate = float(np.median(rates))
         rows.append(dict(dataset=dataset, path=f'{name} loop, prefetch {prefetch}', workers=0,
-                         batch=batch, img_per_s=round(rate, 1), vs_bare=round(rate / bare, 3)))
+                         batch=batch, img_per_s=round(rate, 1), epochs=[round(r, 1) for r in rates],
+                         vs_bare=round(rate / bare_mean, 3)))
         print(f'{name:9s} loop, prefetch {prefetch}             batch={batch}  {rate:10.1f} '
-              f'img/s  ({rate / bare:.3f} of the bare step)', flush=True)
+              f'img/s  ({rate / bare_mean:.3f} of the bare step; epochs 2-{epochs}: '
+              f'{", ".join(f"{r:.1f}" for r in rates)})', flush=True)
 
 
 # --------------------------------------------------------------------------------------
