@@ -299,7 +299,7 @@ def summary(rows):
         target = TARGETS['imagenet_2_workers_speedup']
         lines.append(f'imagenet train, 2 workers / 1 worker (wall): {two / one:.2f}x (target >= '
                      f'{target}: {verdict(two / one, target)})')
-    cifar = [r for r in rows if r['dataset'] == 'cifar10']
+    cifar = [r for r in rows if r['dataset'] == 'cifar10' and r['path'] == 'train']
     if cifar:
         best = max(cifar, key=lambda r: r['img_per_s'])
         target = TARGETS['cifar_img_per_s']

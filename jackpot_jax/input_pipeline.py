@@ -17,8 +17,8 @@ size B, so the processes' shards are disjoint and together are exactly the one-p
 
 Batches are dicts of numpy arrays: 'image' float32 NHWC, normalised with the dataset's
 mean/std (in [0, 1] units) (or uint8 with normalize=False: the engine normalises on the
-device, which moves a quarter of the bytes and saves the host a third of its work per
-ImageNet image), 'label' int32, 'weight' float32 (1 for an example, 0 for the
+device, which moves a quarter of the bytes and saves the host about a quarter of its work
+per ImageNet image), 'label' int32, 'weight' float32 (1 for an example, 0 for the
 padding of a last partial batch and for a file that could not be decoded). A file that cannot
 be read or decoded is skipped with one warning line naming it: in training its row is filled
 by another image of the same batch (shapes stay fixed), in evaluation it gets weight 0 and
