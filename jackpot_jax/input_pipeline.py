@@ -185,11 +185,13 @@ class ReadBatch:
                 if image is None:  # a file: read here, in the worker
                     with open(names[i], 'rb') as f:
                         image = f.read()
-                out[i] = self._transform(image if isinstance(image, bytes) else np.asarray(image),
-                                         b)
-                ok[i] = True
+                image = self._transform(image if isinstance(image, bytes) else np.asarray(image),
+                                        b)
             except aug.DECODE_ERRORS as e:
                 _warn_unreadable(names[i], e)
+                continue
+            out[i] = image  # outside the try: a wrong image_shape is an error, not a bad file
+            ok[i] = True
         if self.train and len(ok) and not ok.any():
             raise OSError(f'no image of a training batch could be read or decoded: '
                           f'{names[:3]} ...')
