@@ -15,7 +15,6 @@ official validation set). Model selection uses `val` only.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Any
 

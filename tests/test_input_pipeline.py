@@ -3,8 +3,12 @@ ImageNet JPEG folder: determinism over worker counts, per-process shards, pixel 
 ImageFolder order, errors and skipped files."""
 
 import io
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -390,11 +394,7 @@ print('RESULT', json.dumps(res))
 '''
 
 
-def test_two_jax_processes_feed_their_rows_and_evaluate_as_one(tmp_path):
-    import json
-    import socket
-    import subprocess
-    import sys
+def test_two_jax_processes_feed_their_rows_and_evaluate_as_one():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
