@@ -163,9 +163,11 @@ def _experiments(st: Study, c) -> dict:
                 res["sweep"].append({"network": net, "method": kind, "order": order,
                                      "recipe": dict(key), "val_accuracy": val,
                                      "selected": dict(key) == best and done})
+        dense_sel = st.pretrained(net, c.select_seed)
         res["selected"][net] = {"jackpot": selected["jackpot"],
                                 "weight_tuning": selected["weight_tuning"],
-                                "selection_finished": finished}
+                                "selection_finished": finished,
+                                "dense_val_accuracy": dense_sel.get("final_val_accuracy")}
         if not finished:               # stage 2 waits for the selection (planning only)
             res["complete"] = False
             continue
@@ -378,18 +380,23 @@ def write_report(res: dict, workdir: str) -> str:
         lines.append(f"- {net}{state}: jackpot — {_recipe_text('jackpot', sel['jackpot'])}; "
                      f"weight tuning — {_recipe_text('weight_tuning', sel['weight_tuning'])}.")
     lines += ["", f"Official recipe: {_recipe_text('jackpot', st['official'])}.", ""]
-    lines += ["## The sweep (validation accuracy, %, in the order run)", ""]
+    lines += ["## The sweep (validation accuracy, %, in the order the search asked for them)",
+              ""]
     for net in st["networks"]:
         for kind, factors in (("jackpot", st["jackpot_factors"]), ("weight_tuning",
                                                                    st["wt_factors"])):
             sweep = [r for r in res["sweep"] if r["network"] == net and r["method"] == kind]
             if not sweep:
                 continue
-            lines += [f"### {net}, {kind.replace('_', ' ')}", "",
+            dval = res["selected"][net].get("dense_val_accuracy")
+            lines += [f"### {net}, {kind.replace('_', ' ')} (the dense network: "
+                      f"{_pct(dval)} on the same validation split)", "",
                       "| # | " + " | ".join(factors) + " | val. acc. |",
                       "|---|" + "---|" * len(factors) + "---|"]
             for r in sweep:
                 mark = " **(selected)**" if r["selected"] else ""
+                if kind == "jackpot" and r["recipe"] == st["official"]:
+                    mark += " (official)"
                 lines.append(f"| {r['order'] + 1} | " + " | ".join(
                     f"{r['recipe'][f]:g}" if isinstance(r["recipe"][f], float)
                     else str(r["recipe"][f]) for f in factors) + f" | {_pct(r['val_accuracy'])}"
