@@ -479,7 +479,8 @@ def write_report(res: dict, workdir: str) -> str:
     lines.append("")
     lines += ["## Provenance", ""]
     history = res.get("invocations") or [res["run"]]
-    invocations = [r for r in history[:-1] if r["pieces_run_this_invocation"]] + history[-1:]
+    invocations = [r for r in history[:-1]
+                   if r["pieces_run_this_invocation"] or r.get("note")] + history[-1:]
     for i, r in enumerate(invocations, 1):
         lines += [f"Invocation {i}:", "", f"- command: `{r['command']}`",
                   f"- commit: `{r['commit']}`" + (f", started {r['started']}"
@@ -488,7 +489,8 @@ def write_report(res: dict, workdir: str) -> str:
                   f"({r['backend']}: {r.get('device')}), {r.get('workers', 1)} worker "
                   "process(es)",
                   f"- wall time: {r['wall_seconds_this_invocation']:.0f} s "
-                  f"({r['pieces_run_this_invocation']} pieces run, the rest read back)", ""]
+                  f"({r['pieces_run_this_invocation']} pieces run, the rest read back)"]
+        lines += ([f"- note: {r['note']}"] if r.get("note") else []) + [""]
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
