@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jackpot_jax import checkpoint, models, torch_convert
+from jackpot_jax import checkpoint, errors, models, torch_convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-4
@@ -396,8 +396,13 @@ def test_checkpoint_round_trip_relative_path(tmp_path, monkeypatch):
   got = checkpoint.load_scores("ck")
   assert got.keys() == scores.keys()
   jax.tree.map(np.testing.assert_array_equal, scores, got)
-  # Saving again without scores must not leave the old ones behind.
-  checkpoint.save_variables("ck", variables, arch="resnet20")
+  # An existing checkpoint is never overwritten unless asked: refused, and left as it was.
+  with pytest.raises(errors.OutputExistsError, match="ck exists.*--overwrite"):
+    checkpoint.save_variables("ck", variables, arch="resnet18")
+  assert checkpoint.load_model_info("ck")["arch"] == "resnet20"
+  assert checkpoint.load_scores("ck").keys() == scores.keys()
+  # Saving again with overwrite and without scores must not leave the old ones behind.
+  checkpoint.save_variables("ck", variables, arch="resnet20", overwrite=True)
   assert checkpoint.load_scores("ck") is None
 
 
@@ -426,10 +431,11 @@ def test_load_jackpot_reads_the_pipeline_export_format(tmp_path):
       "masks/conv1/kernel": mask, "params/conv1/kernel": mask * 2.0,
       "params/classifier/bias": np.ones(3), "batch_stats/bn1/mean": np.zeros(2),
       "meta": np.asarray(json.dumps({"arch": "lenet5"}))})
-  masks, params = torch_convert.load_jackpot(tmp_path / "jackpot.npz")
+  masks, params, batch_stats = torch_convert.load_jackpot(tmp_path / "jackpot.npz")
   assert sorted(masks) == ["conv1/kernel"]
   assert sorted(params) == ["classifier/bias", "conv1/kernel"]
   np.testing.assert_array_equal(params["conv1/kernel"], mask * 2.0)
+  assert sorted(batch_stats) == ["bn1/mean"]
   np.savez(tmp_path / "bad.npz", **{"weights/conv1": mask})
   with pytest.raises(ValueError, match="unexpected key 'weights/conv1'"):
     torch_convert.load_jackpot(tmp_path / "bad.npz")
