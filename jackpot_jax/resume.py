@@ -9,7 +9,10 @@ its `TrainState` once per epoch; rerunning the same command restores the newest 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
 
 import jax
@@ -113,6 +116,21 @@ def prepare_workdir(config, workdir: str) -> None:
 _DAMAGE_CODES = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE")
 
 
+@contextlib.contextmanager
+def _quiet_sibling_reads():
+    """orbax reads a step's arrays concurrently: when files are missing, the first failure is
+    raised (and reported in one line by `restore_latest`) and asyncio logs every sibling's as
+    "Future exception was never retrieved" when it is collected. Those repeats are muted."""
+    logger = logging.getLogger("asyncio")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed futures are collected (and would log) here, still muted
+        logger.setLevel(level)
+
+
 def _is_damage(e: Exception) -> bool:
     if isinstance(e, (OSError, EOFError, json.JSONDecodeError)):
         return True
@@ -150,8 +168,9 @@ class Checkpointer:
         damaged = []
         for step in sorted(self.mgr.all_steps(), reverse=True):
             try:
-                self._check_fits(step, self.mgr.item_metadata(step), target, names)
-                got = self.mgr.restore(step, args=ocp.args.StandardRestore(target))
+                with _quiet_sibling_reads():
+                    self._check_fits(step, self.mgr.item_metadata(step), target, names)
+                    got = self.mgr.restore(step, args=ocp.args.StandardRestore(target))
             except (OSError, ValueError) as e:
                 if isinstance(e, InputError) or not _is_damage(e):
                     raise
