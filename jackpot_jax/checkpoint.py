@@ -178,10 +178,10 @@ def check_variables(module, variables: Mapping[str, Any], input_shape, source: s
   for col in ("params", "batch_stats"):
     want = {p: tuple(v.shape) for p, v in _flatten(abstract.get(col, {})).items()}
     got = {p: tuple(np.shape(v)) for p, v in _flatten(variables.get(col) or {}).items()}
-    problems += [f"{col}/{p}: missing (expected {want[p]})" for p in sorted(set(want) - set(got))]
-    problems += [f"{col}/{p}: not in the model" for p in sorted(set(got) - set(want))]
     problems += [f"{col}/{p}: shape {got[p]}, expected {want[p]}"
                  for p in sorted(set(want) & set(got)) if want[p] != got[p]]
+    problems += [f"{col}/{p}: missing (expected {want[p]})" for p in sorted(set(want) - set(got))]
+    problems += [f"{col}/{p}: not in the model" for p in sorted(set(got) - set(want))]
   if problems:
     raise InputError(f"{source} does not fit {type(module).__name__} on {tuple(input_shape)} "
                      f"inputs: " + "; ".join(problems[:8])
