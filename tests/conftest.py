@@ -47,3 +47,27 @@ def _no_network(monkeypatch):
 def pytest_unconfigure(config):
     import shutil
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+# `JACKPOT_TEST_CPU_TIMES=FILE pytest ...` appends each test's CPU seconds (this process and
+# its finished subprocesses) to FILE: on a shared, loaded machine wall-clock durations say
+# little about what CI (2 idle cores) will take.
+_CPU_LOG = os.environ.get("JACKPOT_TEST_CPU_TIMES")
+
+
+def _cpu_seconds():
+    import resource
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not _CPU_LOG:
+        yield
+        return
+    import time
+    t0, w0 = _cpu_seconds(), time.time()
+    yield
+    with open(_CPU_LOG, "a") as f:
+        f.write(f"{_cpu_seconds() - t0:8.1f} cpu {time.time() - w0:8.1f} wall  {item.nodeid}\n")
