@@ -239,7 +239,11 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
                        rng=jax.random.key_data(jax.random.key(seed)))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     start = 0
-    restored = ckpt.restore_latest(state)
+    try:
+        restored = ckpt.restore_latest(state)
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is not None:
         start, state = restored
         utils.log(f"resuming {workdir} from epoch {start}")
