@@ -403,6 +403,10 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, output_pth: str | os.Pa
       unknown = sorted(set(jackpot[group]) - set(flat))
       if unknown:
         raise InputError(f"{jackpot_npz}: {group} not in the model: {', '.join(unknown)}")
+      wrong = [f"{group}/{k}: {v.shape}, the model's is {np.shape(flat[k])}"
+               for k, v in sorted(jackpot[group].items()) if v.shape != np.shape(flat[k])]
+      if wrong:
+        raise InputError(f"{jackpot_npz} does not fit {checkpoint_dir}: " + "; ".join(wrong))
       flat.update(jackpot[group])
       variables[group] = flax.traverse_util.unflatten_dict(flat, sep="/")
   state_dict = export_to_torch_state_dict(arch, variables, masks, scores=scores)

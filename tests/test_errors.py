@@ -319,3 +319,16 @@ def test_converter_never_overwrites_unasked(tmp_path, capsys):
                    capsys)
     assert "keep.pth exists; refusing to overwrite it" in err
     assert (tmp_path / "keep.pth").read_bytes() == b"precious"
+
+
+def test_converter_names_jackpot_arrays_that_do_not_fit_the_checkpoint(searched, tmp_path, capsys):
+    pytest.importorskip("torch")
+    config, work = searched
+    with np.load(work / "jackpot.npz") as z:
+        small = z["params/fc2/bias"][:7]
+    bad = _rewrite_npz(work / "jackpot.npz", tmp_path / "bad.npz", **{"params/fc2/bias": small})
+    err = _convert(["--to-torch", "--input", config.pretrained, "--jackpot", bad, "--output",
+                    str(tmp_path / "j.pth")], capsys)
+    assert f"bad.npz does not fit {config.pretrained}: params/fc2/bias: (7,), the model's is " \
+           "(100,)" in err
+    assert not (tmp_path / "j.pth").exists()
