@@ -76,7 +76,7 @@ def check_batch(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     n = mesh.devices.size
     if batch_size % n:
         raise ConfigError(f"{what}={batch_size} does not split across the {n} devices; use a "
-                         f"multiple of {n} (e.g. {max(n, batch_size // n * n)})")
+                          f"multiple of {n} (e.g. {max(n, batch_size // n * n)})")
 
 
 def shard_batch(mesh: Mesh, batch):
@@ -206,7 +206,7 @@ def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_finite(finite, epoch, spe, kind, start, ckpt_dir, opt_cfg) -> None:
+def _check_finite(finite, epoch, spe, kind, ckpt_dir, opt_cfg) -> None:
     """`NonFiniteError` naming the first step of the epoch whose loss or trainables (scores
     in a search) became NaN or infinite. One host sync per epoch."""
     ok = np.asarray(jax.device_get(finite), bool)
@@ -232,7 +232,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     spe = data_lib.num_batches(ds.train, batch_size, drop_remainder=True)
     if spe == 0:
         raise ConfigError(f"train split has {len(ds.train)} examples, fewer than "
-                         f"batch_size={batch_size}")
+                          f"batch_size={batch_size}")
     tx, schedule = make_optimizer(opt_cfg, epochs, spe)
     state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                        opt_state=tx.init(trainable), batch_stats=batch_stats,
@@ -281,7 +281,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
                 sums = jax.tree.map(lambda a, b: a + b, sums, m)
             if bar is not None:
                 bar.close()
-            _check_finite(finite, epoch, spe, kind, start, ckpt.directory, opt_cfg)
+            _check_finite(finite, epoch, spe, kind, ckpt.directory, opt_cfg)
             sums = jax.device_get(sums)
             train_seconds = time.time() - t0
             loss = float(sums["loss"]) / spe

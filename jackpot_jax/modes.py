@@ -38,7 +38,7 @@ def load_data(config) -> data_lib.Dataset:
     if config.image_size:
         if ds.augment != "inception":
             raise ConfigError(f"image_size={config.image_size} applies only to ImageNet-style "
-                             f"data (resized crops); {config.dataset!r} has fixed-size images")
+                              f"data (resized crops); {config.dataset!r} has fixed-size images")
         # Crop size of RandomResizedCrop / centre crop (eval resizes to 256/224 of it).
         ds = dataclasses.replace(ds, image_shape=(config.image_size, config.image_size,
                                                   ds.image_shape[2]))
@@ -74,7 +74,8 @@ def dense_source(config, workdir: str, ds, mesh):
             run_pretrain(config, os.path.dirname(path), ds=ds, mesh=mesh)
     if not os.path.isdir(path):
         raise MissingInputError(f"pretrained={path!r} is not a checkpoint directory (expected a "
-                                "directory written by `pretrain` or tools/convert_torch_weights.py)")
+                                "directory written by `pretrain` or "
+                                "tools/convert_torch_weights.py)")
     info = ckpt_lib.load_model_info(path)
     if info["arch"] != config.model:
         raise ConfigError(f"pretrained checkpoint {path} is a {info['arch']!r}, but "
