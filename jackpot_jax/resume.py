@@ -80,11 +80,11 @@ def prepare_workdir(config, workdir: str) -> None:
     existing run to ``<workdir>.old-<k>`` (nothing is deleted). A workdir holding run files but
     no config.json is refused. Writes config.json (process 0)."""
     new = config.to_dict()
-    saved = read_config_json(workdir) if os.path.isdir(workdir) else None
-    present = [f for f in RUN_FILES if os.path.exists(os.path.join(workdir, f))]
+    present = [f for f in RUN_FILES + (CONFIG_JSON,) if os.path.exists(os.path.join(workdir, f))]
     aside = None
-    if not config.resume and (saved is not None or present):
-        aside = _aside_name(workdir)
+    saved = None if not config.resume else read_config_json(workdir)
+    if not config.resume:  # a damaged config.json is moved aside with the rest
+        aside = _aside_name(workdir) if present else None
     elif saved is not None:
         diff = config_differences(saved, new)
         if diff:

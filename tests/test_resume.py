@@ -85,6 +85,19 @@ def test_another_config_is_refused_and_resume_false_moves_the_run_aside(referenc
     assert not os.path.exists(tmp_path / "run.old-2")
 
 
+def test_damaged_config_json_is_named_and_resume_false_moves_it_aside(reference, tmp_path):
+    config, ref = reference
+    work = tmp_path / "run"
+    shutil.copytree(ref, work)
+    (work / "config.json").write_text('{"mode": "sea')
+    with pytest.raises(errors.InputError, match=rf"{work}/config.json is not valid JSON"):
+        train.run(config, str(work))
+    config = tiny_config(**SEARCH, pretrained=config.pretrained, resume=False)
+    train.run(config, str(work))
+    assert (tmp_path / "run.old-1" / "config.json").read_text() == '{"mode": "sea'
+    _assert_same_masks(work, ref)
+
+
 def test_launch_options_are_not_compared():
     saved = {"search": {"lr": 0.1}, "process_id": 0, "coordinator_address": "a:1"}
     new = {"search": {"lr": 0.1}, "process_id": 1, "coordinator_address": "b:2"}
