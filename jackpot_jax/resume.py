@@ -26,9 +26,11 @@ CONFIG_JSON = "config.json"
 # What a run writes in its workdir (besides config.json); anything else there is left alone.
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "jackpot.npz", "model", "pretrain",
              "search")
-# How processes find each other and whether to resume: they do not change a run's result, and
+# How processes find each other, how many loader workers feed them and whether to resume: none
+# changes a run's result (the loader gives the same batches for any worker count), and
 # process_id differs between the processes of one run.
-LAUNCH_KEYS = ("resume", "distributed", "coordinator_address", "num_processes", "process_id")
+LAUNCH_KEYS = ("resume", "distributed", "coordinator_address", "num_processes", "process_id",
+               "data_workers", "data_prefetch")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -332,12 +332,12 @@ def test_exported_jackpot_is_the_evaluated_network(torch, tmp_path, arch):
   """The torch export of a searched jackpot gives the logits the project evaluated: the
   jackpot's masked weights and its own BatchNorm statistics (which the search updated), both
   from the README's command (checkpoint + --jackpot) and from the run's workdir alone."""
-  from jackpot_jax import data, export
+  from jackpot_jax import export, input_pipeline
   shape = (8, 8, 3) if arch == "resnet20" else (28, 28, 1)
   pre, work, ds = _search(tmp_path, arch, shape)
   module, variables, masks, kind = export.load_for_eval(str(work), shape)
   assert kind == "jackpot"
-  x = data.normalize(ds, ds.test.images[:8]).astype(np.float32)
+  x = input_pipeline.normalize(ds, ds.test.images[:8]).astype(np.float32)
   ours = np.asarray(module.apply(variables, x, train=False))   # what the search evaluated
   if arch == "resnet20":
     moved = [np.abs(a - b).max() for a, b in zip(

@@ -17,7 +17,7 @@ import pytest
 
 from jackpot_jax import checkpoint as ckpt_lib
 from jackpot_jax import data as data_lib
-from jackpot_jax import export, models, modes, train
+from jackpot_jax import export, input_pipeline, models, modes, train
 from jackpot_jax import sparsity as sp
 from pipeline_helpers import ROOT, cli, load_config, pretrained_dir, tiny_config
 
@@ -164,7 +164,7 @@ def test_every_config_runs_one_step_on_synthetic_data(tmp_path, config_path, mon
     c.train_subset, c.test_subset, c.val_examples = 2, 2, 2
     c.batch_size = c.eval_batch_size = 2
     c.search.epochs = 1
-    if c.dataset == "synthetic:imagenet2012":
+    if c.dataset.startswith("synthetic:imagenet"):
         c.image_size = 32   # the same graph as 224 (global pooling)
     c.pretrained = pretrained_dir(tmp_path, c)
     summary = train.run(c, str(tmp_path / "run"))
@@ -239,8 +239,8 @@ def test_warm_up_masks_are_the_criteria_masks(tmp_path):
     # SNIP: |w * dL/dw| of the mean cross-entropy on the first training batch it draws.
     _, _, snip = _run_zero_epochs(tmp_path / "s", "run", **{"search.init": "snip"})
     ds = modes.load_data(config)
-    x, y = next(data_lib.iterate_batches(ds, "train", config.batch_size, train=True,
-                                         seed=config.seed, epoch=10_000))
+    x, y = next(input_pipeline.iterate_batches(ds, "train", config.batch_size, train=True,
+                                               seed=config.seed, epoch=10_000))
     module = models.get_model(config.model, num_classes=10)
     params = ckpt_lib.load_variables(config.pretrained)["params"]
 
@@ -317,7 +317,7 @@ def test_eval_of_a_dense_checkpoint_directory(tmp_path):
     assert summary["checkpoint_kind"] == "dense" and "sparsity_achieved" not in summary
     module, variables = ckpt_lib.load_model(pre)
     ds = modes.load_data(config)
-    x = data_lib.normalize(ds, ds.test.images).astype(np.float32)
+    x = input_pipeline.normalize(ds, ds.test.images).astype(np.float32)
     pred = np.argmax(np.asarray(module.apply(variables, x, train=False)), -1)
     assert summary["test_accuracy"] == pytest.approx(np.mean(pred == ds.test.labels), abs=1e-7)
 

@@ -99,8 +99,10 @@ def test_damaged_config_json_is_named_and_resume_false_moves_it_aside(reference,
 
 
 def test_launch_options_are_not_compared():
-    saved = {"search": {"lr": 0.1}, "process_id": 0, "coordinator_address": "a:1"}
-    new = {"search": {"lr": 0.1}, "process_id": 1, "coordinator_address": "b:2"}
+    saved = {"search": {"lr": 0.1}, "process_id": 0, "coordinator_address": "a:1",
+             "data_workers": -1}
+    new = {"search": {"lr": 0.1}, "process_id": 1, "coordinator_address": "b:2",
+           "data_workers": 2}
     assert resume.config_differences(saved, new) == []
     assert resume.config_differences(saved, {**new, "seed": 1}) == ["seed: '<unset>' -> 1"]
 
