@@ -21,9 +21,10 @@ from jackpot_jax import export, input_pipeline, models, modes, train
 from jackpot_jax import sparsity as sp
 from pipeline_helpers import ROOT, cli, load_config, pretrained_dir, tiny_config
 
-# Pipeline configs; study configs (configs/study_*.py) are exercised by tests/test_study.py.
+# Pipeline configs; study and sweep configs (configs/study_*.py, configs/sweep_*.py) are
+# exercised by tests/test_study.py and tests/test_sweep.py.
 CONFIGS = sorted(c for c in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if not os.path.basename(c).startswith("study_"))
+                 if not os.path.basename(c).startswith(("study_", "sweep_")))
 
 
 def _fashion_mnist_available():

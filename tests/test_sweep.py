@@ -88,3 +88,23 @@ def test_paired_differences_by_hand():
     assert pj["mean"] == pytest.approx(0.1) and pj["std"] == pytest.approx(0.3)
     pd = v["paired_jackpot_minus_dense"]              # -0.3 and -0.1 points
     assert pd["mean"] == pytest.approx(-0.2) and pd["std"] == pytest.approx(0.1)
+
+
+def test_the_sweep_config_is_valid():
+    """Every network's design starts inside its levels, its final seeds are fresh, and a
+    dry selection (every point worth the same) ends where it starts."""
+    import os
+    from pipeline_helpers import ROOT, load_config
+    c = load_config(os.path.join(ROOT, "configs", "sweep_search_fashion_mnist.py"))
+    for net in c.networks:
+        d = sweep.design_for(c, net)
+        assert c.select_seed not in d["final_seeds"] and len(d["final_seeds"]) == 3
+        for kind, factors in (("jackpot", c.jackpot_factors), ("wt", c.wt_factors)):
+            best, _, finished = sweep.coordinate_search(
+                lambda p: 0.5, d[f"{kind}_start"], d[f"{kind}_levels"], tuple(factors),
+                d["max_rounds"])
+            assert finished and best == d[f"{kind}_start"]
+        sweep.recipe_overrides("jackpot", d["jackpot_start"], 1)
+    c.per_network.lenet5.final_seeds = (0, 1, 2)
+    with pytest.raises(ValueError, match="include the selection seed 0"):
+        sweep.design_for(c, "lenet5")
