@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.use_abs = True
     c.search.distribution = "global_magnitude"   # | uniform | erk | global
     c.search.weights = "pretrained"  # | random (Fig. 2: search in a randomly initialised net)
+    # N:M masks, e.g. "2:4": n kept of every m weights along each kernel's input axis, in the
+    # search, its warm-up, fine-tuning baselines; replaces sparsity/distribution ("" = top-k).
+    c.search.pattern = ""
 
     c.finetune = _sgd(lr=0.01, epochs=10, weight_decay=0.0)
     c.finetune.mask = "jackpot"   # | magnitude | snip | grasp | random (weight-tuning baselines)

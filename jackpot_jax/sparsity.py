@@ -8,8 +8,10 @@ training. Conventions:
 * A *prunable filter* ``filter_fn(path, leaf) -> bool`` decides which leaves get scores.
 * *Score*, *mask* and *keep-count* trees mirror the params tree with ``None`` on leaves that
   are not pruned. Masks are float 0/1 arrays of the weight's shape and dtype.
-* A *budget* says how many weights each layer keeps: either a keep-count tree (per-layer
-  top-k, the official behaviour) or a single ``int`` (one global top-k over all scores).
+* A *budget* says which weights each layer keeps: a tree mirroring the scores whose leaves
+  are keep counts (per-layer top-k, the official behaviour) or `NMPattern`s (``n`` of every
+  ``m`` consecutive weights along the input axis, the layout of sparse tensor cores); a single
+  ``int`` (one global top-k over all scores); or a single `NMPattern` for every layer.
 
 Tie rule: wherever two scores are equal, the one with the lower flat (row-major) index wins,
 so every mask has exactly the requested number of ones.
@@ -17,6 +19,7 @@ so every mask has exactly the requested number of ones.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -286,12 +289,146 @@ def _global_masks(scores: PyTree, keep: int, mask_fn) -> PyTree:
     return jax.tree.unflatten(treedef, parts)
 
 
-def masks_from_scores(scores: PyTree, budget: PyTree | int, *, use_abs: bool = True,
-                      straight_through: bool = False) -> PyTree:
+# ---------------------------------------------------------------------------------------------
+# N:M patterns
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NMPattern:
+    """A budget leaf: exactly ``n`` kept weights in every group of ``m`` consecutive entries
+    along a kernel's input-feature axis (axis -2: ``in`` of a Dense ``(in, out)`` kernel, ``I``
+    of a conv ``HWIO`` kernel), the reduction axis of the layer's matmul. 2:4 is what NVIDIA's
+    sparse tensor cores (A100, H100, H200) run at up to twice the dense rate.
+    """
+    n: int
+    m: int
+
+    def __post_init__(self):
+        if not (isinstance(self.n, (int, np.integer)) and isinstance(self.m, (int, np.integer))
+                and 0 < self.n <= self.m):
+            raise ValueError(f"N:M pattern needs integers 0 < n <= m, got n={self.n!r}, "
+                             f"m={self.m!r}")
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        """Whether a kernel of this shape can carry the pattern (axis -2 divisible by m)."""
+        return len(shape) >= 2 and shape[-2] % self.m == 0
+
+    def check(self, shape: Sequence[int], what: str = "scores") -> None:
+        if not self.fits(shape):
+            raise ValueError(
+                f"{what} of shape {tuple(shape)} cannot carry the {self} pattern: it needs at "
+                f"least 2 dims and an input axis (-2) divisible by {self.m}")
+
+
+def parse_pattern(text: str) -> NMPattern | None:
+    """``"2:4"`` -> ``NMPattern(2, 4)``; ``""`` -> ``None`` (unstructured top-k)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"pattern={text!r}; expected 'n:m' with integers 0 < n <= m, e.g. "
+                         "'2:4', or '' for unstructured masks")
+    return NMPattern(int(parts[0]), int(parts[1]))
+
+
+def nm_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
+    """0/1 array of ``scores``' shape with exactly ``n`` ones in every group of ``m``
+    consecutive entries along axis -2, on the group's largest scores.
+
+    Ties go to the lower index in the group (the lower flat index, as in `topk_mask`).
+    ``scores`` needs at least 2 dims and ``scores.shape[-2] % m == 0``. Works under `jit`;
+    returns the dtype of ``scores`` if floating.
+    """
+    NMPattern(n, m).check(np.shape(scores))
+    return _nm_mask(jnp.asarray(scores), int(n), int(m))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _nm_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
+    return _nm_hard(scores, n, m).astype(_float_dtype(scores))
+
+
+def _nm_hard(scores: jax.Array, n: int, m: int) -> jax.Array:
+    """bool N:M mask. Each entry's rank in its group is the number of entries that beat it
+    (a larger key, or an equal key at a lower index); the ``n`` of rank < n are kept. The
+    order-preserving uint32 keys make the order total (NaN included), so counts are exact."""
+    keys = jnp.moveaxis(_ordered_keys(jax.lax.stop_gradient(scores)), -2, -1)
+    groups = keys.reshape(*keys.shape[:-1], keys.shape[-1] // m, m)
+    a, b = groups[..., :, None], groups[..., None, :]         # entry i, competitor j
+    lower = np.tril(np.ones((m, m), bool), -1)               # [i, j]: j < i
+    rank = jnp.sum((b > a) | ((b == a) & lower), axis=-1, dtype=jnp.int32)
+    return jnp.moveaxis((rank < n).reshape(keys.shape), -1, -2)
+
+
+def nm_ste_mask(scores: jax.Array, n: int, m: int, *, use_abs: bool = True) -> jax.Array:
+    """Straight-through N:M mask: the value is ``nm_mask`` (of ``|scores|`` with ``use_abs``),
+    the gradient the identity (times ``sign(scores)`` with ``use_abs``), as `ste_mask`."""
+    s = _maybe_abs(scores, use_abs)
+    return _straight_through(nm_mask(s, n, m), s)
+
+
+def nm_budget(params: PyTree, pattern: NMPattern,
+              filter_fn: FilterFn | None = None) -> PyTree:
+    """Budget tree: ``pattern`` on every prunable kernel whose input axis (-2) is divisible by
+    ``pattern.m``, and the kernel's full size (kept dense) on the others, e.g. a first
+    convolution with one input channel; `dense_kept` lists those."""
+    return map_prunable(lambda _, w: pattern if pattern.fits(np.shape(w)) else int(np.size(w)),
+                        params, filter_fn)
+
+
+def dense_kept(budget: PyTree) -> list[str]:
+    """Paths of an N:M budget tree's layers that keep every weight (no `NMPattern` fits them)."""
+    flat = flatten_paths(budget)
+    if not any(isinstance(b, NMPattern) for b in flat.values()):
+        return []
+    return [p for p, b in flat.items() if not isinstance(b, NMPattern)]
+
+
+def satisfies_pattern(mask, pattern: NMPattern) -> bool:
+    """Whether a 0/1 mask has exactly ``n`` ones in every group of ``m`` along axis -2."""
+    mask = np.asarray(mask)
+    if not pattern.fits(mask.shape):
+        return False
+    per_group = np.moveaxis(mask != 0, -2, -1).reshape(-1, pattern.m).sum(-1)
+    return bool(np.all(per_group == pattern.n))
+
+
+def pattern_summary(masks: PyTree, pattern: NMPattern) -> dict[str, Any]:
+    """What an N:M mask tree achieves: ``pattern``, the layers it covers and those kept dense,
+    the sparsity over the patterned layers (``1 - n/m`` when every one satisfies it) and over
+    all of them, and whether every patterned layer satisfies the pattern exactly."""
+    flat = {p: np.asarray(m) for p, m in flatten_paths(masks).items()}
+    patterned = [p for p, m in flat.items() if pattern.fits(m.shape)]
+    kept = [p for p in flat if p not in patterned and np.all(flat[p] != 0)]
+    other = [p for p in flat if p not in patterned and p not in kept]
+
+    def zeros(paths):
+        n = sum(flat[p].size for p in paths)
+        return float(sum(flat[p].size - np.count_nonzero(flat[p]) for p in paths) / n) if n else None
+
+    return {"pattern": str(pattern), "patterned_layers": patterned, "dense_kept": kept,
+            "unpatterned_pruned": other,
+            "pattern_satisfied": all(satisfies_pattern(flat[p], pattern) for p in patterned),
+            "sparsity_patterned": zeros(patterned), "sparsity_all_masked": zeros(list(flat))}
+
+
+def masks_from_scores(scores: PyTree, budget: PyTree | int | NMPattern, *,
+                      use_abs: bool = True, straight_through: bool = False) -> PyTree:
     """Hard masks (or STE masks) for a score tree under a budget.
 
-    ``budget`` is a keep-count tree mirroring ``scores`` (per-layer top-k) or a single int
-    (one global top-k over all scores, concatenated in tree order; ties by that order).
+    ``budget`` is a tree mirroring ``scores`` whose leaves are keep counts (per-layer top-k)
+    or `NMPattern`s (``n`` of every ``m`` along axis -2, see `nm_mask`); a single `NMPattern`
+    (the same pattern on every layer); or a single int (one global top-k over all scores,
+    concatenated in tree order; ties by that order).
     """
     if isinstance(budget, (int, np.integer)):
         n = sum(int(np.size(s)) for s in jax.tree.leaves(scores))
@@ -300,23 +437,32 @@ def masks_from_scores(scores: PyTree, budget: PyTree | int, *, use_abs: bool = T
         key: int | tuple = int(budget)
     else:
         s_paths = flatten_paths(scores)
-        b_paths = flatten_paths(budget)
+        if isinstance(budget, NMPattern):
+            b_paths = {p: budget for p in s_paths}
+        else:
+            b_paths = flatten_paths(budget)
         if set(s_paths) != set(b_paths):
             raise ValueError(f"budget paths {sorted(b_paths)} differ from score paths "
                              f"{sorted(s_paths)}")
         for path, k in b_paths.items():
-            n = int(np.size(s_paths[path]))
+            shape = np.shape(s_paths[path])
+            if isinstance(k, NMPattern):
+                k.check(shape, f"scores of layer {path!r}")
+                continue
+            n = int(np.prod(shape))
             if not 0 <= int(k) <= n:
                 raise ValueError(f"keep count {k} for layer {path!r} is outside [0, {n}]")
-        key = tuple(sorted((p, int(k)) for p, k in b_paths.items()))
+            b_paths[path] = int(k)
+        key = tuple(sorted(b_paths.items()))
     return _masks_fn(key, bool(use_abs), bool(straight_through), MASK_LAYOUT)(scores)
 
 
 @functools.lru_cache(maxsize=64)
 def _masks_fn(budget_key, use_abs: bool, straight_through: bool, layout: str):
     """One jitted function per budget: eager callers compile the whole tree once, not one
-    small program per layer (53 for ResNet-50); per-layer budgets run every layer's top-k in
-    one blocked bisection or one after another (`MASK_LAYOUT`)."""
+    small program per layer (53 for ResNet-50); per-layer top-k budgets run every such
+    layer's top-k in one blocked bisection or one after another (`MASK_LAYOUT`); N:M layers
+    rank within their groups."""
     if straight_through:
         mask_fn = lambda s, k: ste_mask(s, k, use_abs=use_abs)
     else:
@@ -326,10 +472,18 @@ def _masks_fn(budget_key, use_abs: bool, straight_through: bool, layout: str):
     def fn(scores):
         if isinstance(budget_key, int):
             return _global_masks(scores, budget_key, mask_fn)
-        counts = dict(budget_key)
+        budgets = dict(budget_key)
         with_paths, treedef = jax.tree_util.tree_flatten_with_path(scores)
         ranked = [_maybe_abs(s, use_abs) for _, s in with_paths]
-        hard = _topk_masks(ranked, [counts[path_str(kp)] for kp, _ in with_paths], layout)
+        leaf_budgets = [budgets[path_str(kp)] for kp, _ in with_paths]
+        hard: list = [None] * len(ranked)
+        topk = [i for i, b in enumerate(leaf_budgets) if not isinstance(b, NMPattern)]
+        for i, h in zip(topk, _topk_masks([ranked[i] for i in topk],
+                                          [leaf_budgets[i] for i in topk], layout)):
+            hard[i] = h
+        for i, b in enumerate(leaf_budgets):
+            if isinstance(b, NMPattern):
+                hard[i] = _nm_hard(ranked[i], b.n, b.m)
         hard = [h.astype(_float_dtype(r)) for h, r in zip(hard, ranked)]
         if straight_through:
             hard = [_straight_through(h, r) for h, r in zip(hard, ranked)]
@@ -350,7 +504,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     return jax.tree.map(apply, masks, params, is_leaf=_is_none)
 
 
-def masked_params(params: PyTree, scores: PyTree, budget: PyTree | int, *,
+def masked_params(params: PyTree, scores: PyTree, budget: PyTree | int | NMPattern, *,
                   use_abs: bool = True) -> PyTree:
     """Params with straight-through masks applied: ``w * ste_mask(s)`` on prunable leaves.
 
@@ -606,17 +760,18 @@ def sparsity_summary(masks: PyTree) -> dict[str, float]:
     return out
 
 
-def criterion_mask(importance: PyTree, budget: PyTree | int) -> PyTree:
-    """Hard mask keeping the most important weights under ``budget`` (no abs: importance is
-    already oriented so that larger = keep)."""
+def criterion_mask(importance: PyTree, budget: PyTree | int | NMPattern) -> PyTree:
+    """Hard mask keeping the most important weights under ``budget`` (any budget of
+    `masks_from_scores`; no abs: importance is already oriented so that larger = keep)."""
     return masks_from_scores(importance, budget, use_abs=False)
 
 
 __all__ = [
-    "CRITERIA", "DISTRIBUTIONS", "DEFAULT_EXCLUDE", "apply_masks", "check_mirror",
-    "criterion_mask", "default_filter", "flatten_paths", "grasp_scores", "init_scores_from_mask",
-    "kaiming_uniform_scores", "keep_counts", "magnitude_scores", "make_filter", "map_prunable",
-    "mask_flips", "masked_params", "masks_from_scores", "overlap", "path_str", "prunable_paths",
-    "random_scores", "snip_scores", "sparsity_summary", "ste_mask", "temperature_loss",
-    "topk_mask", "tree_from_paths",
+    "CRITERIA", "DISTRIBUTIONS", "DEFAULT_EXCLUDE", "NMPattern", "apply_masks", "check_mirror",
+    "criterion_mask", "default_filter", "dense_kept", "flatten_paths", "grasp_scores",
+    "init_scores_from_mask", "kaiming_uniform_scores", "keep_counts", "magnitude_scores",
+    "make_filter", "map_prunable", "mask_flips", "masked_params", "masks_from_scores",
+    "nm_budget", "nm_mask", "nm_ste_mask", "overlap", "parse_pattern", "path_str",
+    "pattern_summary", "prunable_paths", "random_scores", "satisfies_pattern", "snip_scores",
+    "sparsity_summary", "ste_mask", "temperature_loss", "topk_mask", "tree_from_paths",
 ]
