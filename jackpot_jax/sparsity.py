@@ -386,7 +386,8 @@ def nm_budget(params: PyTree, pattern: NMPattern,
 
 
 def dense_kept(budget: PyTree) -> list[str]:
-    """Paths of an N:M budget tree's layers that keep every weight (no `NMPattern` fits them)."""
+    """Paths of an N:M budget tree's layers that carry no `NMPattern` (`nm_budget` gives them
+    their full size: kept dense); [] for a budget with no pattern at all."""
     flat = flatten_paths(budget)
     if not any(isinstance(b, NMPattern) for b in flat.values()):
         return []
