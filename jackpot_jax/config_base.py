@@ -6,6 +6,7 @@ magnitude mask, |scores| ranked, one global magnitude threshold fixing per-layer
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def _sgd(lr, epochs, weight_decay, momentum=0.9):
@@ -18,8 +19,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mode = "search"             # pretrain | search | finetune | eval
     c.model = "lenet5"            # a name of jackpot_jax.models.MODEL_NAMES
     c.model_options = ml_collections.ConfigDict()   # e.g. {'width': 2}; num_classes from data
-    c.dataset = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | imagenet2012 | synthetic:<name>
+    c.dataset = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | imagenet_folder | imagenet2012 | synthetic:<name>
     c.data_dir = ""               # where the dataset files are ("" = standard places)
+    c.data_workers = -1           # loader processes; 0 = main process; -1 = one per core for
+                                  # decoded files (image folders, tfds), 0 for in-memory arrays
+    c.data_prefetch = 2           # batches made and placed on the devices ahead of the step
     c.image_size = 0              # ImageNet-style data only: crop size (0 = 224)
     c.val_examples = 5000         # held out of the training set for model selection
     c.split_seed = 0
@@ -30,7 +34,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000
     c.label_smoothing = 0.0
     c.num_devices = 0             # 0 = all devices
-    c.distributed = False         # multi-host: call jax.distributed.initialize() first
+    # Multi-process (jax.distributed): set the three below, or distributed=True alone to let
+    # JAX detect them (SLURM, Open MPI, Kubernetes). Empty = JAX's own detection.
+    c.distributed = False
+    c.coordinator_address = ""    # 'host:port' of process 0
+    c.num_processes = config_dict.placeholder(int)
+    c.process_id = config_dict.placeholder(int)
+    c.resume = True               # False: move an existing run in --workdir aside, start over
 
     c.sparsity = 0.9              # fraction of prunable weights removed
     c.pretrained = ""             # checkpoint dir; "" = pretrain into <workdir>/pretrain

@@ -4,8 +4,6 @@ and the study's 2:4 rows."""
 
 import json
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -14,7 +12,8 @@ import numpy as np
 import pytest
 
 from jackpot_jax import checkpoint as ckpt_lib
-from jackpot_jax import criteria, export, study
+from jackpot_jax import criteria, export, study, train
+from jackpot_jax.errors import ConfigError
 from jackpot_jax import sparsity as sp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def reference_nm(x: np.ndarray, n: int, m: int) -> np.ndarray:
     """Independent reference: per group of m along axis -2, a stable sort by (-value, index)
-    (float64, so -0.0 and 0.0 tie), the first n kept."""
+    (float64, so -0.0 and 0.0 tie; numpy sorts NaN last), the first n kept."""
     x = np.asarray(x, np.float64)
     out = np.zeros(x.shape, np.float32)
     lead = x.shape[:-2]
@@ -57,10 +56,11 @@ def test_nm_hand_computed():
                          ids=["dense", "dense_wide", "conv3x3", "conv1x1"])
 def test_nm_matches_reference_with_ties(n, m, shape):
     rng = np.random.default_rng(sum(shape) + 10 * m)
-    # Integer quarters in [-1, 1): every group has ties; also -0.0, +0.0 and infinities.
+    # Integer quarters in [-1, 1): every group has ties; also -0.0, +0.0, infinities and NaN
+    # (ranked below every number, as numpy's sort puts it last).
     x = (rng.integers(-4, 4, size=shape) * 0.25).astype(np.float32)
     flat = x.reshape(-1)
-    flat[:4] = [-0.0, 0.0, np.inf, -np.inf]
+    flat[:5] = [-0.0, 0.0, np.inf, -np.inf, np.nan]
     got = np.asarray(sp.nm_mask(jnp.asarray(x), n, m))
     np.testing.assert_array_equal(got, reference_nm(x, n, m))
     assert np.all(_groups_of(got, m) == n)
@@ -152,18 +152,15 @@ def test_pattern_errors_name_the_bad_value():
 def nm_search(tmp_path_factory):
     """A 2:4 search from the CLI on tiny synthetic data, LeNet-5 (its first conv has one
     input channel: kept dense), with a score gap small enough that masks change."""
-    from test_pipeline import _pretrained_dir, _tiny_config
+    from pipeline_helpers import TINY, cli, pretrained_dir, tiny_config
     tmp = tmp_path_factory.mktemp("nm")
-    config = _tiny_config("fashion_mnist_lenet5.py")
-    pretrained = _pretrained_dir(tmp, config)
-    overrides = {"dataset": config.dataset, "train_subset": 256, "test_subset": 32,
-                 "val_examples": 16, "batch_size": 32, "eval_batch_size": 16,
-                 "search.epochs": 2, "search.score_pruned": 0.999, "search.lr": 0.5,
-                 "search.pattern": "2:4", "pretrained": pretrained}
-    subprocess.run([sys.executable, "-m", "jackpot_jax.main", "--config",
-                    os.path.join(ROOT, "configs", "fashion_mnist_lenet5.py"), "--workdir",
-                    str(tmp / "search"), *[f"--config.{k}={v}" for k, v in overrides.items()]],
-                   cwd=ROOT, check=True, capture_output=True, text=True)
+    config = tiny_config("fashion_mnist_lenet5.py")
+    pretrained = pretrained_dir(tmp, config)
+    overrides = {**TINY, "dataset": config.dataset, "search.epochs": 2,
+                 "search.score_pruned": 0.999, "search.lr": 0.5, "search.pattern": "2:4",
+                 "pretrained": pretrained}
+    cli(tmp / "search", os.path.join(ROOT, "configs", "fashion_mnist_lenet5.py"),
+        *[f"--config.{k}={v}" for k, v in overrides.items()])
     return tmp / "search", pretrained
 
 
@@ -259,3 +256,5 @@ def test_budget_for_reads_the_config():
     c.search.pattern = "2of4"
     with pytest.raises(ValueError, match="pattern='2of4'"):
         criteria.budget_for(c, params, criteria.prune_filter(c))
+    with pytest.raises(ConfigError, match=r"search\.pattern='2of4'"):
+        train.check_config(c)       # the CLI stops before anything runs
