@@ -20,7 +20,9 @@ import os
 import jax
 import ml_collections
 
+from jackpot_jax import engine
 from jackpot_jax import modes
+from jackpot_jax import ops
 from jackpot_jax import utils
 from jackpot_jax.criteria import WARMUPS
 
@@ -36,6 +38,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"sparsity={config.sparsity!r} must be in [0, 1)")
     if config.search.init not in WARMUPS:
         raise ValueError(f"search.init={config.search.init!r}; expected one of {WARMUPS}")
+    if config.get("conv_impl", "auto") not in ops.IMPLS:
+        raise ValueError(f"conv_impl={config.conv_impl!r}; expected one of {ops.IMPLS}")
+    if config.get("compute_dtype", "float32") not in engine.COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={config.compute_dtype!r}; expected one of "
+                         f"{engine.COMPUTE_DTYPES}")
     if config.distributed:
         jax.distributed.initialize()
     workdir = os.path.abspath(workdir)
