@@ -80,6 +80,9 @@ def input_shape(name: str) -> tuple:
 def _config(name: str, batch: int, dtype: str):
     c = config_base.base_config()
     c.model, c.batch_size, c.sparsity = MODELS[name][0], batch, SPARSITY
+    # The learning rate does not change a step's cost; 0.01 keeps the dense steps' losses on
+    # random data finite (lr 0.1 diverges to NaN within a few LeNet-5 steps).
+    c.pretrain.lr = 0.01
     if dtype != "float32":
         if "compute_dtype" not in c:
             raise SystemExit(f"--dtype {dtype}: this jackpot_jax has no config.compute_dtype")
@@ -315,7 +318,7 @@ def time_torch(name: str, batch: int, mode: str, dtype: str, steps: int, warmup:
     shape = input_shape(name)
     x = torch.randn(batch, shape[2], shape[0], shape[1], device=device)
     y = torch.randint(0, classes, (batch,), device=device)
-    cfg = config_base.base_config()
+    cfg = _config(name, batch, "float32")
     if mode == "search":
         for p in net.parameters():   # weights, biases and BatchNorm affine frozen
             p.requires_grad_(False)

@@ -187,3 +187,17 @@ def test_bad_compute_dtype():
     with pytest.raises(ValueError, match="compute_dtype='float16'; expected one of"):
         engine.make_train_step(models.get_model("lenet5"), "dense", optax.sgd(0.1),
                                compute_dtype="float16")
+
+
+def test_default_xla_flags_never_override_the_user(monkeypatch):
+    import jackpot_jax
+    monkeypatch.setattr(jackpot_jax, "_jaxlib_version", lambda: (0, 10))
+    flag = "--xla_cpu_experimental_ynn_fusion_type="
+    assert jackpot_jax.default_xla_flags({}) == flag
+    assert jackpot_jax.default_xla_flags({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) \
+        == "--xla_cpu_enable_fast_math=false " + flag
+    user = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert jackpot_jax.default_xla_flags({"XLA_FLAGS": user}) is None
+    assert jackpot_jax.default_xla_flags({"JACKPOT_JAX_XLA_FLAGS": "0"}) is None
+    monkeypatch.setattr(jackpot_jax, "_jaxlib_version", lambda: (0, 99))   # flag unknown
+    assert jackpot_jax.default_xla_flags({}) is None
