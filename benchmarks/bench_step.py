@@ -5,7 +5,7 @@ Run from the repository root::
     python benchmarks/bench_step.py --models lenet5,resnet32x2 --batch 128 [--json FILE]
 
 For each model, batch size and mode (``search``, ``dense``) one process times, on synthetic
-data and after warm-up, the median of ``--steps`` steps of
+data and after warm-up, steps of
 
 * **jackpot_jax**: the step the CLI runs, built by the same code (`engine.make_train_step`,
   `engine.make_optimizer` with the config's SGD settings, budgets from `criteria.budget_for`,
@@ -20,11 +20,15 @@ data and after warm-up, the median of ``--steps`` steps of
   finds the mask with a full sort; ``--torch-mask topk`` (the default) uses `torch.topk`,
   which keeps the same count and is ~3x faster on the CPU: the stronger baseline.
 
+The two sides take turns: ``--rounds`` rounds of ``--steps`` steps each, so that both see the
+same machine load over time (never at once: their thread pools do not compete); the table
+reports medians over all timed steps, the JSON also the minima (``jax_ms_min``,
+``torch_ms_min``: the least disturbed step, the fairer figure on a shared machine).
 ``mask_ms`` is the jitted mask computation alone (every pruned layer's exact top-k, the
 budget of the search step), its share the fraction of the search step it would take.
-Columns: img/s of each side, ``jax/torch`` = torch_ms / jax_ms (above 1: jackpot_jax faster).
-Both sides get the same number of CPU threads (``--threads``, default: every core); the JAX
-side is timed first, then the PyTorch side, so their thread pools never compete.
+Columns: img/s of each side, ``jax/torch`` = torch_ms / jax_ms (above 1: jackpot_jax faster),
+also on the minima. Both sides get the same number of CPU threads (``--threads``, default:
+every core; XLA:CPU uses every core it sees); OpenMP waits passively (see below).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ import sys
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+# OpenMP threads that spin while waiting (the default) stall PyTorch badly when the cores are
+# shared: 692 ms against 88 ms for the LeNet-5 search step on 2 busy cores. Passive waiting
+# is the fair baseline there; a value the user sets wins. XLA:CPU does not use OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
@@ -119,8 +127,8 @@ def jax_setup(name: str, batch: int, dtype: str, seed: int = 0):
     return config, module, variables, budget, scores, (images, labels)
 
 
-def time_jax(name: str, batch: int, mode: str, dtype: str, steps: int, warmup: int):
-    """(median step ms, loss of the last step) of the CLI's step for ``mode``."""
+def jax_runner(name: str, batch: int, mode: str, dtype: str):
+    """A function running one step of the CLI's step for ``mode``: returns (ms, loss)."""
     config, module, variables, budget, scores, (images, labels) = jax_setup(name, batch, dtype)
     mesh = engine.make_mesh(config.num_devices)
     params, batch_stats = variables["params"], utils.batch_stats_of(variables)
@@ -133,17 +141,17 @@ def time_jax(name: str, batch: int, mode: str, dtype: str, steps: int, warmup: i
     state = engine.TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                               opt_state=tx.init(trainable), batch_stats=batch_stats,
                               rng=jax.random.key_data(jax.random.key(0)))
-    state = engine.replicate(mesh, utils.as_numpy(state))
+    box = {"state": engine.replicate(mesh, utils.as_numpy(state))}
     frozen = engine.replicate(mesh, frozen)
     x, y = engine.shard_batch(mesh, (images, labels))
-    times = []
-    for i in range(warmup + steps):
+
+    def run():
         t0 = time.perf_counter()
-        state, metrics = step_fn(state, frozen, x, y)
-        jax.block_until_ready((state, metrics))
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), float(metrics["loss"])
+        box["state"], metrics = step_fn(box["state"], frozen, x, y)
+        jax.block_until_ready((box["state"], metrics))
+        return (time.perf_counter() - t0) * 1e3, float(metrics["loss"])
+
+    return run
 
 
 def time_mask(name: str, batch: int, dtype: str, repeats: int) -> float:
@@ -308,9 +316,8 @@ def torch_modules():
     return torch, builders, (MaskedConv2d, MaskedLinear), sort_mask
 
 
-def time_torch(name: str, batch: int, mode: str, dtype: str, steps: int, warmup: int,
-               device: str):
-    """(median step ms, loss of the last step) of the PyTorch step for ``mode``."""
+def torch_runner(name: str, batch: int, mode: str, dtype: str, device: str):
+    """A function running one PyTorch step for ``mode``: returns (ms, loss)."""
     torch, builders, masked_types, sort_mask = torch_modules()
     _, _, classes = MODELS[name]
     torch.manual_seed(0)
@@ -338,8 +345,8 @@ def time_torch(name: str, batch: int, mode: str, dtype: str, steps: int, warmup:
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
                               enabled=dtype == "bfloat16")
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    times = []
-    for i in range(warmup + steps):
+
+    def run():
         sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -348,9 +355,25 @@ def time_torch(name: str, batch: int, mode: str, dtype: str, steps: int, warmup:
         loss.backward()
         opt.step()
         sync()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), float(loss.detach())
+        return (time.perf_counter() - t0) * 1e3, float(loss.detach())
+
+    return run
+
+
+def time_pair(runners: dict, steps: int, warmup: int, rounds: int) -> dict:
+    """{side: (median ms, min ms, last loss)}: every side warmed up, then ``rounds`` rounds of
+    ``steps`` timed steps per side in turn, so that both sides see the same load over time."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times = {side: [] for side in runners}
+    loss = {}
+    for _ in range(rounds):
+        for side, run in runners.items():
+            for _ in range(steps):
+                ms, loss[side] = run()
+                times[side].append(ms)
+    return {side: (statistics.median(t), min(t), loss[side]) for side, t in times.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +411,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, action="append", help="batch size (repeatable; 128)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--modes", default="search,dense", help="search,dense or one of them")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per cell (median)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of --steps steps per side, the sides in turn (median of all)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="torch CPU threads (XLA:CPU uses every core it sees)")
@@ -428,10 +453,12 @@ def main(argv=None):
           + ("" if args.no_torch else f"torch {torch.__version__} ({args.threads} threads), ")
           + f"Python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
-    print(f"median of {args.steps} steps after {args.warmup} warm-up steps, synthetic data, "
+    print(f"median of {args.rounds} rounds x {args.steps} steps per side (sides in turn) after "
+          f"{args.warmup} warm-up steps, synthetic data, "
           f"dtype {args.dtype}, {SPARSITY:.0%} sparsity; jackpot_jax.ops: {ops.get_impl()} "
           f"(-> {ops.resolved_impl()}); torch mask: {TORCH_MASK}; threads: XLA:CPU "
-          f"{os.cpu_count()} (every core), torch {args.threads}; "
+          f"{os.cpu_count()} (every core), torch {args.threads} (OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}); "
           f"load average {_load()}", flush=True)
 
     rows = []
@@ -439,35 +466,40 @@ def main(argv=None):
         for batch in batches:
             mask_ms = None
             for mode in run_modes:
-                jax_ms, jl = time_jax(name, batch, mode, args.dtype, args.steps, args.warmup)
-                torch_ms = tl = None
+                runners = {"jax": jax_runner(name, batch, mode, args.dtype)}
                 if not args.no_torch:
-                    torch_ms, tl = time_torch(name, batch, mode, args.dtype, args.steps,
-                                              args.warmup, torch_device)
+                    runners["torch"] = torch_runner(name, batch, mode, args.dtype,
+                                                    torch_device)
+                res = time_pair(runners, args.steps, args.warmup, args.rounds)
                 if mode == "search" and mask_ms is None:
-                    mask_ms = time_mask(name, batch, args.dtype, args.steps)
+                    mask_ms = time_mask(name, batch, args.dtype, args.steps * args.rounds)
+                jax_ms, jax_min, jl = res["jax"]
+                torch_ms, torch_min, tl = res.get("torch", (None, None, None))
                 row = {"model": name, "batch": batch, "device": device, "mode": mode,
                        "dtype": args.dtype, "jax_ms": jax_ms, "torch_ms": torch_ms,
-                       "mask_ms": mask_ms if mode == "search" else None}
+                       "mask_ms": mask_ms if mode == "search" else None,
+                       "jax_ms_min": jax_min, "torch_ms_min": torch_min}
                 rows.append(row)
-                print(f"  {name} batch {batch} {mode}: jax {jax_ms:.1f} ms (loss {jl:.3f})"
-                      + ("" if torch_ms is None else f", torch {torch_ms:.1f} ms "
-                         f"(loss {tl:.3f})"), flush=True)
-
+                print(f"  {name} batch {batch} {mode}: jax median {jax_ms:.1f} ms, min "
+                      f"{jax_min:.1f} ms (loss {jl:.3f})"
+                      + ("" if torch_ms is None else f"; torch median {torch_ms:.1f} ms, min "
+                         f"{torch_min:.1f} ms (loss {tl:.3f})"), flush=True)
     print(f"load average at the end: {_load()}")
     print()
-    print("| model | batch | mode | dtype | jax img/s | torch img/s | jax/torch | mask ms "
-          "| mask share |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
+    print("| model | batch | mode | dtype | jax img/s | torch img/s | jax/torch "
+          "| jax/torch (minima) | mask ms | mask share |")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         jis = r["batch"] / r["jax_ms"] * 1e3
         tis = "" if r["torch_ms"] is None else f"{r['batch'] / r['torch_ms'] * 1e3:.0f}"
         ratio = "" if r["torch_ms"] is None else f"{r['torch_ms'] / r['jax_ms']:.2f}x"
+        ratio_min = ("" if r["torch_ms_min"] is None
+                     else f"{r['torch_ms_min'] / r['jax_ms_min']:.2f}x")
         mask = share = ""
         if r["mask_ms"] is not None:
             mask, share = f"{r['mask_ms']:.2f}", f"{r['mask_ms'] / r['jax_ms']:.1%}"
         print(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {jis:.0f} | {tis} "
-              f"| {ratio} | {mask} | {share} |")
+              f"| {ratio} | {ratio_min} | {mask} | {share} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -189,16 +189,20 @@ def _blocked_topk(arrays: Sequence[jax.Array], keeps: Sequence[int], *,
     keys = jnp.concatenate(keys).reshape(-1, _BLOCK)
     keep = jnp.asarray([keeps[i] for i in live], jnp.int32)
 
-    def per_array(hits):  # (rows, _BLOCK, ...) bool -> (arrays, ...) counts
-        return jax.ops.segment_sum(jnp.sum(hits, axis=1, dtype=jnp.int32), row_of,
-                                   num_segments=len(live), indices_are_sorted=True)
+    def per_array(row_counts):  # (rows, ...) int32 -> (arrays, ...) counts
+        if len(live) == 1:
+            return jnp.sum(row_counts, axis=0, dtype=jnp.int32)[None]
+        return jax.ops.segment_sum(row_counts, row_of, num_segments=len(live),
+                                   indices_are_sorted=True)
 
     digits = jnp.arange(1, 2 ** radix_bits, dtype=jnp.uint32)
 
     def step(i, t):  # largest t with count(keys >= t) >= keep, per array, radix_bits at a time
         shift = (32 - radix_bits * (i + 1)).astype(jnp.uint32)
         cands = t[:, None] | (digits[None, :] << shift)            # (arrays, digits)
-        counts = per_array(keys[:, :, None] >= cands[row_of][:, None, :])
+        # Candidates on the major axis: every count is a reduction along a row of keys.
+        hits = keys[None] >= cands[row_of].T[:, :, None]           # (digits, rows, _BLOCK)
+        counts = per_array(jnp.sum(hits, axis=2, dtype=jnp.int32).T)   # (arrays, digits)
         # Counts fall as the digit grows: the number of digits that still reach the keep
         # count is the largest such digit.
         best = jnp.sum(counts >= keep[:, None], axis=1, dtype=jnp.int32).astype(jnp.uint32)
@@ -213,8 +217,8 @@ def _blocked_topk(arrays: Sequence[jax.Array], keeps: Sequence[int], *,
         t = jax.lax.fori_loop(0, passes, step, t)
     t_rows = t[row_of][:, None]
     above, tied = keys > t_rows, keys == t_rows
-    n_tied = per_array(tied)
-    need = keep - per_array(above)
+    n_tied = per_array(jnp.sum(tied, axis=1, dtype=jnp.int32))
+    need = keep - per_array(jnp.sum(above, axis=1, dtype=jnp.int32))
 
     def first_tied():  # only when some tied scores must be dropped: lower flat index wins
         rank = jnp.cumsum(tied.ravel(), dtype=jnp.int32).reshape(keys.shape)
