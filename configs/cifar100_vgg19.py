@@ -1,7 +1,8 @@
 """vgg19_cifar on CIFAR100 with the paper's hyperparameters (GPU recommended).
 
 Data: the python-version archive (cifar-10-python.tar.gz / cifar-100-python.tar.gz) or its
-extracted directory under --config.data_dir. Pre-trained weights: --config.pretrained=DIR
+extracted directory under --config.data_dir; if none is found, the official archive is
+downloaded into ~/.cache/jackpot_jax/ (MD5-checked). Pre-trained weights: --config.pretrained=DIR
 (e.g. converted with tools/convert_torch_weights.py), otherwise 200 epochs of dense
 pretraining run first (SGD 0.1, momentum 0.9, wd 5e-4, cosine).
 

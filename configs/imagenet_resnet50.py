@@ -1,11 +1,14 @@
 """ResNet-50 (torchvision V1.5) on ImageNet with the paper's hyperparameters (GPUs needed).
 
-Data: ImageNet prepared for tfds (`tfds.data_source('imagenet2012')`, ArrayRecord) under
---config.data_dir. Weights: convert torchvision's ResNet-50 first:
+Data: ImageNet as torchvision's ImageFolder reads it, DIR/train/<wnid>/*.JPEG and
+DIR/val/<wnid>/*.JPEG (--config.data_dir=DIR; the test split is val/, the validation split
+is held out of train/), decoded by libjpeg-turbo in --config.data_workers processes (default:
+one per core). Or ImageNet prepared for tfds (ArrayRecord): --config.dataset=imagenet2012
+--config.data_dir=/path/to/tensorflow_datasets. Weights: convert torchvision's ResNet-50 first:
   python tools/convert_torch_weights.py --arch resnet50 --input resnet50.pth --output runs/r50_dense
 Run (10 search epochs, 90% sparsity):
   python -m jackpot_jax.main --config configs/imagenet_resnet50.py --workdir runs/imagenet_r50 \\
-      --config.pretrained=runs/r50_dense --config.data_dir=/path/to/tensorflow_datasets
+      --config.pretrained=runs/r50_dense --config.data_dir=/path/to/imagenet
 """
 
 from jackpot_jax.config_base import base_config
@@ -14,7 +17,7 @@ from jackpot_jax.config_base import base_config
 def get_config():
     c = base_config()
     c.model = "resnet50"
-    c.dataset = "imagenet2012"
+    c.dataset = "imagenet_folder"
     c.val_examples = 10000
     c.batch_size = 256
     c.eval_batch_size = 500

@@ -18,8 +18,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mode = "search"             # pretrain | search | finetune | eval
     c.model = "lenet5"            # a name of jackpot_jax.models.MODEL_NAMES
     c.model_options = ml_collections.ConfigDict()   # e.g. {'width': 2}; num_classes from data
-    c.dataset = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | imagenet2012 | synthetic:<name>
+    c.dataset = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | imagenet_folder | imagenet2012 | synthetic:<name>
     c.data_dir = ""               # where the dataset files are ("" = standard places)
+    c.data_workers = -1           # loader processes; 0 = main process; -1 = one per core for
+                                  # decoded files (image folders, tfds), 0 for in-memory arrays
+    c.data_prefetch = 2           # batches made and placed on the devices ahead of the step
     c.image_size = 0              # ImageNet-style data only: crop size (0 = 224)
     c.val_examples = 5000         # held out of the training set for model selection
     c.split_seed = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jackpot_jax import data as data_lib
+from jackpot_jax import input_pipeline
 from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
@@ -40,13 +40,13 @@ def criterion_importance(name: str, config, module, variables, ds, seed: int, fi
 
     if name == "snip":
         batches = []
-        it = data_lib.iterate_batches(ds, "train", config.batch_size, train=True, seed=seed,
-                                      epoch=10_000)
+        it = input_pipeline.iterate_batches(ds, "train", config.batch_size, train=True,
+                                            seed=seed, epoch=10_000)
         for _ in range(config.criteria.snip_batches):
             batches.append(next(it))
         return sp.snip_scores(sp.temperature_loss(logits_fn, 1.0), params, batches, filter_fn)
     if name == "grasp":
-        x, y = data_lib.balanced_batch(ds, "train", config.criteria.grasp_per_class, seed)
+        x, y = input_pipeline.balanced_batch(ds, "train", config.criteria.grasp_per_class, seed)
         half = len(y) // 2  # the GraSP code splits its balanced sample in two halves
         order = np.random.default_rng(seed).permutation(len(y))
         x, y = x[order], y[order]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import time
@@ -21,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jackpot_jax import data as data_lib
+from jackpot_jax import input_pipeline
 from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
@@ -91,6 +92,29 @@ def shard_batch(mesh: Mesh, batch):
         return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
     return jax.tree.map(put, batch)
+
+
+def shard_local_batch(mesh: Mesh, batch):
+    """This process's rows of a global batch -> arrays sharded along 'data' (the global batch
+    is every process's rows, in process order)."""
+    sharding = NamedSharding(mesh, P("data"))
+    nproc = jax.process_count()
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding, x, (x.shape[0] * nproc, *x.shape[1:])), batch)
+
+
+def batch_to_mesh(mesh: Mesh, ds, keys=("image", "label")):
+    """A function: a uint8 batch dict of this process's rows -> the arrays ``keys`` sharded on
+    the mesh, images normalised there (float32, the dataset's mean/std)."""
+    scale = (1.0 / (255.0 * np.asarray(ds.std, np.float64))).astype(np.float32)
+    bias = (-np.asarray(ds.mean, np.float64) / np.asarray(ds.std, np.float64)).astype(np.float32)
+    normalize = jax.jit(lambda x: x.astype(jnp.float32) * scale + bias)
+
+    def put(batch):
+        arrays = shard_local_batch(mesh, tuple(batch[k] for k in keys))
+        return (normalize(arrays[0]), *arrays[1:])
+
+    return put
 
 
 def replicate(mesh: Mesh, tree):
@@ -198,21 +222,23 @@ def _eval_step(module, conv_impl: str):
     return step
 
 
-def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh) -> dict:
-    """Top-1 (and top-5 where classes > 5) accuracy and mean loss over a whole split."""
+def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh,
+             workers: int = input_pipeline.AUTO_WORKERS) -> dict:
+    """Top-1 (and top-5 where classes > 5) accuracy and mean loss over a whole split.
+    ``workers``: loader processes, as ``config.data_workers`` (default: decoded files use
+    every core, in-memory arrays the main process)."""
     check_batch(batch_size, mesh, "eval_batch_size")
     step = make_eval_step(module)
     variables = replicate(mesh, variables)
     totals = None
-    for images, labels in data_lib.iterate_batches(ds, split, batch_size, train=False):
-        n = len(labels)
-        weights = np.zeros(batch_size, np.float32)
-        weights[:n] = 1.0
-        if n < batch_size:  # pad to one shape: one compilation
-            images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:],
-                                                      images.dtype)])
-            labels = np.concatenate([labels, np.zeros(batch_size - n, labels.dtype)])
-        out = step(variables, *shard_batch(mesh, (images, labels, weights)))
+    # Every batch is padded to batch_size (weight 0): one compilation; each process reads its rows.
+    workers = input_pipeline.resolve_workers(workers, ds.split(split))
+    batches = input_pipeline.eval_batches(ds, split, batch_size, workers=workers,
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count(), normalize=False)
+    put = batch_to_mesh(mesh, ds, ("image", "label", "weight"))
+    for b in batches:
+        out = step(variables, *put(b))
         out = jax.device_get(out)
         totals = out if totals is None else {k: totals[k] + out[k] for k in out}
     if totals is None:
@@ -238,7 +264,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     """Epoch loop shared by every mode: train, validate, checkpoint, log, resume."""
     batch_size = config.batch_size
     check_batch(batch_size, mesh)
-    spe = data_lib.num_batches(ds.train, batch_size, drop_remainder=True)
+    spe = input_pipeline.num_batches(ds.train, batch_size, drop_remainder=True)
     if spe == 0:
         raise ValueError(f"train split has {len(ds.train)} examples, fewer than "
                          f"batch_size={batch_size}")
@@ -264,16 +290,23 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
+    # One loader for all remaining epochs (its workers start once); the next batches are
+    # made and placed on the mesh while a step runs.
+    data_workers = config.get("data_workers", input_pipeline.AUTO_WORKERS)
+    workers = input_pipeline.resolve_workers(data_workers, ds.train)
+    batches = iter(input_pipeline.device_prefetch(
+        input_pipeline.train_batches(ds, batch_size, seed=seed, epochs=range(start, epochs),
+                                     workers=workers, process_index=jax.process_index(),
+                                     process_count=jax.process_count(), normalize=False),
+        batch_to_mesh(mesh, ds), config.get("data_prefetch", 2)))
     for epoch in range(start, epochs):
         t0 = time.time()
         lr = float(schedule(epoch * spe))
         sums = {"loss": 0.0, "accuracy": 0.0}
-        batches = data_lib.iterate_batches(ds, "train", batch_size, train=True, seed=seed,
-                                           epoch=epoch)
         bar = tqdm(total=spe, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
                    disable=None) if tqdm else None
-        for i, (images, labels) in enumerate(batches):
-            state, m = step_fn(state, frozen, *shard_batch(mesh, (images, labels)))
+        for i, (images, labels) in enumerate(itertools.islice(batches, spe)):
+            state, m = step_fn(state, frozen, images, labels)
             if bar is not None and (i % 10 == 0 or i == spe - 1):
                 m = jax.device_get(m)
                 bar.set_postfix(loss=f"{float(m['loss']):.3f}",
@@ -289,8 +322,8 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         if not math.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss} in epoch {epoch + 1}; "
                                      f"lower the learning rate ({opt_cfg.lr})")
-        val = evaluate(module, eval_params(state), ds, "val", config.eval_batch_size, mesh) \
-            if len(ds.val) else {}
+        val = evaluate(module, eval_params(state), ds, "val", config.eval_batch_size, mesh,
+                       data_workers) if len(ds.val) else {}
         record = {"epoch": epoch + 1, "loss": loss, "train_accuracy": float(sums["accuracy"]) / spe,
                   "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss"),
                   "learning_rate": lr, "seconds": time.time() - t0,
@@ -301,6 +334,7 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         log.append(record)
         utils.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in record.items() if v is not None))
+    batches.close()
     ckpt.close()
     return state, log
 
