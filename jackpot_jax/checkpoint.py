@@ -21,6 +21,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jackpot_jax import utils
+from jackpot_jax.errors import InputError, MissingInputError, OutputExistsError
+
 VARIABLES_DIR = "variables"
 SCORES_DIR = "scores"
 MODEL_JSON = "model.json"
@@ -60,6 +63,7 @@ def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _save_tree(path: str, tree: Any) -> None:
+  # Every process of a multi-process run calls this: orbax decides who writes what.
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(path, tree, force=True)
     ckptr.wait_until_finished()
@@ -68,41 +72,56 @@ def _save_tree(path: str, tree: Any) -> None:
 def _restore_tree(path: str) -> Any:
   with ocp.StandardCheckpointer() as ckptr:
     # The saved metadata fixes the tree; restore everything as host numpy arrays.
-    meta = ckptr.metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
-    return _to_numpy(ckptr.restore(path, target))
+    try:
+      meta = ckptr.metadata(path)
+      tree = getattr(meta, "item_metadata", meta)
+      target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
+      return _to_numpy(ckptr.restore(path, target))
+    except (OSError, ValueError) as e:  # tensorstore: missing/truncated files are ValueErrors
+      raise InputError(f"{path}: unreadable checkpoint ({str(e).split(' [', 1)[0][:300]})") from e
 
 
 def save_variables(path: str | os.PathLike, variables: Mapping[str, Any], *,
                    arch: str | None = None, model_options: Mapping[str, Any] | None = None,
-                   scores: Mapping[str, Any] | None = None) -> str:
+                   scores: Mapping[str, Any] | None = None, overwrite: bool = False) -> str:
   """Writes `variables` (and `scores`, a flat path->array dict) under directory `path`.
 
   `arch`/`model_options` go to model.json so that `load_model` can rebuild the module.
-  The variables and scores of an earlier checkpoint at `path` are replaced (scores removed
-  when none are given). Returns the absolute path.
+  A `path` that exists and is not empty is refused (`OutputExistsError`) unless `overwrite`,
+  which replaces its variables, scores (removed when none are given) and model.json.
+  In a multi-process run every process calls this; process 0 writes all but orbax's shards.
+  Returns the absolute path.
   """
   path = _abs(path)
   if "params" not in variables:
     raise ValueError(f"save_variables({path!r}): variables have no 'params' collection "
                      f"(got {sorted(variables)})")
-  os.makedirs(path, exist_ok=True)
+  if not overwrite and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise OutputExistsError(f"{path} exists and is not empty; refusing to overwrite it (choose "
+                            "another output, or pass --overwrite)")
+  utils.sync("save_variables:checked")  # every process looked before process 0 writes
+  if utils.is_primary():
+    os.makedirs(path, exist_ok=True)
+  utils.sync("save_variables:made")
   tree = {k: _to_numpy(v) for k, v in variables.items()
           if k in ("params", "batch_stats")}
   _save_tree(os.path.join(path, VARIABLES_DIR), tree)
   sdir = os.path.join(path, SCORES_DIR)
-  if os.path.isdir(sdir):
+  if utils.is_primary() and os.path.isdir(sdir):
     shutil.rmtree(sdir)  # a checkpoint is one unit: never leave stale scores behind
+  utils.sync("save_variables:scores")
   if scores is not None:
     if scores:
       _save_tree(sdir, _nest(_to_numpy(dict(scores))))
-    else:
+    elif utils.is_primary():
       os.makedirs(sdir)
-  if arch is not None or model_options:
+  if (arch is not None or model_options) and utils.is_primary():
     meta = {"arch": arch, "options": dict(model_options or {})}
-    with open(os.path.join(path, MODEL_JSON), "w") as f:
+    tmp = os.path.join(path, MODEL_JSON + ".tmp")
+    with open(tmp, "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(path, MODEL_JSON))
+  utils.sync("save_variables:done")
   return path
 
 
@@ -111,7 +130,7 @@ def load_variables(path: str | os.PathLike) -> dict[str, Any]:
   path = _abs(path)
   vdir = os.path.join(path, VARIABLES_DIR)
   if not os.path.isdir(vdir):
-    raise FileNotFoundError(f"{path}: not a jackpot_jax checkpoint, missing the "
+    raise MissingInputError(f"{path}: not a jackpot_jax checkpoint, missing the "
                             f"'{VARIABLES_DIR}/' directory")
   return dict(_restore_tree(vdir))
 
@@ -131,23 +150,60 @@ def load_model_info(path: str | os.PathLike) -> dict[str, Any]:
   path = _abs(path)
   fname = os.path.join(path, MODEL_JSON)
   if not os.path.isfile(fname):
-    raise FileNotFoundError(f"{path}: missing {MODEL_JSON} (saved without arch=?), so the "
+    raise MissingInputError(f"{path}: missing {MODEL_JSON} (saved without arch=?), so the "
                             "model cannot be rebuilt")
-  with open(fname) as f:
-    info = json.load(f)
-  if not info.get("arch"):
-    raise ValueError(f"{fname}: no 'arch' entry")
+  want = '{"arch": "<model name>", "options": {"num_classes": ..., ...}}'
+  try:
+    with open(fname) as f:
+      info = json.load(f)
+  except json.JSONDecodeError as e:
+    raise InputError(f"{fname}: not valid JSON ({e}); it should read {want}") from e
+  if not isinstance(info, dict) or not info.get("arch"):
+    raise InputError(f"{fname}: no 'arch' entry; it should read {want}")
   info.setdefault("options", {})
+  if not isinstance(info["options"], dict):
+    raise InputError(f"{fname}: 'options' is {info['options']!r}, not an object; it should "
+                     f"read {want}")
   return info
 
 
-def load_model(path: str | os.PathLike):
-  """Returns `(module, variables)` rebuilt from model.json via `models.get_model`."""
+def check_variables(module, variables: Mapping[str, Any], input_shape, source: str) -> None:
+  """`InputError` listing every param/batch_stats path of `variables` that is missing,
+  unexpected or mis-shaped for `module` on inputs of shape `input_shape` (H, W, C)."""
+  from jackpot_jax import models  # models import nothing from here; keep import local
+
+  abstract = jax.eval_shape(
+      lambda: models.init_variables(module, jax.random.key(0), (1, *input_shape)))
+  problems = []
+  for col in ("params", "batch_stats"):
+    want = {p: tuple(v.shape) for p, v in _flatten(abstract.get(col, {})).items()}
+    got = {p: tuple(np.shape(v)) for p, v in _flatten(variables.get(col) or {}).items()}
+    problems += [f"{col}/{p}: shape {got[p]}, expected {want[p]}"
+                 for p in sorted(set(want) & set(got)) if want[p] != got[p]]
+    problems += [f"{col}/{p}: missing (expected {want[p]})" for p in sorted(set(want) - set(got))]
+    problems += [f"{col}/{p}: not in the model" for p in sorted(set(got) - set(want))]
+  if problems:
+    raise InputError(f"{source} does not fit {type(module).__name__} on {tuple(input_shape)} "
+                     f"inputs: " + "; ".join(problems[:8])
+                     + (f"; and {len(problems) - 8} more" if len(problems) > 8 else ""))
+
+
+def load_model(path: str | os.PathLike, input_shape=None):
+  """Returns `(module, variables)` rebuilt from model.json via `models.get_model`, checked
+  against the model's shapes on `input_shape` (H, W, C; default: the model's own)."""
   from jackpot_jax import models  # models import nothing from here; keep import local
 
   info = load_model_info(path)
-  module = models.get_model(info["arch"], **info["options"])
-  return module, load_variables(path)
+  try:
+    module = models.get_model(info["arch"], **info["options"])
+  except (TypeError, ValueError) as e:
+    raise InputError(f"{os.path.join(_abs(path), MODEL_JSON)}: cannot build {info['arch']!r} "
+                     f"with options {info['options']} ({e})") from e
+  variables = load_variables(path)
+  check_variables(module, variables, input_shape or models.input_shape(info["arch"]),
+                  f"checkpoint {_abs(path)}")
+  return module, variables
 
 
-__all__ = ["save_variables", "load_variables", "load_scores", "load_model", "load_model_info"]
+__all__ = ["save_variables", "load_variables", "load_scores", "load_model", "load_model_info",
+           "check_variables"]

@@ -6,6 +6,7 @@ magnitude mask, |scores| ranked, one global magnitude threshold fixing per-layer
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def _sgd(lr, epochs, weight_decay, momentum=0.9):
@@ -35,7 +36,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_devices = 0             # 0 = all devices
     c.compute_dtype = "float32"   # | bfloat16: activations and masked weights (training steps)
     c.conv_impl = "auto"          # | xla | explicit: convolution gradients (jackpot_jax.ops)
-    c.distributed = False         # multi-host: call jax.distributed.initialize() first
+    # Multi-process (jax.distributed): set the three below, or distributed=True alone to let
+    # JAX detect them (SLURM, Open MPI, Kubernetes). Empty = JAX's own detection.
+    c.distributed = False
+    c.coordinator_address = ""    # 'host:port' of process 0
+    c.num_processes = config_dict.placeholder(int)
+    c.process_id = config_dict.placeholder(int)
+    c.resume = True               # False: move an existing run in --workdir aside, start over
 
     c.sparsity = 0.9              # fraction of prunable weights removed
     c.pretrained = ""             # checkpoint dir; "" = pretrain into <workdir>/pretrain

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 import os
 import time
 from typing import Any, Callable
@@ -26,6 +25,7 @@ from jackpot_jax import input_pipeline
 from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
+from jackpot_jax.errors import ConfigError, InputError, NonFiniteError
 from jackpot_jax.resume import Checkpointer, MetricsLog
 
 
@@ -69,7 +69,7 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     devices = jax.devices()
     if num_devices:
         if num_devices > len(devices):
-            raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
+            raise ConfigError(f"num_devices={num_devices} but only {len(devices)} devices exist")
         devices = devices[:num_devices]
     return Mesh(np.asarray(devices), ("data",))
 
@@ -77,8 +77,8 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 def check_batch(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     n = mesh.devices.size
     if batch_size % n:
-        raise ValueError(f"{what}={batch_size} does not split across the {n} devices; use a "
-                         f"multiple of {n} (e.g. {max(n, batch_size // n * n)})")
+        raise ConfigError(f"{what}={batch_size} does not split across the {n} devices; use a "
+                          f"multiple of {n} (e.g. {max(n, batch_size // n * n)})")
 
 
 def shard_batch(mesh: Mesh, batch):
@@ -194,7 +194,10 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
         trainable = optax.apply_updates(state.trainable, updates)
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         new = TrainState(state.step + 1, trainable, opt_state, batch_stats, state.rng)
-        return new, {"loss": loss, "accuracy": acc}
+        # The loop stops on the first step whose loss or updated trainables are not finite.
+        finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+            [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)]))
+        return new, {"loss": loss, "accuracy": acc, "finite": finite}
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -242,7 +245,7 @@ def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh,
         out = jax.device_get(out)
         totals = out if totals is None else {k: totals[k] + out[k] for k in out}
     if totals is None:
-        raise ValueError(f"the {split} split is empty")
+        raise InputError(f"the {split} split is empty")
     count = float(totals["count"])
     res = {"accuracy": float(totals["top1"]) / count, "loss": float(totals["loss"]) / count,
            "examples": int(count)}
@@ -257,6 +260,22 @@ def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh,
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_finite(finite, epoch, spe, kind, ckpt_dir, opt_cfg) -> None:
+    """`NonFiniteError` naming the first step of the epoch whose loss or trainables (scores
+    in a search) became NaN or infinite. One host sync per epoch."""
+    ok = np.asarray(jax.device_get(finite), bool)
+    if ok.all():
+        return
+    i = int(np.argmin(ok))
+    what = "scores" if kind == "search" else "weights"
+    last = f"epoch {epoch} in {ckpt_dir}" if epoch > 0 else "none: it failed in the first epoch"
+    raise NonFiniteError(
+        f"{kind}: the training loss or the {what} became NaN or infinite at epoch {epoch + 1}, "
+        f"step {epoch * spe + i + 1} (step {i + 1} of {spe} in the epoch); nothing of this epoch "
+        f"was saved (last good checkpoint: {last}). Lower the learning rate "
+        f"(lr={opt_cfg.lr}) or check the inputs")
+
+
 def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, trainable, frozen,
                batch_stats, opt_cfg, epochs: int, seed: int, budget=None,
                epoch_hook: Callable[[int, TrainState], dict] | None = None,
@@ -266,15 +285,19 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     check_batch(batch_size, mesh)
     spe = input_pipeline.num_batches(ds.train, batch_size, drop_remainder=True)
     if spe == 0:
-        raise ValueError(f"train split has {len(ds.train)} examples, fewer than "
-                         f"batch_size={batch_size}")
+        raise ConfigError(f"train split has {len(ds.train)} examples, fewer than "
+                          f"batch_size={batch_size}")
     tx, schedule = make_optimizer(opt_cfg, epochs, spe)
     state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                        opt_state=tx.init(trainable), batch_stats=batch_stats,
                        rng=jax.random.key_data(jax.random.key(seed)))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     start = 0
-    restored = ckpt.restore_latest(state)
+    try:
+        restored = ckpt.restore_latest(state)
+    except BaseException:
+        ckpt.close()
+        raise
     if restored is not None:
         start, state = restored
         utils.log(f"resuming {workdir} from epoch {start}")
@@ -299,42 +322,48 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
                                      workers=workers, process_index=jax.process_index(),
                                      process_count=jax.process_count(), normalize=False),
         batch_to_mesh(mesh, ds), config.get("data_prefetch", 2)))
-    for epoch in range(start, epochs):
-        t0 = time.time()
-        lr = float(schedule(epoch * spe))
-        sums = {"loss": 0.0, "accuracy": 0.0}
-        bar = tqdm(total=spe, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=None) if tqdm else None
-        for i, (images, labels) in enumerate(itertools.islice(batches, spe)):
-            state, m = step_fn(state, frozen, images, labels)
-            if bar is not None and (i % 10 == 0 or i == spe - 1):
-                m = jax.device_get(m)
-                bar.set_postfix(loss=f"{float(m['loss']):.3f}",
-                                img_s=f"{(i + 1) * batch_size / (time.time() - t0):.0f}")
+    try:  # closing waits for the last async save: a raise must not leave it half-written
+        for epoch in range(start, epochs):
+            t0 = time.time()
+            lr = float(schedule(epoch * spe))
+            sums = {"loss": 0.0, "accuracy": 0.0}
+            finite = []
+            bar = tqdm(total=spe, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
+                       disable=None) if tqdm else None
+            for i, (images, labels) in enumerate(itertools.islice(batches, spe)):
+                state, m = step_fn(state, frozen, images, labels)
+                utils.kill_point("step")
+                finite.append(m.pop("finite"))
+                if bar is not None and (i % 10 == 0 or i == spe - 1):
+                    m = jax.device_get(m)
+                    bar.set_postfix(loss=f"{float(m['loss']):.3f}",
+                                    img_s=f"{(i + 1) * batch_size / (time.time() - t0):.0f}")
+                if bar is not None:
+                    bar.update(1)
+                sums = jax.tree.map(lambda a, b: a + b, sums, m)
             if bar is not None:
-                bar.update(1)
-            sums = jax.tree.map(lambda a, b: a + b, sums, m)
-        if bar is not None:
-            bar.close()
-        sums = jax.device_get(sums)
-        train_seconds = time.time() - t0
-        loss = float(sums["loss"]) / spe
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss} in epoch {epoch + 1}; "
-                                     f"lower the learning rate ({opt_cfg.lr})")
-        val = evaluate(module, eval_params(state), ds, "val", config.eval_batch_size, mesh,
-                       data_workers) if len(ds.val) else {}
-        record = {"epoch": epoch + 1, "loss": loss, "train_accuracy": float(sums["accuracy"]) / spe,
-                  "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss"),
-                  "learning_rate": lr, "seconds": time.time() - t0,
-                  "train_images_per_second": spe * batch_size / train_seconds}
-        if epoch_hook is not None:
-            record.update(epoch_hook(epoch + 1, state))
-        ckpt.save(epoch + 1, state)
-        log.append(record)
-        utils.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in record.items() if v is not None))
-    batches.close()
-    ckpt.close()
+                bar.close()
+            _check_finite(finite, epoch, spe, kind, ckpt.directory, opt_cfg)
+            sums = jax.device_get(sums)
+            train_seconds = time.time() - t0
+            loss = float(sums["loss"]) / spe
+            val = evaluate(module, eval_params(state), ds, "val", config.eval_batch_size, mesh,
+                           data_workers) if len(ds.val) else {}
+            record = {"epoch": epoch + 1, "loss": loss,
+                      "train_accuracy": float(sums["accuracy"]) / spe,
+                      "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss"),
+                      "learning_rate": lr, "seconds": time.time() - t0,
+                      "train_images_per_second": spe * batch_size / train_seconds}
+            if epoch_hook is not None:
+                record.update(epoch_hook(epoch + 1, state))
+            # The line first: a kill before the save completes redoes this epoch and drops it.
+            log.append(record)
+            ckpt.save(epoch + 1, state)
+            utils.kill_point("save")
+            utils.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in record.items() if v is not None))
+    finally:
+        batches.close()
+        ckpt.close()
     return state, log
 

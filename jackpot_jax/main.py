@@ -1,13 +1,18 @@
 """Command line: `python -m jackpot_jax.main --config configs/<name>.py --workdir DIR`.
 
 Overrides go after the config, e.g. `--config.sparsity=0.95 --config.mode=pretrain`.
-Rerunning the same command resumes from the last checkpoint in DIR.
+Rerunning the same command resumes from the last checkpoint in DIR. An error the user can fix
+(`jackpot_jax.errors.JackpotError`: a bad value, a missing or damaged file) is printed as one
+line and exits with status 1.
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jackpot_jax import train
+from jackpot_jax.errors import JackpotError
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
@@ -19,7 +24,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    except JackpotError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

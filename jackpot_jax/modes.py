@@ -11,6 +11,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from jackpot_jax import checkpoint as ckpt_lib
 from jackpot_jax import data as data_lib
@@ -21,18 +22,24 @@ from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
 from jackpot_jax.criteria import budget_for, criterion_mask, prune_filter
+from jackpot_jax.errors import ConfigError, InputError, MissingInputError
 from jackpot_jax.resume import MetricsLog
 
 
 def load_data(config) -> data_lib.Dataset:
-    ds = data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir or None, val_examples=config.val_examples,
-        split_seed=config.split_seed, train_subset=config.train_subset or None,
-        test_subset=config.test_subset or None)
+    try:
+        ds = data_lib.load_dataset(
+            config.dataset, data_dir=config.data_dir or None, val_examples=config.val_examples,
+            split_seed=config.split_seed, train_subset=config.train_subset or None,
+            test_subset=config.test_subset or None)
+    except FileNotFoundError as e:  # data.py's message names the places it looked
+        raise MissingInputError(str(e)) from e
+    except ValueError as e:  # a bad dataset name, subset size or data file, named by data.py
+        raise InputError(f"dataset={config.dataset!r}: {e}") from e
     if config.image_size:
         if ds.augment != "inception":
-            raise ValueError(f"image_size={config.image_size} applies only to ImageNet-style "
-                             f"data (resized crops); {config.dataset!r} has fixed-size images")
+            raise ConfigError(f"image_size={config.image_size} applies only to ImageNet-style "
+                              f"data (resized crops); {config.dataset!r} has fixed-size images")
         # Crop size of RandomResizedCrop / centre crop (eval resizes to 256/224 of it).
         ds = dataclasses.replace(ds, image_shape=(config.image_size, config.image_size,
                                                   ds.image_shape[2]))
@@ -61,18 +68,20 @@ def dense_source(config, workdir: str, ds, mesh):
     path = config.pretrained
     if not path:
         path = os.path.join(workdir, "pretrain", "model")
-        if not os.path.isdir(path):
+        # summary.json is written last: without it the cached run is unfinished (resumed).
+        if not os.path.isfile(os.path.join(workdir, "pretrain", "summary.json")):
             utils.log("no --config.pretrained given: pretraining first into "
                       f"{os.path.dirname(path)}")
             run_pretrain(config, os.path.dirname(path), ds=ds, mesh=mesh)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"pretrained={path!r} is not a checkpoint directory (expected a "
-                                "directory written by `pretrain` or tools/convert_torch_weights.py)")
-    module, variables = ckpt_lib.load_model(path)
+        raise MissingInputError(f"pretrained={path!r} is not a checkpoint directory (expected a "
+                                "directory written by `pretrain` or "
+                                "tools/convert_torch_weights.py)")
     info = ckpt_lib.load_model_info(path)
     if info["arch"] != config.model:
-        raise ValueError(f"pretrained checkpoint {path} is a {info['arch']!r}, but "
-                         f"config.model={config.model!r}")
+        raise ConfigError(f"pretrained checkpoint {path} is a {info['arch']!r}, but "
+                          f"config.model={config.model!r}")
+    module, variables = ckpt_lib.load_model(path, ds.image_shape)
     return module, variables, info["options"], os.path.abspath(path)
 
 
@@ -82,13 +91,15 @@ def _weights_for_masking(config, workdir, ds, mesh, weights: str, seed: int):
     if weights == "random":
         module, variables, opts = init_model(config, ds, seed + 104729)
         return module, variables, opts, None
-    raise ValueError(f"weights={weights!r}; expected 'pretrained' or 'random'")
+    raise ConfigError(f"weights={weights!r}; expected 'pretrained' or 'random'")
 
 
 def _start(workdir, config, ds, mesh):
     """(start time, dataset, mesh) of a mode; a study passes its own data and mesh."""
     ops.set_impl(config.get("conv_impl", "auto"))   # read when the steps are traced
-    os.makedirs(workdir, exist_ok=True)
+    if utils.is_primary():
+        os.makedirs(workdir, exist_ok=True)
+    utils.sync("mode:workdir")
     return time.time(), ds or load_data(config), mesh or engine.make_mesh(config.num_devices)
 
 
@@ -103,7 +114,7 @@ def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
         eval_params=lambda s: utils.variables_of(s.trainable, s.batch_stats))
     final = utils.as_numpy(utils.variables_of(state.trainable, state.batch_stats))
     model_dir = ckpt_lib.save_variables(os.path.join(workdir, "model"), final,
-                                        arch=config.model, model_options=opts)
+                                        arch=config.model, model_options=opts, overwrite=True)
     test = engine.evaluate(module, final, ds, "test", config.eval_batch_size, mesh)
     summary = _base_summary(config, "pretrain", ds, log, t0)
     summary.update({"pretrained_checkpoint": model_dir, "test_accuracy": test["accuracy"],
@@ -157,13 +168,17 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         eval_params=eval_params)
     scores = utils.as_numpy(state.trainable)
     masks = utils.as_numpy(hard_masks(scores))
+    _same_on_every_process(masks, "final masks")
     final_bs = utils.as_numpy(state.batch_stats)
     final_vars = utils.variables_of(utils.as_numpy(sp.apply_masks(params, masks)), final_bs)
     test = engine.evaluate(module, final_vars, ds, "test", config.eval_batch_size, mesh)
+    utils.kill_point("export")
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
+    utils.kill_point("export")
     ckpt_lib.save_variables(os.path.join(workdir, "model"), utils.variables_of(utils.as_numpy(params), final_bs),
                             arch=config.model, model_options=opts,
-                            scores=sp.flatten_paths(scores))
+                            scores=sp.flatten_paths(scores), overwrite=True)
+    utils.kill_point("export")
     summary = _base_summary(config, "search", ds, log, t0)
     summary.update(_mask_summary(masks, config))
     summary.update({
@@ -189,11 +204,12 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
     filter_fn = prune_filter(config)
     if cfg.mask == "jackpot":
         jackpot_path = cfg.jackpot or os.path.join(workdir, "search")
-        if not cfg.jackpot and not os.path.exists(os.path.join(jackpot_path, "jackpot.npz")):
+        # summary.json is written last: without it the search is unfinished (resumed).
+        if not cfg.jackpot and not os.path.exists(os.path.join(jackpot_path, "summary.json")):
             utils.log(f"no --config.finetune.jackpot given: searching first into {jackpot_path}")
             run_search(config, jackpot_path, ds=ds, mesh=mesh)
-        module, variables, opts, masks, source = export.load_jackpot_for_training(jackpot_path,
-                                                                                  config)
+        module, variables, opts, masks, source = export.load_jackpot_for_training(
+            jackpot_path, config, ds.image_shape)
     else:
         module, variables, opts, source = _weights_for_masking(config, workdir, ds, mesh,
                                                                cfg.weights, config.seed)
@@ -213,7 +229,7 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
     test = engine.evaluate(module, final_vars, ds, "test", config.eval_batch_size, mesh)
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
     ckpt_lib.save_variables(os.path.join(workdir, "model"), final_vars, arch=config.model,
-                            model_options=opts)
+                            model_options=opts, overwrite=True)
     summary = _base_summary(config, "finetune", ds, log, t0)
     summary.update(_mask_summary(masks, config))
     summary.update({"pretrained_checkpoint": source, "mask": cfg.mask, "weights": cfg.weights,
@@ -230,9 +246,9 @@ def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
     t0, ds, mesh = _start(workdir, config, ds, mesh)
     path = config.checkpoint or config.pretrained
     if not path:
-        raise ValueError("eval needs --config.checkpoint=PATH (a checkpoint directory, a run's "
-                         "workdir or a jackpot.npz)")
-    module, variables, masks, kind = export.load_for_eval(path)
+        raise ConfigError("eval needs --config.checkpoint=PATH (a checkpoint directory, a run's "
+                          "workdir or a jackpot.npz)")
+    module, variables, masks, kind = export.load_for_eval(path, ds.image_shape)
     if masks is not None:
         variables = utils.variables_of(sp.apply_masks(variables["params"], masks),
                                utils.batch_stats_of(variables))
@@ -249,6 +265,18 @@ def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
     _print_table(summary)
     return summary
 
+
+
+def _same_on_every_process(masks, what: str) -> None:
+    """Every process of a multi-process run must end with the same masks; each says so."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+    digest = utils.digest(sp.flatten_paths(masks))
+    print(f"process {jax.process_index()}/{jax.process_count()}: {what} sha256 {digest}",
+          flush=True)
+    multihost_utils.assert_equal(np.frombuffer(bytes.fromhex(digest), np.uint8),
+                                 f"the processes ended with different {what}")
 
 
 def _base_summary(config, mode, ds, log: MetricsLog, t0) -> dict:

@@ -139,12 +139,16 @@ def check_mirror(params: PyTree, tree: PyTree, what: str = "scores") -> None:
 
 
 def _ordered_keys(x: jax.Array) -> jax.Array:
-    """uint32 keys whose unsigned order equals the float order of ``x`` (float32)."""
+    """uint32 keys whose unsigned order equals the float order of ``x`` (float32).
+
+    NaN gets key 1, below every number (-inf is 0x007FFFFF) and above the padding key 0: a
+    NaN score is never kept in place of a number (its raw bits would rank it above +inf).
+    """
     x = x.astype(jnp.float32)
     x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 and +0.0 are equal scores: one key
     u = jax.lax.bitcast_convert_type(x, jnp.uint32)
     sign = jnp.uint32(0x80000000)
-    return jnp.where(u & sign, ~u, u | sign)
+    return jnp.where(jnp.isnan(x), jnp.uint32(1), jnp.where(u & sign, ~u, u | sign))
 
 
 _BLOCK = 1024  # scores are counted in rows of this many; each row belongs to one array
@@ -261,7 +265,8 @@ def _topk_masks(arrays: Sequence[jax.Array], keeps: Sequence[int], layout) -> li
 def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     """0/1 array of ``scores``' shape with exactly ``keep`` ones on the largest scores.
 
-    Ties are broken by flat (row-major) index: the lower index is kept. ``keep`` is a static
+    Ties are broken by flat (row-major) index: the lower index is kept. NaN ranks below every
+    number, -inf included (NaNs are kept only when ``keep`` exceeds the numbers). ``keep`` is a static
     Python int in ``[0, scores.size]``. Cost: 32 counting passes (a bitwise bisection for
     the k-th largest value), plus a prefix sum only when ties straddle the cut; O(n)
     memory, no sort. Works under `jit`; returns the dtype of ``scores`` if floating.
@@ -412,7 +417,10 @@ def _erk_densities(shapes: Mapping[str, tuple], sparsity: float, power: float) -
     raw = {p: (sum(s) / np.prod(s)) ** power for p, s in shapes.items()}
     total_keep = (1.0 - sparsity) * sum(sizes.values())
     dense: set[str] = set()
-    while True:
+    eps = 0.0
+    # Each pass makes at least one more layer dense, so this ends; once every layer is dense
+    # (low sparsity) nothing is left to share out and there is no eps to compute.
+    while len(dense) < len(shapes):
         free_keep = total_keep - sum(sizes[p] for p in dense)
         denom = sum(raw[p] * sizes[p] for p in shapes if p not in dense)
         eps = free_keep / denom

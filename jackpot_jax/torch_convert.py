@@ -26,6 +26,7 @@ import dataclasses
 import os
 import pickle
 import re
+import sys
 from collections import OrderedDict
 from typing import Any, Mapping, Sequence
 
@@ -34,6 +35,7 @@ import jax
 import numpy as np
 
 from jackpot_jax import checkpoint, export, models
+from jackpot_jax.errors import InputError, JackpotError, MissingInputError, OutputExistsError
 
 # Layouts whose classifier is stored as a 1x1 conv `(classes, in, 1, 1)` with bias.
 CONV_CLASSIFIER_ARCHS = ("resnet20", "resnet32", "resnet56", "vgg19_cifar")
@@ -41,7 +43,7 @@ CIFAR_RESNETS = ("resnet20", "resnet32", "resnet56")
 _VGG_BN_FC = {"fc1": "classifier.0", "fc2": "classifier.3", "classifier": "classifier.6"}
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(InputError):
   """The file needs full unpickling (arbitrary code), which we refuse to do."""
 
 
@@ -140,6 +142,8 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   stripped) with weights-only unpickling, as float32 numpy arrays (integers kept)."""
   torch = _import_torch()
   path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise MissingInputError(f"{path}: no such file (expected a .pth/.pt state_dict)")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
@@ -148,14 +152,19 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         "than tensors and plain containers); jackpot_jax refuses to unpickle arbitrary code. "
         "Re-save just the weights with torch.save(model.state_dict(), ...). "
         f"torch said: {str(e).splitlines()[0]}") from e
+  except (RuntimeError, EOFError, OSError, KeyError, ValueError) as e:
+    # A cut-short or foreign file: torch raises one of these depending on where it breaks.
+    said = (str(e).splitlines() or [""])[0][:160]
+    raise InputError(f"{path}: not a readable PyTorch checkpoint (truncated or damaged?); "
+                     f"torch said {type(e).__name__}: {said}") from e
   if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
-    raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got "
+    raise InputError(f"{path}: expected a state_dict (a dict of tensors), got "
                      f"{type(obj).__name__}")
   not_tensors = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
   if not_tensors:
-    raise ValueError(f"{path}: entries that are not tensors: {', '.join(map(str, not_tensors))}")
+    raise InputError(f"{path}: entries that are not tensors: {', '.join(map(str, not_tensors))}")
   keys = list(obj)
   if keys and all(k.startswith("module.") for k in keys):
     obj = {k[len("module."):]: v for k, v in obj.items()}
@@ -238,19 +247,33 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *,
                          ("shape mismatches", mismatched)):
       if items:
         lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
-    raise ValueError("\n".join(lines))
+    raise InputError("\n".join(lines))
   return variables, (scores or None), options
 
 
 def convert_checkpoint(arch: str, input_path: str | os.PathLike, output_dir: str | os.PathLike,
-                       *, num_classes: int | None = None) -> str:
+                       *, num_classes: int | None = None, overwrite: bool = False) -> str:
   """Reads a torch `.pth` state_dict and writes a jackpot_jax checkpoint directory
-  (variables, model.json and, when `.mask` tensors exist, scores). Returns its path."""
+  (variables, model.json and, when `.mask` tensors exist, scores). Returns its path.
+
+  An existing, non-empty `output_dir` is refused (`OutputExistsError`) before anything is
+  read, unless `overwrite`."""
+  _refuse_existing(output_dir, overwrite)
   state_dict = load_torch_state_dict(input_path)
   variables, scores, options = convert_state_dict(arch, state_dict, num_classes=num_classes,
                                                   source=os.fspath(input_path))
   return checkpoint.save_variables(output_dir, variables, arch=arch, model_options=options,
-                                   scores=scores)
+                                   scores=scores, overwrite=overwrite)
+
+
+def _refuse_existing(path, overwrite: bool) -> None:
+  path = os.fspath(path)
+  if overwrite or not os.path.exists(path):
+    return
+  if os.path.isdir(path) and not os.listdir(path):
+    return
+  raise OutputExistsError(f"{path} exists; refusing to overwrite it (choose another --output, "
+                          "or pass --overwrite)")
 
 
 # ------------------------------------------------------------------- Flax -> torch
@@ -272,7 +295,7 @@ def _flat_by_path(name: str, flat: Mapping[str, Any] | None, known: Mapping[str,
     else:
       out[path] = value
   if errors:
-    raise ValueError(f"{name} do not fit the model: " + "; ".join(errors))
+    raise InputError(f"{name} do not fit the model: " + "; ".join(errors))
   return out
 
 
@@ -291,6 +314,10 @@ def export_to_torch_state_dict(arch: str, variables: Mapping[str, Any],
   kernels = {e.flax_path: tuple(np.shape(_leaf(variables, e))) for e in entries
              if e.path[-1] == "kernel"}
   masks = _flat_by_path("masks", masks, kernels)
+  for path, m in masks.items():
+    if np.any((m != 0) & (m != 1)):
+      raise InputError(f"masks/{path} holds values other than 0 and 1 (e.g. "
+                       f"{m[(m != 0) & (m != 1)].flat[0]!r}); a mask keeps (1) or prunes (0)")
   scores = _flat_by_path("scores", scores, kernels)
   out: OrderedDict = OrderedDict()
   for e in entries:
@@ -315,35 +342,77 @@ def _leaf(variables, e: _Entry):
 
 
 def load_jackpot(npz_path: str | os.PathLike):
-  """Reads a jackpot npz -> (masks, params) flat `{path: array}` dicts."""
+  """Reads a jackpot npz -> (masks, params, batch_stats) flat `{path: array}` dicts
+  (batch_stats empty when the file has none)."""
   jackpot = export.read_jackpot(npz_path)
-  return jackpot["masks"], jackpot["params"]
+  return jackpot["masks"], jackpot["params"], jackpot["batch_stats"]
+
+
+def _is_jackpot_only(path) -> bool:
+  """A jackpot.npz, or a run's workdir holding one (not a checkpoint directory)."""
+  path = os.fspath(path)
+  if os.path.isfile(path):
+    return path.endswith(".npz")
+  return (os.path.isfile(os.path.join(path, "jackpot.npz"))
+          and not os.path.isdir(os.path.join(path, checkpoint.VARIABLES_DIR)))
 
 
 def export_checkpoint(checkpoint_dir: str | os.PathLike, output_pth: str | os.PathLike,
                       jackpot_npz: str | os.PathLike | None = None, *,
-                      include_scores: bool = False) -> str:
-  """Writes a jackpot_jax checkpoint as a torch state_dict file (`torch.save`).
+                      include_scores: bool = False, overwrite: bool = False) -> str:
+  """Writes a jackpot_jax network as a torch state_dict file (`torch.save`).
 
-  With `jackpot_npz`, its `params/<path>` arrays replace the checkpoint's and its
-  `masks/<path>` are applied as `w * m`. `include_scores` writes saved scores as `.mask`.
+  `checkpoint_dir` is a checkpoint directory, or a jackpot.npz (or a run's workdir holding
+  one) written by the pipeline, which then carries everything: its meta names the model.
+  With `jackpot_npz`, its `params/<path>` and `batch_stats/<path>` arrays replace the
+  checkpoint's (so the network is the one the search evaluated, BatchNorm statistics
+  included) and its `masks/<path>` are applied as `w * m`. `include_scores` writes saved
+  scores as `.mask`. An existing `output_pth` is refused unless `overwrite`.
   """
   torch = _import_torch()
-  info = checkpoint.load_model_info(checkpoint_dir)
-  variables = checkpoint.load_variables(checkpoint_dir)
+  output_pth = os.fspath(output_pth)
+  _refuse_existing(output_pth, overwrite)
+  if _is_jackpot_only(checkpoint_dir):
+    if jackpot_npz is not None:
+      raise InputError(f"--input {checkpoint_dir} is already a jackpot; --jackpot applies to a "
+                       "checkpoint directory")
+    jackpot_npz = checkpoint_dir
+    meta, _, params, batch_stats = export.load_jackpot(checkpoint_dir)
+    arch, variables, scores = meta["arch"], {"params": params}, None
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    if include_scores:
+      raise InputError("--include-scores needs a checkpoint directory (a jackpot.npz holds "
+                       "no scores); use the run's model/ directory as --input")
+  else:
+    arch = checkpoint.load_model_info(checkpoint_dir)["arch"]
+    variables = checkpoint.load_variables(checkpoint_dir)
+    scores = checkpoint.load_scores(checkpoint_dir) if include_scores else None
   masks = None
   if jackpot_npz is not None:
-    masks, new_params = load_jackpot(jackpot_npz)
-    flat = flax.traverse_util.flatten_dict(variables["params"], sep="/")
-    unknown = sorted(set(new_params) - set(flat))
-    if unknown:
-      raise ValueError(f"{jackpot_npz}: params not in the model: {', '.join(unknown)}")
-    flat.update(new_params)
-    variables["params"] = flax.traverse_util.unflatten_dict(flat, sep="/")
-  scores = checkpoint.load_scores(checkpoint_dir) if include_scores else None
-  state_dict = export_to_torch_state_dict(info["arch"], variables, masks, scores=scores)
-  output_pth = os.fspath(output_pth)
-  torch.save(state_dict, output_pth)
+    jackpot = export.read_jackpot(jackpot_npz)
+    meta_arch = jackpot["meta"].get("arch")
+    if meta_arch is not None and meta_arch != arch:
+      raise InputError(f"{jackpot_npz} is a {meta_arch} jackpot but {checkpoint_dir} holds "
+                       f"{arch}")
+    masks = jackpot["masks"]
+    for group in ("params", "batch_stats"):
+      if not jackpot[group]:
+        continue
+      flat = flax.traverse_util.flatten_dict(variables.get(group, {}), sep="/")
+      unknown = sorted(set(jackpot[group]) - set(flat))
+      if unknown:
+        raise InputError(f"{jackpot_npz}: {group} not in the model: {', '.join(unknown)}")
+      wrong = [f"{group}/{k}: {v.shape}, the model's is {np.shape(flat[k])}"
+               for k, v in sorted(jackpot[group].items()) if v.shape != np.shape(flat[k])]
+      if wrong:
+        raise InputError(f"{jackpot_npz} does not fit {checkpoint_dir}: " + "; ".join(wrong))
+      flat.update(jackpot[group])
+      variables[group] = flax.traverse_util.unflatten_dict(flat, sep="/")
+  state_dict = export_to_torch_state_dict(arch, variables, masks, scores=scores)
+  tmp = output_pth + ".tmp"
+  torch.save(state_dict, tmp)
+  os.replace(tmp, output_pth)
   return output_pth
 
 
@@ -351,13 +420,17 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, output_pth: str | os.Pa
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  """Command line: torch `.pth` -> checkpoint dir, or with --to-torch the other way."""
+  """Command line: torch `.pth` -> checkpoint dir, or with --to-torch the other way.
+
+  An error the user can fix (`JackpotError`) is printed as one `error: ...` message and
+  exits with status 1."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--arch", choices=models.MODEL_NAMES,
                  help="model name (required unless --to-torch, where model.json gives it)")
   p.add_argument("--input", required=True,
-                 help="torch .pth/.pt file (or, with --to-torch, a checkpoint directory)")
+                 help="torch .pth/.pt file (or, with --to-torch, a checkpoint directory, a "
+                      "jackpot.npz or a run's workdir holding one)")
   p.add_argument("--output", required=True,
                  help="checkpoint directory (or, with --to-torch, the .pth to write)")
   p.add_argument("--num-classes", type=int, default=None,
@@ -365,25 +438,39 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument("--to-torch", action="store_true",
                  help="export a jackpot_jax checkpoint to a torch state_dict")
   p.add_argument("--jackpot", default=None,
-                 help="with --to-torch: npz with masks/<path> (and params/<path>) to apply")
+                 help="with --to-torch: npz with masks/<path> (and params/<path>, "
+                      "batch_stats/<path>) to apply to the checkpoint")
   p.add_argument("--include-scores", action="store_true",
                  help="with --to-torch: write saved scores as official `<name>.mask` tensors")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing --output (refused otherwise)")
   args = p.parse_args(argv)
-  if args.to_torch:
-    if args.arch:
-      arch = checkpoint.load_model_info(args.input)["arch"]
-      if arch != args.arch:
-        p.error(f"--arch {args.arch} but {args.input} holds {arch}")
-    out = export_checkpoint(args.input, args.output, args.jackpot,
-                            include_scores=args.include_scores)
-  else:
-    if not args.arch:
-      p.error("--arch is required")
-    if args.jackpot or args.include_scores:
-      p.error("--jackpot/--include-scores only apply with --to-torch")
-    out = convert_checkpoint(args.arch, args.input, args.output, num_classes=args.num_classes)
+  try:
+    out = _run(p, args)
+  except JackpotError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    raise SystemExit(1) from None
   print(f"wrote {out}")
   return out
+
+
+def _run(p, args) -> str:
+  if args.to_torch:
+    if args.arch:
+      if _is_jackpot_only(args.input):
+        arch = export.load_jackpot(args.input)[0]["arch"]
+      else:
+        arch = checkpoint.load_model_info(args.input)["arch"]
+      if arch != args.arch:
+        p.error(f"--arch {args.arch} but {args.input} holds {arch}")
+    return export_checkpoint(args.input, args.output, args.jackpot,
+                             include_scores=args.include_scores, overwrite=args.overwrite)
+  if not args.arch:
+    p.error("--arch is required")
+  if args.jackpot or args.include_scores:
+    p.error("--jackpot/--include-scores only apply with --to-torch")
+  return convert_checkpoint(args.arch, args.input, args.output, num_classes=args.num_classes,
+                            overwrite=args.overwrite)
 
 
 __all__ = ["convert_state_dict", "convert_checkpoint", "load_torch_state_dict",

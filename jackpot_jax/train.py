@@ -1,13 +1,14 @@
 """The pipeline's entry point: `run(config, workdir)` runs ``config.mode``.
 
 `jackpot_jax.main` is a thin absl wrapper around it. The pieces live in modules named by
-role: `engine` (mesh, train state, steps, epoch loop), `resume` (orbax checkpoints, metrics
-log), `criteria` (budgets and criterion masks), `modes` (pretrain, search, finetune, eval)
-and `export` (jackpot.npz and loaders).
+role: `engine` (mesh, train state, steps, epoch loop), `resume` (the workdir's config, orbax
+checkpoints, metrics log), `criteria` (budgets and criterion masks), `modes` (pretrain,
+search, finetune, eval) and `export` (jackpot.npz and loaders).
 
 What a run leaves in its workdir:
+  config.json     the config; a rerun with another config is refused (resume=False: moved aside)
   metrics.jsonl   one line per epoch
-  summary.json    the run's result
+  summary.json    the run's result (written last)
   jackpot.npz     (search, finetune) masks/<path>, params/<path>, batch_stats/<path>, meta
   model/          a checkpoint directory `checkpoint.load_model` reads (dense or masked weights)
   checkpoints/    orbax steps, one per epoch, for resume
@@ -23,30 +24,68 @@ import ml_collections
 from jackpot_jax import engine
 from jackpot_jax import modes
 from jackpot_jax import ops
-from jackpot_jax import utils
+from jackpot_jax import resume
+from jackpot_jax import sparsity as sp
 from jackpot_jax.criteria import WARMUPS
+from jackpot_jax.errors import ConfigError
 
 MODES = ("pretrain", "search", "finetune", "eval")
 RUNNERS = {"pretrain": modes.run_pretrain, "search": modes.run_search,
            "finetune": modes.run_finetune, "eval": modes.run_eval}
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs ``config.mode`` in ``workdir``; rerunning the same command resumes it."""
-    if config.mode not in RUNNERS:
-        raise ValueError(f"mode={config.mode!r}; expected one of {MODES}")
-    if not 0.0 <= config.sparsity < 1.0:
-        raise ValueError(f"sparsity={config.sparsity!r} must be in [0, 1)")
-    if config.search.init not in WARMUPS:
-        raise ValueError(f"search.init={config.search.init!r}; expected one of {WARMUPS}")
-    if config.get("conv_impl", "auto") not in ops.IMPLS:
-        raise ValueError(f"conv_impl={config.conv_impl!r}; expected one of {ops.IMPLS}")
-    if config.get("compute_dtype", "float32") not in engine.COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype={config.compute_dtype!r}; expected one of "
-                         f"{engine.COMPUTE_DTYPES}")
-    if config.distributed:
-        jax.distributed.initialize()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    utils.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    return RUNNERS[config.mode](config, workdir)
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """`ConfigError` for a value that cannot work, before anything runs."""
+    choices = {"mode": MODES, "search.init": WARMUPS,
+               "search.distribution": sp.DISTRIBUTIONS,
+               "search.weights": ("pretrained", "random"),
+               "finetune.weights": ("pretrained", "random"),
+               "finetune.mask": ("jackpot",) + sp.CRITERIA}
+    for key, allowed in choices.items():
+        node, leaf = config, key
+        if "." in key:
+            section, leaf = key.split(".")
+            node = config[section]
+        if node[leaf] not in allowed:
+            raise ConfigError(f"{key}={node[leaf]!r}; expected one of {tuple(allowed)}")
+    if not 0.0 <= config.sparsity < 1.0:
+        raise ConfigError(f"sparsity={config.sparsity!r} must be in [0, 1)")
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] <= 0:
+            raise ConfigError(f"{key}={config[key]!r} must be positive")
+    for section in ("pretrain", "search", "finetune"):
+        if config[section].epochs < 0:
+            raise ConfigError(f"{section}.epochs={config[section].epochs!r} must be >= 0")
+    if config.get("conv_impl", "auto") not in ops.IMPLS:
+        raise ConfigError(f"conv_impl={config.conv_impl!r}; expected one of {ops.IMPLS}")
+    if config.get("compute_dtype", "float32") not in engine.COMPUTE_DTYPES:
+        raise ConfigError(f"compute_dtype={config.compute_dtype!r}; expected one of "
+                          f"{engine.COMPUTE_DTYPES}")
+    if config.num_processes is not None and not (
+            config.process_id is None or 0 <= config.process_id < config.num_processes):
+        raise ConfigError(f"process_id={config.process_id!r} must be in [0, "
+                          f"num_processes={config.num_processes})")
+
+
+def init_distributed(config) -> None:
+    """`jax.distributed.initialize` when the config asks for several processes (it must come
+    before any other JAX call); unset fields are left to JAX's detection."""
+    if not (config.distributed or config.coordinator_address or config.num_processes
+            or config.process_id is not None):
+        return
+    jax.distributed.initialize(coordinator_address=config.coordinator_address or None,
+                               num_processes=config.num_processes,
+                               process_id=config.process_id)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs ``config.mode`` in ``workdir``; rerunning the same command resumes it.
+
+    A workdir belongs to one config: a rerun with another one raises `WorkdirError` naming
+    the keys, unless ``config.resume`` is False (the old run is moved aside, never deleted).
+    """
+    check_config(config)
+    init_distributed(config)
+    workdir = os.path.abspath(workdir)
+    resume.prepare_workdir(config, workdir)
+    return RUNNERS[config.mode](config, workdir)

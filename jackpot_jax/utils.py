@@ -1,23 +1,40 @@
-"""Small helpers the pipeline modules share (logging on process 0, JSON, host copies)."""
+"""Small helpers the pipeline modules share: process 0 logs and writes, JSON, host copies, and
+the kill hook the crash tests use."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 from typing import Any
 
 import jax
 import numpy as np
 
 
+def is_primary() -> bool:
+    """True on process 0, the one process of a multi-process run that writes files."""
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Barrier over all processes (nothing to do in a one-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def log(msg: str) -> None:
     """Prints on process 0 only (every process of a multi-host run runs the same code)."""
-    if jax.process_index() == 0:
+    if is_primary():
         print(msg, flush=True)
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes JSON atomically (a temporary file, then a rename)."""
+    """Writes JSON atomically (a temporary file, then a rename), on process 0 only."""
+    if not is_primary():
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=json_default)
@@ -48,3 +65,32 @@ def variables_of(params, batch_stats):
     if batch_stats is not None:
         v["batch_stats"] = batch_stats
     return v
+
+
+def digest(flat: dict) -> str:
+    """sha256 over a flat ``{path: array}`` dict (paths, shapes, dtypes and bytes, in path order)."""
+    h = hashlib.sha256()
+    for path in sorted(flat):
+        a = np.ascontiguousarray(flat[path])
+        h.update(f"{path}:{a.shape}:{a.dtype};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# The crash tests' hook: JACKPOT_JAX_KILL_AT="<event>:<n>" SIGKILLs this process at the n-th
+# `kill_point(event)` it passes (events: 'step', 'save', 'export'), so that a test can stop a
+# run at the same place every time instead of racing a timer. Unset: a dict look-up per call.
+_KILL_COUNTS: dict[str, int] = {}
+
+
+def kill_point(event: str) -> None:
+    """SIGKILLs the process at the n-th ``event`` when JACKPOT_JAX_KILL_AT='event:n' is set."""
+    spec = os.environ.get("JACKPOT_JAX_KILL_AT")
+    if not spec:
+        return
+    name, _, n = spec.partition(":")
+    if name != event:
+        return
+    _KILL_COUNTS[event] = _KILL_COUNTS.get(event, 0) + 1
+    if _KILL_COUNTS[event] == int(n):
+        os.kill(os.getpid(), signal.SIGKILL)

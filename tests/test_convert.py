@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jackpot_jax import checkpoint, models, torch_convert
+from jackpot_jax import checkpoint, errors, models, torch_convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-4
@@ -219,7 +219,7 @@ def test_official_cifar_layout_parity(torch, tmp_path, arch, num_classes):
   _compare(torch, net, arch, out, x, hooks)
 
 
-def test_lenet5_parity(torch, tmp_path):
+def _lenet5_module(torch):
   nn = torch.nn
 
   class LeNet5(nn.Module):
@@ -233,8 +233,12 @@ def test_lenet5_parity(torch, tmp_path):
       x = nn.functional.max_pool2d(self.conv2(x), 2)
       return self.classifier(torch.relu(self.fc1(x.flatten(1))))
 
+  return LeNet5
+
+
+def test_lenet5_parity(torch, tmp_path):
   torch.manual_seed(0)
-  net = LeNet5().eval()
+  net = _lenet5_module(torch)().eval()
   torch.save(net.state_dict(), tmp_path / "lenet.pth")
   out = torch_convert.convert_checkpoint("lenet5", tmp_path / "lenet.pth", tmp_path / "ckpt")
   _compare(torch, net, "lenet5", out, np.random.RandomState(0).randn(3, 28, 28, 1)
@@ -302,6 +306,58 @@ def test_jackpot_export_runs_in_torchvision(torch, torchvision, tmp_path):
       {p: v * masks[p] if p in masks else v for p, v in params.items()}, sep="/")
   out = module.apply({"params": masked, "batch_stats": variables["batch_stats"]}, x, train=False)
   np.testing.assert_allclose(np.asarray(out), ref, atol=ATOL, rtol=0)
+
+
+def _search(tmp_path, arch, image_shape):
+  """A 4-step search of `arch` on synthetic data (BatchNorm statistics move in it): returns
+  (pre-trained checkpoint dir, search workdir)."""
+  from jackpot_jax import data, engine, modes
+  from pipeline_helpers import tiny_config
+  config = tiny_config(**{"model": arch, "search.epochs": 1, "batch_size": 16,
+                          "search.score_pruned": 0.999, "val_examples": 0})
+  if arch == "resnet20":
+    config.model_options = {"width": 1}
+  ds = data.synthetic_dataset(10, image_shape, n_train=64, n_val=0, n_test=16, seed=3)
+  module = models.get_model(arch, num_classes=10, **config.model_options)
+  variables = _random_variables(module, (1, *image_shape), seed=5)   # BN stats not 0/1
+  pre = checkpoint.save_variables(tmp_path / "dense", variables, arch=arch,
+                                  model_options={"num_classes": 10, **config.model_options})
+  config.pretrained = pre
+  modes.run_search(config, str(tmp_path / "search"), ds=ds, mesh=engine.make_mesh(1))
+  return pre, tmp_path / "search", ds
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "lenet5"])
+def test_exported_jackpot_is_the_evaluated_network(torch, tmp_path, arch):
+  """The torch export of a searched jackpot gives the logits the project evaluated: the
+  jackpot's masked weights and its own BatchNorm statistics (which the search updated), both
+  from the README's command (checkpoint + --jackpot) and from the run's workdir alone."""
+  from jackpot_jax import export, input_pipeline
+  shape = (8, 8, 3) if arch == "resnet20" else (28, 28, 1)
+  pre, work, ds = _search(tmp_path, arch, shape)
+  module, variables, masks, kind = export.load_for_eval(str(work), shape)
+  assert kind == "jackpot"
+  x = input_pipeline.normalize(ds, ds.test.images[:8]).astype(np.float32)
+  ours = np.asarray(module.apply(variables, x, train=False))   # what the search evaluated
+  if arch == "resnet20":
+    moved = [np.abs(a - b).max() for a, b in zip(
+        jax.tree.leaves(variables["batch_stats"]),
+        jax.tree.leaves(checkpoint.load_variables(pre)["batch_stats"]))]
+    assert max(moved) > 1e-2                                   # the search moved them
+    net = _cifar_modules(torch)[0](3, 1, 10)
+  else:
+    net = _lenet5_module(torch)()
+  for i, args in enumerate([["--input", pre, "--jackpot", str(work / "jackpot.npz")],
+                            ["--input", str(work)]]):
+    out = str(tmp_path / f"jackpot{i}.pth")
+    torch_convert.main(["--to-torch", *args, "--output", out])
+    res = net.load_state_dict(torch.load(out, weights_only=True), strict=False)
+    # Only the test module's score tensors (`.mask`, written with --include-scores) are absent.
+    assert not res.unexpected_keys and all(k.endswith(".mask") for k in res.missing_keys), res
+    net.eval()
+    with torch.no_grad():
+      theirs = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(theirs, ours, atol=ATOL, rtol=0, err_msg=str(args))
 
 
 def test_cli_script_both_directions(torch, tmp_path):
@@ -396,8 +452,13 @@ def test_checkpoint_round_trip_relative_path(tmp_path, monkeypatch):
   got = checkpoint.load_scores("ck")
   assert got.keys() == scores.keys()
   jax.tree.map(np.testing.assert_array_equal, scores, got)
-  # Saving again without scores must not leave the old ones behind.
-  checkpoint.save_variables("ck", variables, arch="resnet20")
+  # An existing checkpoint is never overwritten unless asked: refused, and left as it was.
+  with pytest.raises(errors.OutputExistsError, match="ck exists.*--overwrite"):
+    checkpoint.save_variables("ck", variables, arch="resnet18")
+  assert checkpoint.load_model_info("ck")["arch"] == "resnet20"
+  assert checkpoint.load_scores("ck").keys() == scores.keys()
+  # Saving again with overwrite and without scores must not leave the old ones behind.
+  checkpoint.save_variables("ck", variables, arch="resnet20", overwrite=True)
   assert checkpoint.load_scores("ck") is None
 
 
@@ -426,10 +487,11 @@ def test_load_jackpot_reads_the_pipeline_export_format(tmp_path):
       "masks/conv1/kernel": mask, "params/conv1/kernel": mask * 2.0,
       "params/classifier/bias": np.ones(3), "batch_stats/bn1/mean": np.zeros(2),
       "meta": np.asarray(json.dumps({"arch": "lenet5"}))})
-  masks, params = torch_convert.load_jackpot(tmp_path / "jackpot.npz")
+  masks, params, batch_stats = torch_convert.load_jackpot(tmp_path / "jackpot.npz")
   assert sorted(masks) == ["conv1/kernel"]
   assert sorted(params) == ["classifier/bias", "conv1/kernel"]
   np.testing.assert_array_equal(params["conv1/kernel"], mask * 2.0)
+  assert sorted(batch_stats) == ["bn1/mean"]
   np.savez(tmp_path / "bad.npz", **{"weights/conv1": mask})
   with pytest.raises(ValueError, match="unexpected key 'weights/conv1'"):
     torch_convert.load_jackpot(tmp_path / "bad.npz")

@@ -83,17 +83,30 @@ def test_tiny_study_end_to_end(serial_study):
 
 def test_parallel_workers_match_the_serial_study(serial_study, tmp_path):
     """Two worker processes share the pieces of one workdir; every piece runs exactly once and
-    every number equals the serial run's (each piece is deterministic on the CPU)."""
-    serial, _ = serial_study
+    every number equals the serial run's piece (each piece is deterministic on the CPU). One
+    seed of the two: half the pieces, each compared with its serial twin."""
+    _, serial_dir = serial_study
     c = _tiny_config()
+    c.seeds = (0,)
     c.workers = 2
     planner = study.Study(c, str(tmp_path), plan=True)
     study._experiments(planner, c)
     n_pieces = len(planner.plan)
     res = study.run_study(c, str(tmp_path))
-    assert res["run"]["pieces_run_this_invocation"] == n_pieces > 20
-    for key in ("table1", "overlap", "criteria_accuracy", "fig5", "table4", "fig2"):
-        assert res[key] == serial[key], key
+    assert res["run"]["pieces_run_this_invocation"] == n_pieces > 10
+    pieces = [os.path.relpath(t, tmp_path) for t in planner.plan]
+
+    def numbers(path, root):
+        out = {}
+        for k, v in json.load(open(path)).items():
+            if k == "wall_seconds":
+                continue
+            out[k] = v.replace(str(root), "<workdir>") if isinstance(v, str) else v
+        return out
+
+    for piece in pieces:
+        assert numbers(tmp_path / piece, tmp_path) == numbers(serial_dir / piece, serial_dir), \
+            piece
     assert not list(tmp_path.glob("**/*.claim"))
 
 

@@ -4,6 +4,9 @@
   python tools/convert_torch_weights.py --arch resnet50 --input resnet50.pth --output ckpt/r50
   python tools/convert_torch_weights.py --to-torch --input ckpt/r50 --output r50.pth \
       [--jackpot jackpot.npz]
+  python tools/convert_torch_weights.py --to-torch --input runs/search --output jackpot.pth
+
+An existing --output is refused unless --overwrite. Errors are one `error: ...` line (exit 1).
 """
 
 import os

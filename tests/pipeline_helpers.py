@@ -1,0 +1,60 @@
+"""What the pipeline tests share: the repository root, the CLI, tiny configs on synthetic
+data and a pre-trained checkpoint to search in."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+from jackpot_jax import checkpoint as ckpt_lib
+from jackpot_jax import modes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(workdir, config, *overrides, check=True, env=None, **kw):
+    """Runs `python -m jackpot_jax.main` (this tree's copy) and returns the CompletedProcess."""
+    cmd = [sys.executable, "-m", "jackpot_jax.main", "--config", config, "--workdir",
+           str(workdir), *overrides]
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=check, env=env,
+                          **kw)
+
+
+def load_config(path):
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+TINY = {"train_subset": 256, "test_subset": 32, "val_examples": 16, "batch_size": 32,
+        "eval_batch_size": 16, "pretrain.epochs": 1}
+
+
+def tiny_config(base="fashion_mnist_lenet300.py", **over):
+    """A config of `configs/<base>` on its synthetic dataset, 8 steps an epoch."""
+    c = load_config(os.path.join(ROOT, "configs", base))
+    c.dataset = "synthetic:" + c.dataset
+    c.update_from_flattened_dict({**TINY, **over})
+    return c
+
+
+def cli_overrides(config, keys):
+    """`--config.<key>=<value>` for the dotted ``keys`` of ``config``."""
+    out = []
+    for k in keys:
+        node = config
+        for part in k.split("."):
+            node = node[part]
+        out.append(f"--config.{k}={node}")
+    return out
+
+
+def pretrained_dir(tmp_path, config, name="init_dense"):
+    """A dense checkpoint of `config.model` (random init, seed 123) to search in."""
+    ds = modes.load_data(config)
+    module, variables, opts = modes.init_model(config, ds, seed=123)
+    return ckpt_lib.save_variables(os.path.join(tmp_path, name), variables, arch=config.model,
+                                   model_options=opts)
