@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000
     c.label_smoothing = 0.0
     c.num_devices = 0             # 0 = all devices
+    c.compute_dtype = "float32"   # | bfloat16: activations and masked weights (training steps)
+    c.conv_impl = "auto"          # | xla | explicit: convolution gradients (jackpot_jax.ops)
     # Multi-process (jax.distributed): set the three below, or distributed=True alone to let
     # JAX detect them (SLURM, Open MPI, Kubernetes). Empty = JAX's own detection.
     c.distributed = False

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from jackpot_jax import input_pipeline
+from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
 
@@ -51,7 +52,10 @@ def criterion_importance(name: str, config, module, variables, ds, seed: int, fi
         x, y = x[order], y[order]
         batches = [(x[:half], y[:half]), (x[half:], y[half:])]
         loss = sp.temperature_loss(logits_fn, config.criteria.grasp_temperature)
-        return sp.grasp_scores(loss, params, batches, filter_fn)
+        # The Hessian-vector product is forward-over-reverse: XLA's own convolution (the
+        # explicit one defines only a reverse-mode rule).
+        with ops.use_impl("xla"):
+            return sp.grasp_scores(loss, params, batches, filter_fn)
     raise ValueError(f"criterion={name!r}; expected one of {sp.CRITERIA}")
 
 

@@ -18,6 +18,7 @@ from jackpot_jax import data as data_lib
 from jackpot_jax import engine
 from jackpot_jax import export
 from jackpot_jax import models
+from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
 from jackpot_jax.criteria import budget_for, criterion_mask, pattern_report, prune_filter
@@ -95,6 +96,7 @@ def _weights_for_masking(config, workdir, ds, mesh, weights: str, seed: int):
 
 def _start(workdir, config, ds, mesh):
     """(start time, dataset, mesh) of a mode; a study passes its own data and mesh."""
+    ops.set_impl(config.get("conv_impl", "auto"))   # read when the steps are traced
     if utils.is_primary():
         os.makedirs(workdir, exist_ok=True)
     utils.sync("mode:workdir")
