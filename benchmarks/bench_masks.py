@@ -9,9 +9,11 @@ For the prunable kernels of ResNet-20, ResNet-32x2 and ResNet-50 (param trees bu
 mask computation over the whole tree -- every prunable layer, per-layer keep counts from the
 `global_magnitude` distribution at 90% sparsity -- for
 
-  (a) ours:     `jackpot_jax.sparsity.masks_from_scores` (32-pass bitwise bisection, exact count),
-                in both of its layouts: "per_layer" (one `fori_loop` per layer, the CPU default)
-                and "together" (one unrolled bisection over all layers, the GPU/TPU default);
+  (a) ours:     `jackpot_jax.sparsity.masks_from_scores` (exact count, no sort) in its
+                layouts: "per_layer" (one 32-pass bisection `fori_loop` per layer, the CPU
+                default), "together" with 1 bit per pass (one unrolled 32-pass bisection over
+                all layers) and "together" with `sparsity.RADIX_BITS` bits per pass (the radix
+                search, the GPU/TPU default);
   (b) lax.top_k: per layer `jax.lax.top_k` (values + indices), then scatter ones at the indices;
 
 on two kinds of scores: two-level (1.0 / 0.95, the official init: almost everything tied) and
@@ -52,7 +54,10 @@ MODELS = (("ResNet-20", "resnet20", {}), ("ResNet-32x2", "resnet32", {}),
 STEP_MODEL = "resnet32"
 STEP_BATCH = 128
 TARGET_RATIO = 0.02
-LAYOUTS = ("per_layer", "together")
+# "together:1" is the unrolled bitwise bisection (32 passes), "together" the radix search
+# (sparsity.RADIX_BITS bits per pass), the default on GPUs and TPUs.
+LAYOUTS = ("per_layer", "together:1", "together:2", "together")
+RADIX_DEFAULT = sp.RADIX_BITS
 
 
 def AUTO_LAYOUT():
@@ -136,12 +141,14 @@ def bench_masks(repeats: int):
         n_keep = sum(sp.flatten_paths(budget).values())
 
         def ours_fn(layout, b=budget):
+            layout, radix = (layout.split(":") + [sp.RADIX_BITS])[:2]
             def fn(s):
-                sp.MASK_LAYOUT = layout     # read when the jitted function is traced
+                # Read when the jitted function is traced.
+                sp.MASK_LAYOUT, sp.RADIX_BITS = layout, int(radix)
                 try:
                     return sp.masks_from_scores(s, b)
                 finally:
-                    sp.MASK_LAYOUT = "auto"
+                    sp.MASK_LAYOUT, sp.RADIX_BITS = "auto", RADIX_DEFAULT
             return jax.jit(fn)
 
         ours = {layout: ours_fn(layout) for layout in LAYOUTS}
@@ -154,13 +161,17 @@ def bench_masks(repeats: int):
             ms_ref = time_fn(ref, scores, repeats)
             a, b = ours["per_layer"](scores), ref(scores)
             assert mismatches(a, ours["together"](scores)) == 0, (label, kind)
+            assert mismatches(a, ours["together:1"](scores)) == 0, (label, kind)
+            assert mismatches(a, ours["together:2"](scores)) == 0, (label, kind)
             n_ones = int(sum(int(np.sum(np.asarray(m))) for m in sp.flatten_paths(a).values()))
             assert n_ones == n_keep, (label, kind, n_ones, n_keep)
             mm = mismatches(a, b)
             rows.append((label, n_prunable, n_layers, kind, ms, ms_ref, mm))
             print(f"  measured {label:12s} {kind:20s} per_layer {ms['per_layer']:9.2f} ms  "
-                  f"together {ms['together']:9.2f} ms  lax.top_k {ms_ref:9.2f} ms  "
-                  f"mismatches {mm}", flush=True)
+                  f"together/bisection {ms['together:1']:9.2f} ms  together/radix-2 "
+                  f"{ms['together:2']:9.2f} ms  together/radix-{sp.RADIX_BITS} "
+                  f"{ms['together']:9.2f} ms  lax.top_k {ms_ref:9.2f} ms  mismatches {mm}",
+                  flush=True)
             if kind.startswith("two-level"):
                 ours_two_level[name] = ms[AUTO_LAYOUT()]
             del a, b
@@ -226,12 +237,16 @@ def main(argv=None):
 
     print()
     print(f"| model | prunable weights | layers | scores | ours, per_layer (ms) "
-          f"| ours, together (ms) | lax.top_k (ms) | top_k / ours ({AUTO_LAYOUT()}, the default "
-          f"here) | mismatches vs ours |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+          f"| ours, together, bisection (ms) | ours, together, radix 2 bits (ms) "
+          f"| ours, together, radix {sp.RADIX_BITS} bits (ms) "
+          f"| lax.top_k (ms) | top_k / ours ({AUTO_LAYOUT()}, the default here) "
+          f"| mismatches vs ours |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, n, layers, kind, ms, b, mm in rows:
         print(f"| {label} | {n / 1e6:.2f}M | {layers} | {kind} | {ms['per_layer']:.2f} "
-              f"| {ms['together']:.2f} | {b:.2f} | {b / ms[AUTO_LAYOUT()]:.2f}x | {mm} |")
+              f"| {ms['together:1']:.2f} | {ms['together:2']:.2f} | {ms['together']:.2f} "
+              f"| {b:.2f} "
+              f"| {b / ms[AUTO_LAYOUT()]:.2f}x | {mm} |")
 
     if not args.skip_step:
         print()

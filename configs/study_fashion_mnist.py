@@ -5,6 +5,10 @@ Full study (3 seeds; resumable: rerun the same command to continue):
 Quick variant (one seed, fewer levels and epochs, ~10 min on 2 CPU cores):
   python -m jackpot_jax.study --config configs/study_fashion_mnist.py --workdir runs/study_quick \\
       --config.quick=True
+Only the 2:4 rows (dense, magnitude 2:4, 2:4 jackpot, magnitude 2:4 + fine-tuning, unstructured
+50% for comparison; ~2.5 h for 3 seeds on 2 CPU cores, most of it LeNet-5):
+  python -m jackpot_jax.study --config configs/study_fashion_mnist.py --workdir runs/study_nm \\
+      --config.experiments=nm
 """
 
 import ml_collections
@@ -30,6 +34,9 @@ def get_config():
     c.table4_epochs = (0, 1, 3, 10, 30)
     c.curves_all_seeds = True       # False: figures (and the overlap table) on the first seed only
     c.workers = 1                   # >1: that many processes share the pieces (GPU, many cores)
+    c.experiments = ("paper", "nm")  # the paper's five claims; the N:M rows (issue 12)
+    c.nm_pattern = "2:4"            # N:M rows: short_epochs of search / fine-tuning
+    c.nm_unstructured_baseline = True  # also the unstructured rows at sparsity 1 - n/m
 
     c.quick = False                 # --config.quick=True applies `quick_settings`
     c.quick_settings = ml_collections.ConfigDict(dict(

@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 1000
     c.label_smoothing = 0.0
     c.num_devices = 0             # 0 = all devices
+    c.compute_dtype = "float32"   # | bfloat16: activations and masked weights (training steps)
+    c.conv_impl = "auto"          # | xla | explicit: convolution gradients (jackpot_jax.ops)
     # Multi-process (jax.distributed): set the three below, or distributed=True alone to let
     # JAX detect them (SLURM, Open MPI, Kubernetes). Empty = JAX's own detection.
     c.distributed = False
@@ -71,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.swap_schedule = "official"
     c.search.swap_rate = 1.0
     c.search.swap_power = 4.0
+    # N:M masks, e.g. "2:4": n kept of every m weights along each kernel's input axis, in the
+    # search, its warm-up, fine-tuning baselines; replaces sparsity/distribution ("" = top-k).
+    c.search.pattern = ""
 
     c.finetune = _sgd(lr=0.01, epochs=10, weight_decay=0.0)
     c.finetune.mask = "jackpot"   # | magnitude | snip | grasp | random (weight-tuning baselines)

@@ -1,5 +1,6 @@
-"""Masks from criteria on a dataset: the prunable filter, per-layer budgets, and the
-magnitude / random / SNIP / GraSP masks that warm-start the search or serve as baselines.
+"""Masks from criteria on a dataset: the prunable filter, per-layer budgets (top-k counts or
+an N:M pattern), and the magnitude / random / SNIP / GraSP masks that warm-start the search
+or serve as baselines.
 
 The formulas are in `jackpot_jax.sparsity`; this module feeds them the config and the data.
 """
@@ -10,6 +11,7 @@ import jax
 import numpy as np
 
 from jackpot_jax import input_pipeline
+from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
 
@@ -20,7 +22,6 @@ def prune_filter(config) -> sp.FilterFn:
     include = list(config.prune.include) or None
     exclude = list(config.prune.exclude)
     return sp.make_filter(include=include, exclude=exclude)
-
 
 
 def criterion_importance(name: str, config, module, variables, ds, seed: int, filter_fn):
@@ -51,16 +52,47 @@ def criterion_importance(name: str, config, module, variables, ds, seed: int, fi
         x, y = x[order], y[order]
         batches = [(x[:half], y[:half]), (x[half:], y[half:])]
         loss = sp.temperature_loss(logits_fn, config.criteria.grasp_temperature)
-        return sp.grasp_scores(loss, params, batches, filter_fn)
+        # The Hessian-vector product is forward-over-reverse: XLA's own convolution (the
+        # explicit one defines only a reverse-mode rule).
+        with ops.use_impl("xla"):
+            return sp.grasp_scores(loss, params, batches, filter_fn)
     raise ValueError(f"criterion={name!r}; expected one of {sp.CRITERIA}")
 
 
+def pattern_of(config) -> sp.NMPattern | None:
+    """The configured N:M pattern (``config.search.pattern``, e.g. "2:4"), None if unstructured."""
+    return sp.parse_pattern(config.search.get("pattern", ""))
+
+
 def budget_for(config, params, filter_fn):
+    """The budget every mask of a run uses: with ``search.pattern`` an N:M budget tree
+    (``config.sparsity`` and ``search.distribution`` then play no part; kernels the pattern
+    does not fit stay dense), else per-layer keep counts at ``config.sparsity``."""
+    pattern = pattern_of(config)
+    if pattern is not None:
+        return sp.nm_budget(params, pattern, filter_fn)
     return sp.keep_counts(params, config.sparsity, config.search.distribution,
                           filter_fn=filter_fn)
 
 
 def criterion_mask(name: str, config, module, variables, ds, seed, filter_fn, budget):
+    """The mask of criterion ``name`` under ``budget`` (top-k counts or an N:M pattern)."""
     importance = criterion_importance(name, config, module, variables, ds, seed, filter_fn)
     return sp.criterion_mask(importance, budget)
 
+
+def pattern_report(masks, config, target: bool = True) -> dict:
+    """Summary fields of an N:M run, {} without a pattern: the pattern, the sparsity over the
+    patterned kernels (``sparsity_achieved``, exactly ``1 - n/m``) and over every masked
+    kernel, the kernels kept dense, and whether every patterned mask satisfies it exactly."""
+    pattern = pattern_of(config)
+    if pattern is None:
+        return {}
+    s = sp.pattern_summary(masks, pattern)
+    out = {"pattern": s["pattern"], "sparsity_achieved": s["sparsity_patterned"],
+           "sparsity_achieved_all_masked": s["sparsity_all_masked"],
+           "patterned_layers": s["patterned_layers"], "dense_kept": s["dense_kept"],
+           "pattern_satisfied": s["pattern_satisfied"]}
+    if target:
+        out["sparsity_target"] = pattern.sparsity
+    return out

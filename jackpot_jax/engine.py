@@ -22,6 +22,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jackpot_jax import input_pipeline
+from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
 from jackpot_jax.errors import ConfigError, InputError, NonFiniteError
@@ -161,12 +162,29 @@ jax.tree_util.register_dataclass(
     meta_fields=[])
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _cast_floats(tree, dtype):
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
-                    label_smoothing: float = 0.0, swap_rate: Callable | None = None):
+                    label_smoothing: float = 0.0, swap_rate: Callable | None = None,
+                    compute_dtype: str = "float32"):
     """One jitted SGD step. ``kind``: 'dense' (trainable = params), 'search' (trainable =
     scores, frozen = pre-trained params) or 'masked' (trainable = params, frozen = masks).
     With ``swap_rate`` (step -> fraction, see `sparsity.swap_rate`) a search uses the state's
-    persistent masks and updates them by `sparsity.swap_masks` after the optimiser step."""
+    persistent masks and updates them by `sparsity.swap_masks` after the optimiser step.
+
+    ``compute_dtype='bfloat16'``: the (masked) params and the images enter the model in
+    bfloat16, so activations and convolutions are bfloat16; the trainable tree, frozen params,
+    optimiser state, BatchNorm statistics (Flax reduces them in float32) and the loss stay
+    float32, and gradients reach the float32 trainables through the casts."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={compute_dtype!r}; expected one of {COMPUTE_DTYPES}")
+    low = None if compute_dtype == "float32" else jnp.dtype(compute_dtype)
 
     def effective_params(trainable, frozen, masks):
         if kind == "dense":
@@ -181,13 +199,17 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
         dropout_rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(trainable):
-            variables = {"params": effective_params(trainable, frozen, state.masks)}
+            params = effective_params(trainable, frozen, state.masks)
+            x = images
+            if low is not None:
+                params, x = _cast_floats(params, low), x.astype(low)
+            variables = {"params": params}
             if state.batch_stats is not None:
                 variables["batch_stats"] = state.batch_stats
-            logits, updates = module.apply(variables, images, train=True,
+            logits, updates = module.apply(variables, x, train=True,
                                            mutable=["batch_stats"],
                                            rngs={"dropout": dropout_rng})
-            loss = cross_entropy(logits, labels, label_smoothing)
+            loss = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
             return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -208,9 +230,16 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
     return jax.jit(step, donate_argnums=(0,))
 
 
-@functools.lru_cache(maxsize=16)
 def make_eval_step(module):
-    """Jitted eval step, one per module (cached: evaluation runs every epoch)."""
+    """Jitted eval step, one per module and `ops` implementation (cached: evaluation runs
+    every epoch)."""
+    return _eval_step(module, ops.resolved_impl())
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_step(module, conv_impl: str):
+    del conv_impl  # part of the cache key: the switch is read when the step is traced
+
     @jax.jit
     def step(variables, images, labels, weights):
         logits = module.apply(variables, images, train=False)
@@ -320,7 +349,8 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
     step_fn = make_train_step(module, kind, tx, budget=budget,
                               use_abs=config.search.use_abs,
-                              label_smoothing=config.label_smoothing, swap_rate=swap_rate)
+                              label_smoothing=config.label_smoothing, swap_rate=swap_rate,
+                              compute_dtype=config.get("compute_dtype", "float32"))
     # Host copies first: the step donates the state, which must not free the caller's arrays.
     state = replicate(mesh, utils.as_numpy(state))
     frozen = replicate(mesh, frozen)

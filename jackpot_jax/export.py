@@ -2,7 +2,8 @@
 of what a run leaves behind (for evaluation and fine-tuning).
 
 jackpot.npz holds ``masks/<path>`` (0/1, prunable kernels), ``params/<path>`` (every param,
-masked), ``batch_stats/<path>`` and ``meta`` (JSON: arch, options, sparsity, source).
+masked), ``batch_stats/<path>`` and ``meta`` (JSON: arch, options, sparsity, N:M pattern or
+null, source).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ def write_jackpot(workdir, config, opts, masks, variables, source) -> str:
     if variables.get("batch_stats"):
         arrays.update({f"batch_stats/{p}": np.asarray(v)
                        for p, v in sp.flatten_paths(variables["batch_stats"]).items()})
-    meta = {"arch": config.model, "options": opts, "sparsity_target": config.sparsity,
-            "pretrained_checkpoint": source}
+    pattern = sp.parse_pattern(config.search.get("pattern", ""))
+    meta = {"arch": config.model, "options": opts, "pretrained_checkpoint": source,
+            "sparsity_target": pattern.sparsity if pattern else config.sparsity,
+            "pattern": str(pattern) if pattern else None}
     arrays["meta"] = np.asarray(json.dumps(meta))
     path = os.path.join(workdir, "jackpot.npz")
     if utils.is_primary():

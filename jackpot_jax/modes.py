@@ -18,9 +18,10 @@ from jackpot_jax import data as data_lib
 from jackpot_jax import engine
 from jackpot_jax import export
 from jackpot_jax import models
+from jackpot_jax import ops
 from jackpot_jax import sparsity as sp
 from jackpot_jax import utils
-from jackpot_jax.criteria import budget_for, criterion_mask, prune_filter
+from jackpot_jax.criteria import budget_for, criterion_mask, pattern_report, prune_filter
 from jackpot_jax.errors import ConfigError, InputError, MissingInputError
 from jackpot_jax.resume import MetricsLog
 
@@ -95,6 +96,7 @@ def _weights_for_masking(config, workdir, ds, mesh, weights: str, seed: int):
 
 def _start(workdir, config, ds, mesh):
     """(start time, dataset, mesh) of a mode; a study passes its own data and mesh."""
+    ops.set_impl(config.get("conv_impl", "auto"))   # read when the steps are traced
     if utils.is_primary():
         os.makedirs(workdir, exist_ok=True)
     utils.sync("mode:workdir")
@@ -303,6 +305,7 @@ def _mask_summary(masks, config, target: bool = True) -> dict:
     out = {"sparsity_achieved": total, "per_layer_sparsity": per_layer}
     if target:
         out["sparsity_target"] = config.sparsity
+    out.update(pattern_report(masks, config, target))   # N:M runs: over patterned kernels
     return out
 
 
@@ -310,7 +313,7 @@ def _print_table(summary: dict) -> None:
     if jax.process_index() != 0:
         return
     rows = [(k, summary[k]) for k in (
-        "mode", "model", "dataset", "sparsity_target", "sparsity_achieved",
+        "mode", "model", "dataset", "pattern", "sparsity_target", "sparsity_achieved",
         "dense_test_accuracy", "init_mask_test_accuracy", "test_accuracy", "test_top5",
         "overlap_with_init", "epochs", "seed", "wall_seconds") if summary.get(k) is not None]
     width = max(len(k) for k, _ in rows)

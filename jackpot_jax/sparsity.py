@@ -8,8 +8,10 @@ training. Conventions:
 * A *prunable filter* ``filter_fn(path, leaf) -> bool`` decides which leaves get scores.
 * *Score*, *mask* and *keep-count* trees mirror the params tree with ``None`` on leaves that
   are not pruned. Masks are float 0/1 arrays of the weight's shape and dtype.
-* A *budget* says how many weights each layer keeps: either a keep-count tree (per-layer
-  top-k, the official behaviour) or a single ``int`` (one global top-k over all scores).
+* A *budget* says which weights each layer keeps: a tree mirroring the scores whose leaves
+  are keep counts (per-layer top-k, the official behaviour) or `NMPattern`s (``n`` of every
+  ``m`` consecutive weights along the input axis, the layout of sparse tensor cores); a single
+  ``int`` (one global top-k over all scores); or a single `NMPattern` for every layer.
 
 Tie rule: wherever two scores are equal, the one with the lower flat (row-major) index wins,
 so every mask has exactly the requested number of ones.
@@ -17,6 +19,7 @@ so every mask has exactly the requested number of ones.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -155,19 +158,26 @@ _BLOCK = 1024  # scores are counted in rows of this many; each row belongs to on
 
 
 def _blocked_topk(arrays: Sequence[jax.Array], keeps: Sequence[int], *,
-                  unroll: bool = True) -> list[jax.Array]:
+                  unroll: bool = True, radix_bits: int = 1) -> list[jax.Array]:
     """Exact top-k 0/1 masks (bool) of several arrays at once, ``keeps[i]`` ones in
     ``arrays[i]``, ties broken by lower flat index within each array.
 
     The arrays' order-preserving uint32 keys are laid out in rows of ``_BLOCK`` (each array
-    padded to whole rows with key 0, which no candidate threshold reaches), and one 32-step
-    bitwise bisection finds every array's k-th largest key together: each step is one fused
-    compare-and-count pass over all scores plus a tiny per-array sum of row counts. The steps
-    are unrolled, so on a GPU the whole mask is a few dozen kernels and no `while` loop (one
-    `fori_loop` per layer cost 14 ms for ResNet-32x2 on an H200, this 1.1 ms); with
-    ``unroll=False`` they run in a `fori_loop`, which XLA:CPU runs faster one layer at a time
-    (see `MASK_LAYOUT`). A prefix sum runs only when tied scores straddle some array's cut.
+    padded to whole rows with key 0, which no candidate threshold reaches), and one radix
+    search finds every array's k-th largest key together: the threshold's bits are fixed from
+    the top, ``radix_bits`` per pass (32 / radix_bits passes). Each pass counts, for all
+    ``2**radix_bits - 1`` candidate values of the next digit at once, the keys at or above
+    the candidate (one fused compare-and-count over all scores plus a tiny per-array sum of
+    row counts) and keeps the largest digit whose count still reaches the keep count. With
+    ``radix_bits=1`` this is a 32-step bitwise bisection; every radix finds the same (unique)
+    threshold, so the masks are identical. The passes are unrolled, so on a GPU the whole
+    mask is a few kernels and no `while` loop (one `fori_loop` per layer cost 14 ms for
+    ResNet-32x2 on an H200, the unrolled bisection 1.1 ms); with ``unroll=False`` they run
+    in a `fori_loop`, which XLA:CPU runs faster one layer at a time (see `MASK_LAYOUT`). A
+    prefix sum runs only when tied scores straddle some array's cut.
     """
+    if radix_bits not in (1, 2, 4, 8):
+        raise ValueError(f"radix_bits={radix_bits}; expected 1, 2, 4 or 8 (a divisor of 32)")
     out: list[jax.Array | None] = [None] * len(arrays)
     live = []
     for i, (a, k) in enumerate(zip(arrays, keeps)):
@@ -186,24 +196,36 @@ def _blocked_topk(arrays: Sequence[jax.Array], keeps: Sequence[int], *,
     keys = jnp.concatenate(keys).reshape(-1, _BLOCK)
     keep = jnp.asarray([keeps[i] for i in live], jnp.int32)
 
-    def per_array(hits):  # (rows, _BLOCK) bool -> (arrays,) counts
-        return jax.ops.segment_sum(jnp.sum(hits, axis=1, dtype=jnp.int32), row_of,
-                                   num_segments=len(live), indices_are_sorted=True)
+    def per_array(row_counts):  # (rows, ...) int32 -> (arrays, ...) counts
+        if len(live) == 1:
+            return jnp.sum(row_counts, axis=0, dtype=jnp.int32)[None]
+        return jax.ops.segment_sum(row_counts, row_of, num_segments=len(live),
+                                   indices_are_sorted=True)
 
-    def step(i, t):  # largest t with count(keys >= t) >= keep, per array, one bit at a time
-        cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        return jnp.where(per_array(keys >= cand[row_of][:, None]) >= keep, cand, t)
+    digits = jnp.arange(1, 2 ** radix_bits, dtype=jnp.uint32)
+
+    def step(i, t):  # largest t with count(keys >= t) >= keep, per array, radix_bits at a time
+        shift = (32 - radix_bits * (i + 1)).astype(jnp.uint32)
+        cands = t[:, None] | (digits[None, :] << shift)            # (arrays, digits)
+        # Candidates on the major axis: every count is a reduction along a row of keys.
+        hits = keys[None] >= cands[row_of].T[:, :, None]           # (digits, rows, _BLOCK)
+        counts = per_array(jnp.sum(hits, axis=2, dtype=jnp.int32).T)   # (arrays, digits)
+        # Counts fall as the digit grows: the number of digits that still reach the keep
+        # count is the largest such digit.
+        best = jnp.sum(counts >= keep[:, None], axis=1, dtype=jnp.int32).astype(jnp.uint32)
+        return t | (best << shift)
 
     t = jnp.zeros(len(live), jnp.uint32)
+    passes = 32 // radix_bits
     if unroll:
-        for i in range(32):
+        for i in range(passes):
             t = step(jnp.int32(i), t)
     else:
-        t = jax.lax.fori_loop(0, 32, step, t)
+        t = jax.lax.fori_loop(0, passes, step, t)
     t_rows = t[row_of][:, None]
     above, tied = keys > t_rows, keys == t_rows
-    n_tied = per_array(tied)
-    need = keep - per_array(above)
+    n_tied = per_array(jnp.sum(tied, axis=1, dtype=jnp.int32))
+    need = keep - per_array(jnp.sum(above, axis=1, dtype=jnp.int32))
 
     def first_tied():  # only when some tied scores must be dropped: lower flat index wins
         rank = jnp.cumsum(tied.ravel(), dtype=jnp.int32).reshape(keys.shape)
@@ -217,20 +239,29 @@ def _blocked_topk(arrays: Sequence[jax.Array], keeps: Sequence[int], *,
     return out
 
 
-# How several layers' masks are computed: "together" (one unrolled blocked bisection over all
-# layers: a few dozen kernels, what GPUs and TPUs want), "per_layer" (one `fori_loop` per
-# layer: fastest on XLA:CPU, 2.4x faster than "together" for ResNet-50 on 2 cores), or "auto"
-# (per_layer on the CPU, together elsewhere). Both give identical masks.
+# How several layers' masks are computed: "together" (one unrolled blocked radix search over
+# all layers: a few kernels, what GPUs and TPUs want), "per_layer" (one `fori_loop` bisection
+# per layer: fastest on XLA:CPU, 2.4x faster than "together" for ResNet-50 on 2 cores), or
+# "auto" (per_layer on the CPU, together elsewhere). Both give identical masks.
 MASK_LAYOUT = "auto"
+# Threshold bits fixed per pass in the "together" layout: 4 = 8 passes of 15 candidate counts
+# each instead of 32 dependent one-candidate passes (the GPU mask is latency-bound: ~30 us a
+# pass on an H200 whatever its size). Any of 1, 2, 4, 8 gives the same masks.
+RADIX_BITS = 4
 
 
-def _topk_masks(arrays: Sequence[jax.Array], keeps: Sequence[int], layout: str) -> list:
+def _layout_key() -> tuple[str, int]:
+    return (MASK_LAYOUT, RADIX_BITS)
+
+
+def _topk_masks(arrays: Sequence[jax.Array], keeps: Sequence[int], layout) -> list:
+    layout, radix_bits = layout
     if layout == "auto":
         layout = "per_layer" if jax.default_backend() == "cpu" else "together"
     if layout == "per_layer":
         return [_blocked_topk([a], [k], unroll=False)[0] for a, k in zip(arrays, keeps)]
     if layout == "together":
-        return _blocked_topk(arrays, keeps, unroll=True)
+        return _blocked_topk(arrays, keeps, unroll=True, radix_bits=radix_bits)
     raise ValueError(f"MASK_LAYOUT={layout!r}; expected 'auto', 'per_layer' or 'together'")
 
 
@@ -247,7 +278,7 @@ def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     keep = int(keep)
     if not 0 <= keep <= n:
         raise ValueError(f"keep={keep} is outside [0, {n}] for scores of shape {np.shape(scores)}")
-    return _topk_mask(jnp.asarray(scores), keep, MASK_LAYOUT)
+    return _topk_mask(jnp.asarray(scores), keep, _layout_key())
 
 
 def _float_dtype(x):
@@ -255,7 +286,7 @@ def _float_dtype(x):
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _topk_mask(scores: jax.Array, keep: int, layout: str) -> jax.Array:
+def _topk_mask(scores: jax.Array, keep: int, layout: tuple) -> jax.Array:
     # Jitted also when called eagerly: one compilation per (shape, keep), not per primitive.
     return _topk_masks([scores], [keep], layout)[0].astype(_float_dtype(scores))
 
@@ -291,12 +322,147 @@ def _global_masks(scores: PyTree, keep: int, mask_fn) -> PyTree:
     return jax.tree.unflatten(treedef, parts)
 
 
-def masks_from_scores(scores: PyTree, budget: PyTree | int, *, use_abs: bool = True,
-                      straight_through: bool = False) -> PyTree:
+# ---------------------------------------------------------------------------------------------
+# N:M patterns
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NMPattern:
+    """A budget leaf: exactly ``n`` kept weights in every group of ``m`` consecutive entries
+    along a kernel's input-feature axis (axis -2: ``in`` of a Dense ``(in, out)`` kernel, ``I``
+    of a conv ``HWIO`` kernel), the reduction axis of the layer's matmul. 2:4 is what NVIDIA's
+    sparse tensor cores (A100, H100, H200) run at up to twice the dense rate.
+    """
+    n: int
+    m: int
+
+    def __post_init__(self):
+        if not (isinstance(self.n, (int, np.integer)) and isinstance(self.m, (int, np.integer))
+                and 0 < self.n <= self.m):
+            raise ValueError(f"N:M pattern needs integers 0 < n <= m, got n={self.n!r}, "
+                             f"m={self.m!r}")
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def fits(self, shape: Sequence[int]) -> bool:
+        """Whether a kernel of this shape can carry the pattern (axis -2 divisible by m)."""
+        return len(shape) >= 2 and shape[-2] % self.m == 0
+
+    def check(self, shape: Sequence[int], what: str = "scores") -> None:
+        if not self.fits(shape):
+            raise ValueError(
+                f"{what} of shape {tuple(shape)} cannot carry the {self} pattern: it needs at "
+                f"least 2 dims and an input axis (-2) divisible by {self.m}")
+
+
+def parse_pattern(text: str) -> NMPattern | None:
+    """``"2:4"`` -> ``NMPattern(2, 4)``; ``""`` -> ``None`` (unstructured top-k)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"pattern={text!r}; expected 'n:m' with integers 0 < n <= m, e.g. "
+                         "'2:4', or '' for unstructured masks")
+    return NMPattern(int(parts[0]), int(parts[1]))
+
+
+def nm_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
+    """0/1 array of ``scores``' shape with exactly ``n`` ones in every group of ``m``
+    consecutive entries along axis -2, on the group's largest scores.
+
+    Ties go to the lower index in the group (the lower flat index, as in `topk_mask`); NaN
+    ranks below every number. ``scores`` needs at least 2 dims and ``scores.shape[-2] % m == 0``. Works under `jit`;
+    returns the dtype of ``scores`` if floating.
+    """
+    NMPattern(n, m).check(np.shape(scores))
+    return _nm_mask(jnp.asarray(scores), int(n), int(m))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _nm_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
+    return _nm_hard(scores, n, m).astype(_float_dtype(scores))
+
+
+def _nm_hard(scores: jax.Array, n: int, m: int) -> jax.Array:
+    """bool N:M mask. Each entry's rank in its group is the number of entries that beat it
+    (a larger key, or an equal key at a lower index); the ``n`` of rank < n are kept. The
+    order-preserving uint32 keys make the order total (NaN included), so counts are exact."""
+    keys = jnp.moveaxis(_ordered_keys(jax.lax.stop_gradient(scores)), -2, -1)
+    groups = keys.reshape(*keys.shape[:-1], keys.shape[-1] // m, m)
+    a, b = groups[..., :, None], groups[..., None, :]         # entry i, competitor j
+    lower = np.tril(np.ones((m, m), bool), -1)               # [i, j]: j < i
+    rank = jnp.sum((b > a) | ((b == a) & lower), axis=-1, dtype=jnp.int32)
+    return jnp.moveaxis((rank < n).reshape(keys.shape), -1, -2)
+
+
+def nm_ste_mask(scores: jax.Array, n: int, m: int, *, use_abs: bool = True) -> jax.Array:
+    """Straight-through N:M mask: the value is ``nm_mask`` (of ``|scores|`` with ``use_abs``),
+    the gradient the identity (times ``sign(scores)`` with ``use_abs``), as `ste_mask`."""
+    s = _maybe_abs(scores, use_abs)
+    return _straight_through(nm_mask(s, n, m), s)
+
+
+def nm_budget(params: PyTree, pattern: NMPattern,
+              filter_fn: FilterFn | None = None) -> PyTree:
+    """Budget tree: ``pattern`` on every prunable kernel whose input axis (-2) is divisible by
+    ``pattern.m``, and the kernel's full size (kept dense) on the others, e.g. a first
+    convolution with one input channel; `dense_kept` lists those."""
+    return map_prunable(lambda _, w: pattern if pattern.fits(np.shape(w)) else int(np.size(w)),
+                        params, filter_fn)
+
+
+def dense_kept(budget: PyTree) -> list[str]:
+    """Paths of an N:M budget tree's layers that carry no `NMPattern` (`nm_budget` gives them
+    their full size: kept dense); [] for a budget with no pattern at all."""
+    flat = flatten_paths(budget)
+    if not any(isinstance(b, NMPattern) for b in flat.values()):
+        return []
+    return [p for p, b in flat.items() if not isinstance(b, NMPattern)]
+
+
+def satisfies_pattern(mask, pattern: NMPattern) -> bool:
+    """Whether a 0/1 mask has exactly ``n`` ones in every group of ``m`` along axis -2."""
+    mask = np.asarray(mask)
+    if not pattern.fits(mask.shape):
+        return False
+    per_group = np.moveaxis(mask != 0, -2, -1).reshape(-1, pattern.m).sum(-1)
+    return bool(np.all(per_group == pattern.n))
+
+
+def pattern_summary(masks: PyTree, pattern: NMPattern) -> dict[str, Any]:
+    """What an N:M mask tree achieves: ``pattern``, the layers it covers and those kept dense,
+    the sparsity over the patterned layers (``1 - n/m`` when every one satisfies it) and over
+    all of them, and whether every patterned layer satisfies the pattern exactly."""
+    flat = {p: np.asarray(m) for p, m in flatten_paths(masks).items()}
+    patterned = [p for p, m in flat.items() if pattern.fits(m.shape)]
+    kept = [p for p in flat if p not in patterned and np.all(flat[p] != 0)]
+    other = [p for p in flat if p not in patterned and p not in kept]
+
+    def zeros(paths):
+        n = sum(flat[p].size for p in paths)
+        return float(sum(flat[p].size - np.count_nonzero(flat[p]) for p in paths) / n) if n else None
+
+    return {"pattern": str(pattern), "patterned_layers": patterned, "dense_kept": kept,
+            "unpatterned_pruned": other,
+            "pattern_satisfied": all(satisfies_pattern(flat[p], pattern) for p in patterned),
+            "sparsity_patterned": zeros(patterned), "sparsity_all_masked": zeros(list(flat))}
+
+
+def masks_from_scores(scores: PyTree, budget: PyTree | int | NMPattern, *,
+                      use_abs: bool = True, straight_through: bool = False) -> PyTree:
     """Hard masks (or STE masks) for a score tree under a budget.
 
-    ``budget`` is a keep-count tree mirroring ``scores`` (per-layer top-k) or a single int
-    (one global top-k over all scores, concatenated in tree order; ties by that order).
+    ``budget`` is a tree mirroring ``scores`` whose leaves are keep counts (per-layer top-k)
+    or `NMPattern`s (``n`` of every ``m`` along axis -2, see `nm_mask`); a single `NMPattern`
+    (the same pattern on every layer); or a single int (one global top-k over all scores,
+    concatenated in tree order; ties by that order).
     """
     if isinstance(budget, (int, np.integer)):
         n = sum(int(np.size(s)) for s in jax.tree.leaves(scores))
@@ -305,23 +471,32 @@ def masks_from_scores(scores: PyTree, budget: PyTree | int, *, use_abs: bool = T
         key: int | tuple = int(budget)
     else:
         s_paths = flatten_paths(scores)
-        b_paths = flatten_paths(budget)
+        if isinstance(budget, NMPattern):
+            b_paths = {p: budget for p in s_paths}
+        else:
+            b_paths = flatten_paths(budget)
         if set(s_paths) != set(b_paths):
             raise ValueError(f"budget paths {sorted(b_paths)} differ from score paths "
                              f"{sorted(s_paths)}")
         for path, k in b_paths.items():
-            n = int(np.size(s_paths[path]))
+            shape = np.shape(s_paths[path])
+            if isinstance(k, NMPattern):
+                k.check(shape, f"scores of layer {path!r}")
+                continue
+            n = int(np.prod(shape))
             if not 0 <= int(k) <= n:
                 raise ValueError(f"keep count {k} for layer {path!r} is outside [0, {n}]")
-        key = tuple(sorted((p, int(k)) for p, k in b_paths.items()))
-    return _masks_fn(key, bool(use_abs), bool(straight_through), MASK_LAYOUT)(scores)
+            b_paths[path] = int(k)
+        key = tuple(sorted(b_paths.items()))
+    return _masks_fn(key, bool(use_abs), bool(straight_through), _layout_key())(scores)
 
 
 @functools.lru_cache(maxsize=64)
-def _masks_fn(budget_key, use_abs: bool, straight_through: bool, layout: str):
+def _masks_fn(budget_key, use_abs: bool, straight_through: bool, layout: tuple):
     """One jitted function per budget: eager callers compile the whole tree once, not one
-    small program per layer (53 for ResNet-50); per-layer budgets run every layer's top-k in
-    one blocked bisection or one after another (`MASK_LAYOUT`)."""
+    small program per layer (53 for ResNet-50); per-layer top-k budgets run every such
+    layer's top-k in one blocked bisection or one after another (`MASK_LAYOUT`); N:M layers
+    rank within their groups."""
     if straight_through:
         mask_fn = lambda s, k: ste_mask(s, k, use_abs=use_abs)
     else:
@@ -331,10 +506,18 @@ def _masks_fn(budget_key, use_abs: bool, straight_through: bool, layout: str):
     def fn(scores):
         if isinstance(budget_key, int):
             return _global_masks(scores, budget_key, mask_fn)
-        counts = dict(budget_key)
+        budgets = dict(budget_key)
         with_paths, treedef = jax.tree_util.tree_flatten_with_path(scores)
         ranked = [_maybe_abs(s, use_abs) for _, s in with_paths]
-        hard = _topk_masks(ranked, [counts[path_str(kp)] for kp, _ in with_paths], layout)
+        leaf_budgets = [budgets[path_str(kp)] for kp, _ in with_paths]
+        hard: list = [None] * len(ranked)
+        topk = [i for i, b in enumerate(leaf_budgets) if not isinstance(b, NMPattern)]
+        for i, h in zip(topk, _topk_masks([ranked[i] for i in topk],
+                                          [leaf_budgets[i] for i in topk], layout)):
+            hard[i] = h
+        for i, b in enumerate(leaf_budgets):
+            if isinstance(b, NMPattern):
+                hard[i] = _nm_hard(ranked[i], b.n, b.m)
         hard = [h.astype(_float_dtype(r)) for h, r in zip(hard, ranked)]
         if straight_through:
             hard = [_straight_through(h, r) for h, r in zip(hard, ranked)]
@@ -355,7 +538,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     return jax.tree.map(apply, masks, params, is_leaf=_is_none)
 
 
-def masked_params(params: PyTree, scores: PyTree, budget: PyTree | int, *,
+def masked_params(params: PyTree, scores: PyTree, budget: PyTree | int | NMPattern, *,
                   use_abs: bool = True) -> PyTree:
     """Params with straight-through masks applied: ``w * ste_mask(s)`` on prunable leaves.
 
@@ -759,18 +942,19 @@ def sparsity_summary(masks: PyTree) -> dict[str, float]:
     return out
 
 
-def criterion_mask(importance: PyTree, budget: PyTree | int) -> PyTree:
-    """Hard mask keeping the most important weights under ``budget`` (no abs: importance is
-    already oriented so that larger = keep)."""
+def criterion_mask(importance: PyTree, budget: PyTree | int | NMPattern) -> PyTree:
+    """Hard mask keeping the most important weights under ``budget`` (any budget of
+    `masks_from_scores`; no abs: importance is already oriented so that larger = keep)."""
     return masks_from_scores(importance, budget, use_abs=False)
 
 
 __all__ = [
-    "CRITERIA", "DISTRIBUTIONS", "DEFAULT_EXCLUDE", "SWAP_SCHEDULES", "apply_masks",
-    "check_mirror", "check_swap_schedule", "criterion_mask", "default_filter", "flatten_paths",
-    "grasp_scores", "init_scores_from_mask", "kaiming_uniform_scores", "keep_counts",
-    "magnitude_scores", "make_filter", "map_prunable", "mask_flips", "masked_params",
-    "masked_params_from_masks", "masks_from_scores", "overlap", "path_str", "prunable_paths",
-    "random_scores", "snip_scores", "sparsity_summary", "ste_mask", "swap_masks", "swap_rate",
-    "temperature_loss", "topk_mask", "tree_from_paths",
+    "CRITERIA", "DEFAULT_EXCLUDE", "DISTRIBUTIONS", "SWAP_SCHEDULES", "apply_masks",
+    "check_mirror", "check_swap_schedule", "criterion_mask", "default_filter", "dense_kept",
+    "flatten_paths", "grasp_scores", "init_scores_from_mask", "kaiming_uniform_scores",
+    "keep_counts", "magnitude_scores", "make_filter", "map_prunable", "mask_flips",
+    "masked_params", "masked_params_from_masks", "masks_from_scores", "nm_budget", "nm_mask",
+    "nm_ste_mask", "NMPattern", "overlap", "parse_pattern", "path_str", "pattern_summary",
+    "prunable_paths", "random_scores", "satisfies_pattern", "snip_scores", "sparsity_summary",
+    "ste_mask", "swap_masks", "swap_rate", "temperature_loss", "topk_mask", "tree_from_paths",
 ]

@@ -31,6 +31,8 @@ from jackpot_jax import sparsity as sp
 from jackpot_jax import criteria, engine, export, modes, train, utils
 
 CRITERIA = ("magnitude", "snip", "grasp", "random")
+# Parts of the study `experiments` selects: the paper's five claims, the N:M rows (issue 12).
+EXPERIMENTS = ("paper", "nm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +76,7 @@ class Study:
                     summary_file, [os.path.join(d, "summary.json") for d in needs],
                     cost=1 + epochs, call=("piece", (network, seed, name, mode), over)))
             return {"dir": path, "test_accuracy": 0.0, "metrics": [], "overlap_with_init": 0.0,
-                    "init_mask_val_accuracy": 0.0}
+                    "init_mask_val_accuracy": 0.0, "init_mask_test_accuracy": 0.0}
         if not os.path.exists(summary_file):
             t0 = time.time()
             print(f"[study] {network} seed{seed} {name} ...", flush=True)
@@ -94,19 +96,22 @@ class Study:
         return self.piece(network, seed, "pretrain", "pretrain",
                           **{"pretrain.epochs": self.c.pretrain_epochs})
 
-    def search(self, network, seed, sparsity, epochs, init="magnitude", weights="pretrained"):
-        name = f"search_{weights}_{init}_p{sparsity}_e{epochs}"
+    def search(self, network, seed, sparsity, epochs, init="magnitude", weights="pretrained",
+               pattern=""):
+        """A search piece; with an N:M ``pattern`` ("2:4") the pattern replaces ``sparsity``."""
+        name = f"search_{weights}_{init}_{_level(sparsity, pattern)}_e{epochs}"
         dense = self.pretrained(network, seed)
         return self.piece(network, seed, name, "search", needs=[dense["dir"]], sparsity=sparsity,
                           pretrained=os.path.join(dense["dir"], "model"),
                           **{"search.epochs": epochs, "search.init": init,
-                             "search.weights": weights})
+                             "search.weights": weights, **_pattern_over(pattern)})
 
-    def finetune(self, network, seed, sparsity, epochs, mask, weights="pretrained", jackpot=""):
-        name = f"finetune_{weights}_{mask}_p{sparsity}_e{epochs}"
+    def finetune(self, network, seed, sparsity, epochs, mask, weights="pretrained", jackpot="",
+                 pattern=""):
+        name = f"finetune_{weights}_{mask}_{_level(sparsity, pattern)}_e{epochs}"
         dense = self.pretrained(network, seed)
         over = {"finetune.epochs": epochs, "finetune.mask": mask, "finetune.weights": weights,
-                "finetune.jackpot": jackpot}
+                "finetune.jackpot": jackpot, **_pattern_over(pattern)}
         if weights == "random":  # training from initialisation: the pretraining recipe
             over.update({"finetune.lr": self.c.base.pretrain.lr,
                          "finetune.weight_decay": self.c.base.pretrain.weight_decay})
@@ -146,6 +151,16 @@ class Study:
         out["jackpot"] = {"test_accuracy": jackpot["test_accuracy"], "overlap_with_jackpot": 1.0}
         utils.write_json(path, out)
         return out
+
+
+def _level(sparsity, pattern: str) -> str:
+    """A piece name's sparsity part: 'p0.9', or 'nm2of4' for an N:M pattern."""
+    return f"nm{pattern.replace(':', 'of')}" if pattern else f"p{sparsity}"
+
+
+def _pattern_over(pattern: str) -> dict:
+    # Only N:M pieces name the key: the other pieces' configs stay as they were.
+    return {"search.pattern": str(sp.parse_pattern(pattern))} if pattern else {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +348,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "batch_size": c.base.batch_size, "search_lr": c.base.search.lr,
         "score_init": [c.base.search.score_kept, c.base.search.score_pruned],
         "distribution": c.base.search.distribution,
+        "experiments": list(c.get("experiments", ("paper",))), "nm_pattern": c.get("nm_pattern"),
     }
     command = ("python -m jackpot_jax.study " + " ".join(sys.argv[1:])
                if sys.argv and sys.argv[0].endswith("study.py") else None)
@@ -353,8 +369,15 @@ def _experiments(st: Study, c: ml_collections.ConfigDict) -> dict:
     """Every experiment of the study, in order; each asks `st` for the pieces it reads."""
     S, L, F = c.short_epochs, c.long_epochs, c.finetune_epochs
     res = {"table1": [], "overlap": [], "criteria_accuracy": [], "fig5": [], "table4": [],
-           "fig2": []}
-    for net in c.networks:
+           "fig2": [], "nm": []}
+    experiments = tuple(c.get("experiments", ("paper",)))
+    unknown = sorted(set(experiments) - set(EXPERIMENTS))
+    if unknown:
+        raise ValueError(f"experiments={experiments!r}: unknown {unknown}; expected a subset of "
+                         f"{EXPERIMENTS}")
+    if "nm" in experiments:
+        res["nm"] = _nm_rows(st, c)
+    for net in (c.networks if "paper" in experiments else ()):
         seeds = list(c.seeds)
         # Table 1 ---------------------------------------------------------------------------
         for p in c.table_sparsities:
@@ -430,6 +453,46 @@ def _experiments(st: Study, c: ml_collections.ConfigDict) -> dict:
                                     "epochs": S, "test_acc_mean": m, "test_acc_std": sd,
                                     "seeds": n})
     return res
+
+
+def _nm_rows(st: Study, c: ml_collections.ConfigDict) -> list[dict]:
+    """Issue 12: N:M sub-networks (``c.nm_pattern``) against the dense network, each seed's
+    one pre-trained checkpoint: the magnitude N:M mask without tuning (the search's starting
+    mask), the N:M jackpot after ``short_epochs`` of search, and the magnitude N:M mask with
+    the weights fine-tuned as long; with ``nm_unstructured_baseline`` also the unstructured
+    magnitude mask and jackpot at the same sparsity (1 - n/m) and search budget."""
+    pattern = sp.parse_pattern(c.nm_pattern)
+    if pattern is None:
+        raise ValueError("experiments include 'nm' but nm_pattern is empty; set e.g. '2:4'")
+    S, p, name = c.short_epochs, pattern.sparsity, str(pattern)
+    rows = []
+    for net in c.networks:
+        seeds = list(c.seeds)
+
+        def add(structure, method, epochs, cost, runs, key="test_accuracy"):
+            m, sd, n = _mean_std([r[key] for r in runs])
+            row = {"network": net, "structure": structure,
+                   "sparsity": 0.0 if structure == "dense" else p, "method": method,
+                   "epochs": epochs, "cost": cost, "test_acc_mean": m, "test_acc_std": sd,
+                   "seeds": n}
+            if structure == name:
+                row["dense_kept"] = sorted({k for r in runs for k in r.get("dense_kept", [])})
+                row["pattern_satisfied"] = all(r.get("pattern_satisfied") for r in runs)
+            if method == "jackpot":
+                row["overlap_with_init_mean"] = _mean_std([r["overlap_with_init"] for r in runs])[0]
+            rows.append(row)
+
+        add("dense", "dense", c.pretrain_epochs, "T", [st.pretrained(net, s) for s in seeds])
+        jackpot = [st.search(net, s, p, S, pattern=name) for s in seeds]
+        add(name, "magnitude", 0, "", jackpot, key="init_mask_test_accuracy")
+        add(name, "jackpot", S, "S", jackpot)
+        add(name, "magnitude+finetune", S, "T",
+            [st.finetune(net, s, p, S, "magnitude", pattern=name) for s in seeds])
+        if c.get("nm_unstructured_baseline", True):
+            free = [st.search(net, s, p, S) for s in seeds]
+            add("unstructured", "magnitude", 0, "", free, key="init_mask_test_accuracy")
+            add("unstructured", "jackpot", S, "S", free)
+    return rows
 
 
 def _record_invocation(workdir: str, run: dict) -> list[dict]:
@@ -556,6 +619,19 @@ def _pct(m, s=None):
 
 
 def write_report(res: dict, workdir: str) -> str:
+    """DIR/report.md: the paper's claims (when that part ran), the N:M rows (when they ran),
+    and every invocation's provenance."""
+    lines = _paper_sections(res, workdir) if res["table1"] else [
+        "# N:M sub-networks on Fashion-MNIST", ""]
+    lines += _nm_sections(res)
+    lines += _provenance_lines(res)
+    path = os.path.join(workdir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def _paper_sections(res: dict, workdir: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -664,8 +740,60 @@ def write_report(res: dict, workdir: str) -> str:
     for name in figs:
         lines.append(f"![{name}]({name})")
         lines.append("")
+    return lines
+
+
+def _nm_sections(res: dict) -> list[str]:
+    """The N:M table and what it shows, computed from the rows (nothing when they did not run)."""
+    if not res.get("nm"):
+        return []
+    st = res["settings"]
+    pattern = st["nm_pattern"]
+    lines = [f"## N:M sub-networks: {pattern}", "",
+             f"Every kernel's mask keeps exactly {pattern.split(':')[0]} of every "
+             f"{pattern.split(':')[1]} consecutive weights along its input axis (the reduction "
+             "axis of its matmul, the layout sparse tensor cores run); a kernel whose input axis "
+             "does not divide into groups stays dense (listed below); the classifier stays dense "
+             "as in every other row. Sparsity is over the patterned kernels (unstructured rows: "
+             f"over all prunable kernels). Searches: {st['short_epochs']} epochs from the "
+             "magnitude mask of the same structure, weights untouched; fine-tuning: the weights "
+             f"trained for {st['short_epochs']} epochs under the fixed magnitude mask. Test "
+             "accuracy in %, mean ± std over seeds; the magnitude rows are each search's "
+             "starting mask. 'Mask moved' is 1 - overlap (Eq. 7) with that starting mask.", "",
+             "| network | structure | sparsity | method | epochs | test acc. (%) | mask moved | "
+             "seeds |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["nm"]:
+        cost = f"{r['epochs']}({r['cost']})" if r["cost"] else "0"
+        moved = r.get("overlap_with_init_mean")
+        lines.append(f"| {r['network']} | {r['structure']} | {r['sparsity']:.0%} | {r['method']} | "
+                     f"{cost} | {_pct(r['test_acc_mean'], r['test_acc_std'])} | "
+                     f"{'—' if moved is None else f'{1 - moved:.4f}'} | {r['seeds']} |")
+    lines.append("")
+    for net in st["networks"]:
+        rows = {(r["structure"], r["method"]): r for r in res["nm"] if r["network"] == net}
+        acc = {k: 100 * r["test_acc_mean"] for k, r in rows.items()}
+        jp, mag, ft = (acc.get((pattern, k)) for k in ("jackpot", "magnitude", "magnitude+finetune"))
+        dense, free = acc.get(("dense", "dense")), acc.get(("unstructured", "jackpot"))
+        if None in (jp, mag, ft, dense):
+            continue
+        nm_row = rows[(pattern, "jackpot")]
+        text = (f"- {net}: the {pattern} jackpot is {jp - dense:+.2f} points from dense and "
+                f"{jp - mag:+.2f} from the magnitude {pattern} mask it starts from; magnitude "
+                f"{pattern} + fine-tuning is {ft - jp:+.2f} points from the jackpot")
+        if free is not None:
+            text += (f"; the unstructured jackpot at the same sparsity is {free - jp:+.2f} points "
+                     f"from the {pattern} one")
+        kept = ", ".join(f"`{k}`" for k in nm_row.get("dense_kept", [])) or "none"
+        text += (f". Kept dense (input axis not divisible): {kept}. Every {pattern} mask "
+                 f"satisfies the pattern exactly: {'yes' if nm_row.get('pattern_satisfied') else 'NO'}.")
+        lines.append(text)
+    lines.append("")
+    return lines
+
+
+def _provenance_lines(res: dict) -> list[str]:
     run = res["run"]
-    lines += ["## Provenance", ""]
+    lines = ["## Provenance", ""]
     history = res.get("invocations") or [run]   # the last one wrote this report
     invocations = [r for r in history[:-1] if r["pieces_run_this_invocation"]] + history[-1:]
     for i, r in enumerate(invocations, 1):
@@ -676,10 +804,7 @@ def write_report(res: dict, workdir: str) -> str:
                   "process(es)",
                   f"- wall time: {r['wall_seconds_this_invocation']:.0f} s "
                   f"({r['pieces_run_this_invocation']} pieces run, the rest read back)", ""]
-    path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    return path
+    return lines
 
 
 def main(argv):

@@ -21,7 +21,9 @@ import os
 import jax
 import ml_collections
 
+from jackpot_jax import engine
 from jackpot_jax import modes
+from jackpot_jax import ops
 from jackpot_jax import resume
 from jackpot_jax import sparsity as sp
 from jackpot_jax.criteria import WARMUPS
@@ -60,12 +62,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                                    config.search.swap_power)
         except ValueError as e:
             raise ConfigError(f"search.swap_*: {e}") from e
+        if config.search.get("pattern", ""):
+            raise ConfigError(f"search.mask_update='swap' keeps per-layer counts, not an N:M "
+                              f"pattern: use mask_update='topk' with search.pattern="
+                              f"{config.search.pattern!r}")
+    try:
+        sp.parse_pattern(config.search.get("pattern", ""))
+    except ValueError as e:
+        raise ConfigError(f"search.{e}") from None
     for key in ("batch_size", "eval_batch_size"):
         if config[key] <= 0:
             raise ConfigError(f"{key}={config[key]!r} must be positive")
     for section in ("pretrain", "search", "finetune"):
         if config[section].epochs < 0:
             raise ConfigError(f"{section}.epochs={config[section].epochs!r} must be >= 0")
+    if config.get("conv_impl", "auto") not in ops.IMPLS:
+        raise ConfigError(f"conv_impl={config.conv_impl!r}; expected one of {ops.IMPLS}")
+    if config.get("compute_dtype", "float32") not in engine.COMPUTE_DTYPES:
+        raise ConfigError(f"compute_dtype={config.compute_dtype!r}; expected one of "
+                          f"{engine.COMPUTE_DTYPES}")
     if config.num_processes is not None and not (
             config.process_id is None or 0 <= config.process_id < config.num_processes):
         raise ConfigError(f"process_id={config.process_id!r} must be in [0, "

@@ -64,13 +64,16 @@ def test_topk_matches_reference_with_negatives_and_ties(seed):
                                       reference_topk(x, int(keep)))
 
 
-@pytest.mark.parametrize("layout", ["per_layer", "together"])
-def test_per_layer_masks_match_the_reference_in_both_layouts(layout, monkeypatch):
-    """Per-layer budgets, each layer alone ("per_layer") or all layers in one blocked bisection
-    ("together"): per layer the mask must equal the reference, with layers whose ties straddle
-    the cut next to layers without, sizes below, at and above the row length (1024), and
-    empty / full keeps."""
+@pytest.mark.parametrize("layout,radix_bits", [("per_layer", 4), ("together", 1),
+                                               ("together", 2), ("together", 4),
+                                               ("together", 8)])
+def test_per_layer_masks_match_the_reference_in_both_layouts(layout, radix_bits, monkeypatch):
+    """Per-layer budgets, each layer alone ("per_layer") or all layers in one blocked radix
+    search ("together", 1 to 8 threshold bits per pass): per layer the mask must equal the
+    reference, with layers whose ties straddle the cut next to layers without, sizes below,
+    at and above the row length (1024), and empty / full keeps."""
     monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
+    monkeypatch.setattr(sp, "RADIX_BITS", radix_bits)
     rng = np.random.default_rng(3)
     scores = {
         "a": np.where(rng.random((40, 50)) < 0.3, 1.0, 0.95).astype(np.float32),  # ties cut
@@ -93,6 +96,13 @@ def test_per_layer_masks_match_the_reference_in_both_layouts(layout, monkeypatch
     # A single array and the global budget go through the same layout.
     np.testing.assert_array_equal(np.asarray(sp.topk_mask(jnp.asarray(scores["d"]), 123)),
                                   reference_topk(scores["d"], 123))
+
+
+def test_bad_radix_bits(monkeypatch):
+    monkeypatch.setattr(sp, "MASK_LAYOUT", "together")
+    monkeypatch.setattr(sp, "RADIX_BITS", 3)
+    with pytest.raises(ValueError, match="radix_bits=3; expected 1, 2, 4 or 8"):
+        sp.topk_mask(jnp.arange(10.0), 4)
 
 
 def test_bad_mask_layout(monkeypatch):

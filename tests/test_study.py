@@ -33,6 +33,7 @@ def _tiny_config():
     c.curve_sparsities = (0.5, 0.9)
     c.table4_epochs = (0, 1, 2)
     c.curves_all_seeds = False
+    c.experiments = ("paper",)     # the N:M rows have their own test (tests/test_nm.py)
     return c
 
 

@@ -7,7 +7,7 @@ Layout and names follow the official code (DESIGN.md §2): `conv1`, `bn1`,
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jackpot_jax.models.common import PAD1, batch_norm
+from jackpot_jax.models.common import PAD1, batch_norm, conv
 
 # He-normal over fan_in, as the CIFAR ResNet reference code initialises its layers.
 _kaiming = nn.initializers.kaiming_normal()
@@ -29,10 +29,10 @@ class CifarBasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = nn.Conv(self.planes, (3, 3), (self.stride, self.stride), padding=PAD1,
+    y = conv(self.planes, (3, 3), (self.stride, self.stride), padding=PAD1,
                 use_bias=False, kernel_init=_kaiming, name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
-    y = nn.Conv(self.planes, (3, 3), padding=PAD1, use_bias=False,
+    y = conv(self.planes, (3, 3), padding=PAD1, use_bias=False,
                 kernel_init=_kaiming, name="conv2")(y)
     y = batch_norm(train, "bn2")(y)
     if self.stride != 1 or x.shape[-1] != self.planes:
@@ -49,7 +49,7 @@ class CifarResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     w = 16 * self.width
-    x = nn.Conv(w, (3, 3), padding=PAD1, use_bias=False, kernel_init=_kaiming,
+    x = conv(w, (3, 3), padding=PAD1, use_bias=False, kernel_init=_kaiming,
                 name="conv1")(x)
     x = nn.relu(batch_norm(train, "bn1")(x))
     self.sow("intermediates", "stem", x)

@@ -5,6 +5,8 @@ from typing import Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jackpot_jax import ops
+
 # torch-equivalent explicit paddings (DESIGN.md §4): Flax 'SAME' pads stride-2 layers
 # asymmetrically, torch pads symmetrically.
 PAD0 = ((0, 0), (0, 0))
@@ -13,6 +15,15 @@ PAD3 = ((3, 3), (3, 3))
 
 # He-normal over fan_out, as torchvision initialises conv kernels.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(*args, **kwargs) -> nn.Conv:
+  """`flax.linen.Conv` (same params, same names) computing with `jackpot_jax.ops`, whose
+  switch picks XLA's convolution or one with hand-written gradients (fast on XLA:CPU)."""
+  return nn.Conv(*args, conv_general_dilated=ops.conv_general_dilated, **kwargs)
+
+
+max_pool = ops.max_pool
 
 
 def batch_norm(train: bool, name: str) -> nn.BatchNorm:

@@ -2,7 +2,7 @@
 
 import flax.linen as nn
 
-from jackpot_jax.models.common import flatten_nchw
+from jackpot_jax.models.common import conv, flatten_nchw, max_pool
 
 
 class LeNet300100(nn.Module):
@@ -26,10 +26,10 @@ class LeNet5(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = nn.Conv(20, (5, 5), padding="VALID", name="conv1")(x)
-    x = nn.max_pool(x, (2, 2), (2, 2))
-    x = nn.Conv(50, (5, 5), padding="VALID", name="conv2")(x)
-    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = conv(20, (5, 5), padding="VALID", name="conv1")(x)
+    x = max_pool(x, (2, 2), (2, 2))
+    x = conv(50, (5, 5), padding="VALID", name="conv2")(x)
+    x = max_pool(x, (2, 2), (2, 2))
     self.sow("intermediates", "features", x)
     x = flatten_nchw(x)
     x = nn.relu(nn.Dense(500, name="fc1")(x))

@@ -9,11 +9,12 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from jackpot_jax.models.common import PAD0, PAD1, PAD3, batch_norm, conv_init
+from jackpot_jax.models.common import (PAD0, PAD1, PAD3, batch_norm, conv, conv_init,
+                                       max_pool)
 
 
 def _conv(features, kernel, stride, padding, name):
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=padding,
+  return conv(features, (kernel, kernel), (stride, stride), padding=padding,
                  use_bias=False, kernel_init=conv_init, name=name)
 
 
@@ -71,7 +72,7 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     x = _conv(64, 7, 2, PAD3, "conv1")(x)
     x = nn.relu(batch_norm(train, "bn1")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=PAD1)
+    x = max_pool(x, (3, 3), (2, 2), padding=PAD1)
     self.sow("intermediates", "stem", x)
     for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), self.layers)):
       for i in range(blocks):

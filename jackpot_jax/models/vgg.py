@@ -8,7 +8,8 @@ from typing import Sequence, Union
 
 import flax.linen as nn
 
-from jackpot_jax.models.common import PAD1, adaptive_avg_pool, batch_norm, conv_init, flatten_nchw
+from jackpot_jax.models.common import (PAD1, adaptive_avg_pool, batch_norm, conv, conv_init,
+                                       flatten_nchw, max_pool)
 
 CFGS = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -25,12 +26,12 @@ def _features(x, cfg, train, conv_bias, module):
   index, pools = 0, 0
   for v in cfg:
     if v == "M":
-      x = nn.max_pool(x, (2, 2), (2, 2))
+      x = max_pool(x, (2, 2), (2, 2))
       pools += 1
       module.sow("intermediates", f"pool{pools}", x)
       index += 1
     else:
-      x = nn.Conv(v, (3, 3), padding=PAD1, use_bias=conv_bias, kernel_init=conv_init,
+      x = conv(v, (3, 3), padding=PAD1, use_bias=conv_bias, kernel_init=conv_init,
                   name=f"features_{index}")(x)
       x = nn.relu(batch_norm(train, f"features_{index + 1}")(x))
       index += 3

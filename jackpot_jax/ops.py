@@ -1,0 +1,252 @@
+"""Convolution and max-pooling for the models, with gradients XLA:CPU runs fast.
+
+JAX differentiates a convolution into two more convolutions: the input gradient of a strided
+convolution uses ``lhs_dilation`` and the weight gradient is a convolution whose window is the
+whole feature map. XLA:CPU runs both through a slow generic path (benchmarks/README.md). The
+``explicit`` implementation here keeps the forward pass but writes the backward pass by hand
+(`jax.custom_vjp`):
+
+* input gradient: the output gradient padded explicitly (interior padding ``stride - 1``
+  instead of ``lhs_dilation``), then a VALID stride-1 convolution with the flipped kernel;
+* weight gradient: for narrow patches (kernel taps x input channels <= `IM2COL_MAX_PATCH`:
+  the first layers) one matrix product of the strided input slices side by side (im2col)
+  with the output gradient; wider ones keep XLA's weight-gradient convolution, which
+  measured faster on 2 CPU cores than per-tap or im2col products (benchmarks/README.md);
+* 1x1 convolutions: matrix products forward and for the input gradient;
+* max-pooling with non-overlapping windows: the gradient goes to the first maximum of each
+  window (as XLA's ``select_and_scatter`` does), computed elementwise.
+
+Which implementation runs is a switch read when a function is traced: `set_impl` /
+`use_impl` (``'auto'``, ``'xla'``, ``'explicit'``); ``'auto'`` picks per backend what
+benchmarks/bench_step.py measured fastest (`AUTO`). The models call `conv_general_dilated`
+and `max_pool` and know nothing else of it. ``explicit`` supports reverse-mode
+differentiation only (`jax.custom_vjp`): code that needs forward mode (GraSP's
+Hessian-vector product) runs under ``use_impl('xla')``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+IMPLS = ("auto", "xla", "explicit")
+# What 'auto' means on each backend (benchmarks/README.md has the measurements).
+AUTO = {"cpu": "explicit", "gpu": "xla", "tpu": "xla"}
+
+_impl = "auto"
+
+
+def set_impl(name: str) -> None:
+    """Chooses the convolution/max-pool implementation for functions traced from now on."""
+    global _impl
+    if name not in IMPLS:
+        raise ValueError(f"conv implementation {name!r}; expected one of {IMPLS}")
+    _impl = name
+
+
+def get_impl() -> str:
+    """The switch as set (possibly ``'auto'``)."""
+    return _impl
+
+
+def resolved_impl() -> str:
+    """The implementation traced functions use now: ``'xla'`` or ``'explicit'``."""
+    if _impl != "auto":
+        return _impl
+    return AUTO.get(jax.default_backend(), "xla")
+
+
+@contextlib.contextmanager
+def use_impl(name: str):
+    """``with use_impl('xla'): ...`` traces the block with that implementation."""
+    previous = _impl
+    set_impl(name)
+    try:
+        yield
+    finally:
+        set_impl(previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------------------------
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    return tuple(dimension_numbers) == _NHWC
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+    """`jax.lax.conv_general_dilated`, with the explicit-gradient version where it applies.
+
+    The explicit version covers 2-D NHWC/HWIO convolutions without dilation or groups (every
+    convolution of the models here); anything else, and the ``'xla'`` switch, calls lax.
+    """
+    ones = (1,) * (lhs.ndim - 2)
+    simple = (lhs.ndim == 4 and _is_nhwc(dimension_numbers)
+              and tuple(lhs_dilation or ones) == ones and tuple(rhs_dilation or ones) == ones
+              and feature_group_count == 1 and batch_group_count == 1
+              and preferred_element_type is None)
+    if not simple or resolved_impl() == "xla":
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        batch_group_count, precision, preferred_element_type)
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return conv2d(lhs, rhs, strides, pads, precision)
+
+
+def conv2d(x, w, strides: Sequence[int] = (1, 1),
+           padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)), precision=None):
+    """NHWC x HWIO convolution (cross-correlation) with explicit padding and the hand-written
+    backward pass described in the module docstring. Same values as lax; gradients equal up
+    to float rounding."""
+    return _conv(x, w, tuple(strides), tuple(tuple(p) for p in padding), precision)
+
+
+def _forward(x, w, strides, pads, precision):
+    kh, kw = w.shape[:2]
+    if (kh, kw) == (1, 1):  # a strided slice and a matrix product
+        x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0),
+                                                 (0, 0, 0)))
+        x = x[:, ::strides[0], ::strides[1], :]
+        return lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC,
+                                    precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, precision):
+    return _forward(x, w, strides, pads, precision)
+
+
+def _conv_fwd(x, w, strides, pads, precision):
+    return _forward(x, w, strides, pads, precision), (x, w)
+
+
+def _input_grad(g, w, x_shape, strides, pads, precision):
+    """dL/dx: ``g`` dilated by the stride and padded explicitly, then a VALID stride-1
+    correlation with the spatially flipped, transposed kernel."""
+    kh, kw = w.shape[:2]
+    cfg = [(0, 0, 0)]
+    for d, k in enumerate((kh, kw)):
+        size = x_shape[1 + d] + pads[d][0] + pads[d][1]
+        out = g.shape[1 + d]
+        # Padded-input rows past the last window get no gradient: pad them as zeros.
+        rest = size - ((out - 1) * strides[d] + k)
+        cfg.append((k - 1 - pads[d][0], k - 1 - pads[d][1] + rest, strides[d] - 1))
+    cfg.append((0, 0, 0))
+    g = lax.pad(g, jnp.zeros((), g.dtype), cfg)
+    if (kh, kw) == (1, 1):
+        return lax.dot_general(g, w[0, 0], (((3,), (1,)), ((), ())), precision=precision)
+    w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3)
+    return lax.conv_general_dilated(g, w_t, (1, 1), "VALID", dimension_numbers=_NHWC,
+                                    precision=precision)
+
+
+# Widest patch (kernel taps x input channels) whose weight gradient is one im2col matrix
+# product; wider ones use XLA's own weight-gradient convolution, which measured faster here
+# (a 9x copy of a 32-channel activation costs more than the convolution's transposes).
+IM2COL_MAX_PATCH = 32
+
+
+def _weight_grad_im2col(x, g, w_shape, strides, pads, precision):
+    """dL/dw as one matrix product: the strided input slices every kernel tap sees, side by
+    side (im2col without `conv_general_dilated_patches`), contracted with ``g`` over batch
+    and space. For narrow patches only (first layers: 1 or 3 input channels)."""
+    kh, kw, cin, cout = w_shape
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    n, ho, wo, _ = g.shape
+    cols = [lax.slice(x, (0, i, j, 0),
+                      (n, i + (ho - 1) * strides[0] + 1, j + (wo - 1) * strides[1] + 1, cin),
+                      (1, strides[0], strides[1], 1))
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=3)               # (n, ho, wo, kh * kw * cin)
+    dw = lax.dot_general(patches, g, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=precision)
+    return dw.reshape(w_shape)
+
+
+def _conv_bwd(strides, pads, precision, res, g):
+    x, w = res
+    dx = _input_grad(g, w, x.shape, strides, pads, precision).astype(x.dtype)
+    kh, kw, cin, _ = w.shape
+    if kh * kw * cin <= IM2COL_MAX_PATCH:
+        dw = _weight_grad_im2col(x, g, w.shape, strides, pads, precision)
+    else:
+        dw = jax.vjp(lambda v: _forward(x, v, strides, pads, precision), w)[1](g)[0]
+    return dx, dw.astype(w.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Max-pooling
+# ---------------------------------------------------------------------------------------------
+
+
+def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] | None = None,
+             padding="VALID"):
+    """`flax.linen.max_pool` on NHWC input; with the ``'explicit'`` switch, non-overlapping
+    unpadded windows get the elementwise first-maximum gradient."""
+    import flax.linen as nn  # the fallback only
+    window, strides = tuple(window_shape), tuple(strides or window_shape)
+    if (resolved_impl() == "xla" or x.ndim != 4 or window != strides
+            or not (padding == "VALID" or np.all(np.asarray(padding) == 0))):
+        return nn.max_pool(x, window, strides, padding)
+    h, w = x.shape[1] // window[0] * window[0], x.shape[2] // window[1] * window[1]
+    return _pool(x[:, :h, :w, :], window)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _pool(x, window):
+    return _pool_fwd(x, window)[0]
+
+
+def _windows(x, window):
+    n, h, w, c = x.shape
+    return x.reshape(n, h // window[0], window[0], w // window[1], window[1], c)
+
+
+def _pool_fwd(x, window):
+    y = jnp.max(_windows(x, window), axis=(2, 4))
+    return y, (x, y)
+
+
+def _pool_bwd(window, res, g):
+    x, y = res
+    xw = _windows(x, window)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(window[0]):  # row-major window order: the first maximum takes it all
+        cols = []
+        for j in range(window[1]):
+            hit = (xw[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | hit
+            cols.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
+        rows.append(jnp.stack(cols, axis=3))
+    dx = jnp.stack(rows, axis=2)          # (n, ho, wh, wo, ww, c)
+    return (dx.reshape(x.shape),)
+
+
+_pool.defvjp(_pool_fwd, _pool_bwd)
+
+
+__all__ = ["AUTO", "IMPLS", "conv2d", "conv_general_dilated", "get_impl", "max_pool",
+           "resolved_impl", "set_impl", "use_impl"]

@@ -1,0 +1,203 @@
+"""The explicit-gradient convolution and max-pool (`jackpot_jax.ops`) against XLA's own, the
+search step with and without them, and the bfloat16 training step."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+
+from jackpot_jax import engine, models, ops
+from jackpot_jax import sparsity as sp
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
+
+
+def _value_and_grads(fn, x, w, ct):
+    y, vjp = jax.vjp(fn, x, w)
+    return (y,) + vjp(ct)
+
+
+CASES = [(kernel, stride, padding)
+         for kernel in (1, 5) for stride in (1, 2)
+         for padding in ("SAME", "VALID", ((2, 1), (0, 2)))]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_explicit_conv_equals_lax_in_value_and_both_gradients(case):
+    kernel, stride, padding = CASES[case]
+    batch = (1, 3)[case % 2]   # each kernel/stride/padding with one batch size, both covered
+    # 1 and 4 input channels: the im2col weight gradient for every kernel here but 5x5x4,
+    # which (like 40 channels) takes XLA's weight-gradient convolution.
+    cin = (1, 4, 40)[case % 3]
+    rng = np.random.default_rng(case)
+    cout = int(rng.integers(1, 7))
+    h, w = int(rng.integers(kernel + 1, 12)), int(rng.integers(kernel + 1, 12))
+    x = jnp.asarray(rng.standard_normal((batch, h, w, cin)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout)), jnp.float32)
+
+    def ref(x, k):
+        return lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN)
+
+    def ours(x, k):
+        with ops.use_impl("explicit"):
+            return ops.conv_general_dilated(x, k, (stride, stride), padding,
+                                            dimension_numbers=DN)
+
+    ct = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
+    expected = _value_and_grads(ref, x, k, ct)
+    got = _value_and_grads(jax.jit(ours), x, k, ct)
+    for name, a, b in zip(("value", "input gradient", "weight gradient"), got, expected):
+        assert a.shape == b.shape, name
+        assert _rel(a, b) < 1e-5, (name, _rel(a, b))
+
+
+def test_flax_conv_layer_takes_the_explicit_path_and_keeps_its_params():
+    layer = models.common.conv(4, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 7, 3)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)
+    assert jax.tree.map(np.shape, params) == {"params": {"kernel": (3, 3, 3, 4), "bias": (4,)}}
+    # The explicit path defines no forward-mode rule: jvp fails there and works with 'xla',
+    # which shows which implementation each switch value traces.
+    with ops.use_impl("explicit"):
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(lambda v: layer.apply(params, v), (x,), (x,))
+    with ops.use_impl("xla"):
+        jax.jvp(lambda v: layer.apply(params, v), (x,), (x,))
+
+
+def test_max_pool_first_maximum_takes_the_gradient():
+    x = jnp.asarray([[1.0, 3.0, 2.0, 2.0, 9.0],
+                     [3.0, 0.0, 2.0, 2.0, 9.0],
+                     [5.0, 5.0, 0.0, -1.0, 9.0],
+                     [5.0, 5.0, -1.0, 0.0, 9.0]]).reshape(1, 4, 5, 1)
+    # Row-major window order: the first of tied maxima gets the whole gradient (as XLA's
+    # select_and_scatter); the fifth column is dropped by the 2x2 VALID windows.
+    expected = np.array([[0, 1, 1, 0, 0],
+                         [0, 0, 0, 0, 0],
+                         [1, 0, 1, 0, 0],
+                         [0, 0, 0, 0, 0]], np.float32).reshape(1, 4, 5, 1)
+    for impl in ("explicit", "xla"):
+        with ops.use_impl(impl):
+            y, vjp = jax.vjp(lambda v: ops.max_pool(v, (2, 2), (2, 2)), x)
+        np.testing.assert_array_equal(np.asarray(y).ravel(), [3, 2, 5, 0])
+        np.testing.assert_array_equal(vjp(jnp.ones_like(y))[0], expected, err_msg=impl)
+
+
+def test_max_pool_matches_flax_on_random_input():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.integers(-3, 3, (3, 9, 8, 4)), jnp.float32)   # many ties
+    ref, ref_vjp = jax.vjp(lambda v: nn.max_pool(v, (2, 2), (2, 2)), x)
+    with ops.use_impl("explicit"):
+        got, vjp = jax.vjp(lambda v: ops.max_pool(v, (2, 2), (2, 2)), x)
+    ct = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(vjp(ct)[0], ref_vjp(ct)[0])
+
+
+def test_switch():
+    assert ops.get_impl() == "auto"
+    assert ops.resolved_impl() == ops.AUTO[jax.default_backend()]
+    with ops.use_impl("xla"):
+        assert ops.resolved_impl() == "xla"
+    assert ops.get_impl() == "auto"
+    with pytest.raises(ValueError, match="'cudnn'; expected one of"):
+        ops.set_impl("cudnn")
+
+
+NETS = {  # small networks: LeNet-5 (5x5 VALID convs, max-pool), ResNet-8 (strided 3x3, BN)
+    "lenet5": (lambda: models.get_model("lenet5"), (28, 28, 1)),
+    "resnet8": (lambda: models.cifar_resnet.CifarResNet(num_blocks=1), (8, 8, 3)),
+}
+_STEPS = {}
+
+
+def _search_update(name, impl, compute_dtype="float32"):
+    """Scores after one search step of `engine.make_train_step` (SGD lr 1, no momentum):
+    old - new is the score gradient. Cached: each (network, switch, dtype) compiles once."""
+    key = (name, impl, compute_dtype)
+    if key not in _STEPS:
+        _STEPS[key] = _run_search_step(name, impl, compute_dtype)
+    return _STEPS[key]
+
+
+def _run_search_step(name, impl, compute_dtype):
+    make, shape = NETS[name]
+    module = make()
+    variables = models.init_variables(module, jax.random.key(0), (1, *shape))
+    params = variables["params"]
+    budget = sp.keep_counts(params, 0.8)
+    scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
+    rng = np.random.default_rng(0)
+    # Scores spread a little, so the gradient's sign(s) and the mask are not all ties.
+    scores = jax.tree.map(lambda s: s + jnp.asarray(rng.uniform(0, 0.01, s.shape), s.dtype),
+                          scores)
+    images = jnp.asarray(rng.standard_normal((4, *shape)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, 4), jnp.int32)
+    tx = optax.sgd(1.0)
+    with ops.use_impl(impl):
+        step = engine.make_train_step(module, "search", tx, budget=budget,
+                                      compute_dtype=compute_dtype)
+        # The step donates its state: give it copies, the caller keeps ``scores``.
+        state = engine.TrainState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.copy, scores),
+                                  tx.init(scores),
+                                  variables.get("batch_stats"),
+                                  jax.random.key_data(jax.random.key(0)))
+        new, metrics = step(state, params, images, labels)
+    return scores, new, metrics
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_search_step_score_gradients_agree_with_and_without_the_fast_path(name):
+    old, fast, _ = _search_update(name, "explicit")
+    _, plain, _ = _search_update(name, "xla")
+    g_fast = jax.tree.map(jnp.subtract, old, fast.trainable)
+    g_plain = jax.tree.map(jnp.subtract, old, plain.trainable)
+    for path, a in sp.flatten_paths(g_fast).items():
+        b = sp.flatten_paths(g_plain)[path]
+        assert np.max(np.abs(b)) > 0, path
+        assert _rel(a, b) < 1e-5, (path, _rel(a, b))
+
+
+def test_bfloat16_search_step_runs_and_keeps_float32_state():
+    old, new, metrics = _search_update("resnet8", "explicit", "bfloat16")
+    _, ref, ref_metrics = _search_update("resnet8", "explicit", "float32")
+    for tree in (new.trainable, new.opt_state, new.batch_stats):
+        for leaf in jax.tree.leaves(tree):
+            if jnp.issubdtype(leaf.dtype, jnp.floating):
+                assert leaf.dtype == jnp.float32
+    assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
+    assert abs(float(metrics["loss"]) - float(ref_metrics["loss"])) < 0.05
+    # Scores moved, and in the same direction as in float32 (bfloat16 rounding aside).
+    g = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(old),
+                                                        jax.tree.leaves(new.trainable))])
+    g_ref = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(old),
+                                                            jax.tree.leaves(ref.trainable))])
+    assert np.corrcoef(g, g_ref)[0, 1] > 0.95
+
+
+def test_bad_compute_dtype():
+    with pytest.raises(ValueError, match="compute_dtype='float16'; expected one of"):
+        engine.make_train_step(models.get_model("lenet5"), "dense", optax.sgd(0.1),
+                               compute_dtype="float16")
+
+
+def test_default_xla_flags_never_override_the_user(monkeypatch):
+    import jackpot_jax
+    monkeypatch.setattr(jackpot_jax, "_jaxlib_version", lambda: (0, 10))
+    flag = "--xla_cpu_experimental_ynn_fusion_type="
+    assert jackpot_jax.default_xla_flags({}) == flag
+    assert jackpot_jax.default_xla_flags({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) \
+        == "--xla_cpu_enable_fast_math=false " + flag
+    user = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+    assert jackpot_jax.default_xla_flags({"XLA_FLAGS": user}) is None
+    assert jackpot_jax.default_xla_flags({"JACKPOT_JAX_XLA_FLAGS": "0"}) is None
+    monkeypatch.setattr(jackpot_jax, "_jaxlib_version", lambda: (0, 99))   # flag unknown
+    assert jackpot_jax.default_xla_flags({}) is None
