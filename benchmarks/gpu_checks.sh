@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks of this project, as ONE command for one NVIDIA H100 or H200 (time limits
-# add up to 460 s, so it ends within 8 minutes even if every section runs to its limit):
+# The GPU checks of this project, as ONE command for one NVIDIA H100 or H200: the tests that
+# need a GPU and bench_step (issue 9), bench_input (issue 10) and bench_nm (issue 12). The time
+# limits add up to 465 s, so it ends within 8 minutes even if every section runs to its limit,
+# which leaves a 15-minute device lease room for one rerun:
 #
 #   bash benchmarks/gpu_checks.sh            # raw logs into $OUT (default ./gpu_out)
 #   GPU_CHECKS_TINY=1 bash benchmarks/gpu_checks.sh   # the same steps, tiny, on any machine
@@ -34,7 +36,7 @@ section() {  # section NAME SECONDS COMMAND...: run COMMAND, log to $OUT/NAME.lo
   [ "$rc" -eq 0 ] || FAILED+=("$name (exit $rc)")
 }
 
-section environment 20 python -c "
+section environment 15 python -c "
 import jax, platform
 print('jax', jax.__version__, 'backend', jax.default_backend(), jax.devices())
 try:
@@ -49,31 +51,41 @@ print('python', platform.python_version())
 if [ "$TINY" = "1" ]; then
   # The same steps at toy size (CPU-friendly): shapes, options and log format are checked.
   section tests 300 python -m pytest -q -x tests/test_sparsity.py tests/test_ops.py \
-      -k "layout or radix or bfloat16 or switch"
+      tests/test_nm.py -k "layout or radix or bfloat16 or switch or hand or reference"
   section bench_step_resnet32x2_float32 300 python benchmarks/bench_step.py \
       --models resnet32x2 --batch 8 --steps 1 --warmup 1 --dtype float32 \
       --json "$OUT/bench_step_resnet32x2_float32.json"
   section bench_step_resnet50_bfloat16 300 python benchmarks/bench_step.py \
       --models resnet50 --batch 2 --image-size 32 --modes search --steps 1 --warmup 1 \
       --dtype bfloat16 --json "$OUT/bench_step_resnet50_bfloat16.json"
+  section bench_input 300 python benchmarks/bench_input.py --only cifar --only imagenet \
+      --imagenet-files 16 --seconds 2 --json "$OUT/bench_input.json"
+  section bench_nm 300 python benchmarks/bench_nm.py --device cpu --batch 1 --repeats 2
 else
   # GPU tests: exact masks in every layout and radix, the conv switch, the bfloat16 step.
-  section tests 70 bash -c "python -m pytest -q tests/test_sparsity.py \
-      -k 'topk or layout or radix or ste or global' && python -m pytest -q tests/test_ops.py"
+  section tests 60 bash -c "python -m pytest -q tests/test_sparsity.py \
+      -k 'topk or layout or radix or ste or global' && python -m pytest -q tests/test_ops.py \
+      && python -m pytest -q tests/test_nm.py -k 'hand or reference or straight or budget_through'"
   # The benchmark table on the card: search and dense, float32 and bfloat16 (PyTorch
   # float32 and torch.autocast bfloat16 on the same card), batch 256.
   for dtype in float32 bfloat16; do
-    section "bench_step_resnet32x2_$dtype" 65 python benchmarks/bench_step.py \
+    section "bench_step_resnet32x2_$dtype" 50 python benchmarks/bench_step.py \
         --models resnet32x2 --batch 256 --steps 10 --warmup 3 --dtype "$dtype" \
         --json "$OUT/bench_step_resnet32x2_$dtype.json"
   done
   for dtype in float32 bfloat16; do
-    section "bench_step_resnet50_$dtype" 100 python benchmarks/bench_step.py \
+    section "bench_step_resnet50_$dtype" 85 python benchmarks/bench_step.py \
         --models resnet50 --batch 256 --steps 10 --warmup 3 --dtype "$dtype" \
         --json "$OUT/bench_step_resnet50_$dtype.json"
   done
   # Mask cost per layout (the radix search is the 'together' layout's default here).
-  section bench_masks 40 python benchmarks/bench_masks.py --skip-step --repeats 5
+  section bench_masks 30 python benchmarks/bench_masks.py --skip-step --repeats 5
+  # The input pipeline feeding the GPU: CIFAR and ImageNet-size JPEGs, ResNet-32 loop with
+  # and without prefetch (issue 10).
+  section bench_input 50 python benchmarks/bench_input.py --only resnet32 --only cifar \
+      --only imagenet --imagenet-files 1024 --json "$OUT/bench_input_gpu.json"
+  # 2:4 sparse tensor cores: the exported jackpot's layers dense vs semi-structured (issue 12).
+  section bench_nm 40 python benchmarks/bench_nm.py --repeats 50
 fi
 
 if [ "${#FAILED[@]}" -gt 0 ]; then
