@@ -93,7 +93,7 @@ def _first_overflow_step(lr, wd, epochs, spe, s0=0.999):
 
 def test_exploding_scores_stop_with_epoch_step_and_last_good_checkpoint(tmp_path):
     config = tiny_config(**{"search.epochs": 4, "search.lr": 1000.0,
-                            "search.weight_decay": 0.1})
+                            "search.weight_decay": 0.1, "search.schedule": "cosine_epoch"})
     config.pretrained = pretrained_dir(tmp_path, config)
     step = _first_overflow_step(1000.0, 0.1, 4, 8)
     assert step == 21                                  # epoch 3, its 5th step
