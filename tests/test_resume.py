@@ -62,12 +62,13 @@ def test_another_config_is_refused_and_resume_false_moves_the_run_aside(referenc
     shutil.copytree(ref, work)
     before = {p: open(p, "rb").read() for p in glob.glob(f"{work}/**", recursive=True)
               if os.path.isfile(p)}
-    changed = tiny_config(**{**SEARCH, "search.lr": 0.2, "search.epochs": 4})
+    lr = config.search.lr
+    changed = tiny_config(**{**SEARCH, "search.lr": 2 * lr, "search.epochs": 4})
     changed.pretrained = config.pretrained
     with pytest.raises(errors.WorkdirError) as e:
         train.run(changed, str(work))
     msg = str(e.value)
-    assert "search.epochs: 3 -> 4" in msg and "search.lr: 0.1 -> 0.2" in msg
+    assert "search.epochs: 3 -> 4" in msg and f"search.lr: {lr} -> {2 * lr}" in msg
     assert "resume=False" in msg and "sparsity" not in msg
     after = {p: open(p, "rb").read() for p in glob.glob(f"{work}/**", recursive=True)
              if os.path.isfile(p)}
