@@ -36,6 +36,7 @@ import io
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -58,9 +59,12 @@ TARGETS = {
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its live children (grain's workers) so far."""
+    """CPU time of this process and its children (grain's workers) so far: live ones and, from
+    the kernel's per-process accounting, those that have exited and been waited for (a worker
+    that ends inside a timed span would otherwise take its CPU time with it)."""
     me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = sum(me.cpu_times()[:2]) + reaped.ru_utime + reaped.ru_stime
     for child in me.children(recursive=True):
         try:
             total += sum(child.cpu_times()[:2])
@@ -321,7 +325,7 @@ def main(argv=None):
     p.add_argument('--only', action='append',
                    choices=('cifar', 'imagenet', 'lenet', 'resnet32'),
                    help='parts to run (repeatable; default: cifar, imagenet, lenet)')
-    p.add_argument('--seconds', type=float, default=4.0, help='timed seconds per cell')
+    p.add_argument('--seconds', type=float, default=10.0, help='timed seconds per cell')
     p.add_argument('--cifar-examples', type=int, default=20000)
     p.add_argument('--imagenet-files', type=int, default=256,
                    help='training JPEGs written (plus half as many for val/)')
