@@ -371,25 +371,26 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         for epoch in range(start, epochs):
             t0 = time.time()
             lr = float(schedule(epoch * spe))
-            sums = {"loss": 0.0, "accuracy": 0.0}
-            finite = []
+            metrics = []   # per-step device scalars, summed once per epoch
             bar = tqdm(total=spe, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
                        disable=None) if tqdm else None
+            if bar is not None and bar.disable:   # not a terminal: no bar, no host syncs
+                bar = None
             for i, (images, labels) in enumerate(itertools.islice(batches, spe)):
                 state, m = step_fn(state, frozen, images, labels)
                 utils.kill_point("step")
-                finite.append(m.pop("finite"))
-                if bar is not None and (i % 10 == 0 or i == spe - 1):
-                    m = jax.device_get(m)
-                    bar.set_postfix(loss=f"{float(m['loss']):.3f}",
-                                    img_s=f"{(i + 1) * batch_size / (time.time() - t0):.0f}")
+                metrics.append(m)
                 if bar is not None:
+                    if i % 10 == 0 or i == spe - 1:   # a host sync: only for a visible bar
+                        bar.set_postfix(loss=f"{float(m['loss']):.3f}",
+                                        img_s=f"{(i + 1) * batch_size / (time.time() - t0):.0f}")
                     bar.update(1)
-                sums = jax.tree.map(lambda a, b: a + b, sums, m)
             if bar is not None:
                 bar.close()
-            _check_finite(finite, epoch, spe, kind, ckpt.directory, opt_cfg)
-            sums = jax.device_get(sums)
+            metrics = jax.device_get(metrics)
+            _check_finite([m["finite"] for m in metrics], epoch, spe, kind, ckpt.directory,
+                          opt_cfg)
+            sums = {k: sum(float(m[k]) for m in metrics) for k in ("loss", "accuracy")}
             train_seconds = time.time() - t0
             loss = float(sums["loss"]) / spe
             val = evaluate(module, eval_params(state), ds, "val", config.eval_batch_size, mesh,
