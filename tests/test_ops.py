@@ -112,6 +112,50 @@ def test_switch():
         ops.set_impl("cudnn")
 
 
+@pytest.mark.parametrize("shape,dtype", [((3, 5, 5, 4), "float32"), ((2, 8, 8, 16), "float32"),
+                                         ((4, 3, 3, 8), "bfloat16")])
+def test_explicit_batch_norm_equals_flax_in_value_gradients_and_running_stats(shape, dtype):
+    """`models.common.BatchNorm` (channel sums as products) against Flax's `nn.BatchNorm`:
+    output, the gradients for the input, scale and bias, and the updated running averages, in
+    training mode (batch statistics) and evaluation mode (running averages)."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, dtype)
+    c = shape[-1]
+    variables = {"params": {"scale": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32),
+                            "bias": jnp.asarray(rng.standard_normal(c), jnp.float32)},
+                 "batch_stats": {"mean": jnp.asarray(rng.standard_normal(c), jnp.float32),
+                                 "var": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32)}}
+    ct = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    for train in (True, False):
+        ours = models.common.BatchNorm(use_running_average=not train)
+        flax_bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
+
+        def run(module):
+            def f(x, params):
+                return module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+            y, pull, upd = jax.vjp(f, x, variables["params"], has_aux=True)
+            return y, upd["batch_stats"], pull(ct.astype(y.dtype))
+
+        (y, stats, (gx, gp)), (y0, stats0, (gx0, gp0)) = run(ours), run(flax_bn)
+        assert y.dtype == y0.dtype and gx.dtype == gx0.dtype == x.dtype
+        assert _rel(y, y0) < tol, _rel(y, y0)
+        assert _rel(gx, gx0) < tol, _rel(gx, gx0)
+        for k in ("scale", "bias"):
+            assert _rel(gp[k], gp0[k]) < tol, (k, _rel(gp[k], gp0[k]))
+        for k in ("mean", "var"):
+            assert _rel(stats[k], stats0[k]) < tol, (k, _rel(stats[k], stats0[k]))
+        if train:   # the running averages moved, by Flax's rule
+            assert _rel(stats["mean"], variables["batch_stats"]["mean"]) > 1e-3
+
+
+def test_batch_norm_follows_the_switch():
+    with ops.use_impl("explicit"):
+        assert isinstance(models.common.batch_norm(True, "bn"), models.common.BatchNorm)
+    with ops.use_impl("xla"):
+        assert type(models.common.batch_norm(True, "bn")) is nn.BatchNorm
+
+
 NETS = {  # small networks: LeNet-5 (5x5 VALID convs, max-pool), ResNet-8 (strided 3x3, BN)
     "lenet5": (lambda: models.get_model("lenet5"), (28, 28, 1)),
     "resnet8": (lambda: models.cifar_resnet.CifarResNet(num_blocks=1), (8, 8, 3)),
