@@ -6,10 +6,27 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from jackpot_jax import checkpoint as ckpt_lib
+from jackpot_jax import data as data_lib
 from jackpot_jax import modes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fashion_mnist_available():
+    try:
+        data_lib.load_dataset("fashion_mnist", download=False, val_examples=10)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# Tests on the real Fashion-MNIST files: skipped without them, except in CI (which installs them).
+needs_fmnist = pytest.mark.skipif(
+    not _fashion_mnist_available() and not os.environ.get("CI"),
+    reason="Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)")
 
 
 def cli(workdir, config, *overrides, check=True, env=None, **kw):

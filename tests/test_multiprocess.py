@@ -2,7 +2,6 @@
 the masks and accuracy of one process running the same program (same global batch, same
 2-device mesh), and only process 0 writes the run's files."""
 
-import hashlib
 import json
 import os
 import socket
@@ -10,24 +9,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from jackpot_jax import data as data_lib
-from jackpot_jax import train
-from pipeline_helpers import ROOT, tiny_config
-
-
-def _fashion_mnist_available():
-    try:
-        data_lib.load_dataset("fashion_mnist", download=False, val_examples=10)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-needs_fmnist = pytest.mark.skipif(
-    not _fashion_mnist_available() and not os.environ.get("CI"),
-    reason="Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)")
+from jackpot_jax import train, utils
+from pipeline_helpers import ROOT, needs_fmnist, tiny_config
 
 SUBSET = {"dataset": "fashion_mnist", "train_subset": 2048, "val_examples": 256,
           "test_subset": 1000, "batch_size": 128, "eval_batch_size": 250,
@@ -38,16 +22,6 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _sha256(masks):
-    """The digest each process prints: paths in order, shape, dtype, then the bytes."""
-    h = hashlib.sha256()
-    for path in sorted(masks):
-        a = np.ascontiguousarray(masks[path])
-        h.update(f"{path}:{a.shape}:{a.dtype};".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _masks(workdir):
@@ -92,7 +66,7 @@ def test_two_processes_match_one_process(tmp_path):
     for k in ref:
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
     # Every process ended with those masks (each prints its own digest).
-    digest = _sha256({k: v.astype(np.float32) for k, v in ref.items()})
+    digest = utils.digest({k: v.astype(np.float32) for k, v in ref.items()})
     for i, (out, _) in enumerate(outs):
         assert f"process {i}/2: final masks sha256 {digest}" in out, out[-2000:]
     s1 = json.load(open(tmp_path / "one" / "summary.json"))

@@ -16,28 +16,14 @@ import numpy as np
 import pytest
 
 from jackpot_jax import checkpoint as ckpt_lib
-from jackpot_jax import data as data_lib
 from jackpot_jax import export, input_pipeline, models, modes, train
 from jackpot_jax import sparsity as sp
-from pipeline_helpers import ROOT, cli, load_config, pretrained_dir, tiny_config
+from pipeline_helpers import ROOT, cli, load_config, needs_fmnist, pretrained_dir, tiny_config
 
 # Pipeline configs; study and sweep configs (configs/study_*.py, configs/sweep_*.py) are
 # exercised by tests/test_study.py and tests/test_sweep.py.
 CONFIGS = sorted(c for c in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if not os.path.basename(c).startswith(("study_", "sweep_")))
-
-
-def _fashion_mnist_available():
-    try:
-        data_lib.load_dataset("fashion_mnist", download=False, val_examples=10)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-needs_fmnist = pytest.mark.skipif(
-    not _fashion_mnist_available() and not os.environ.get("CI"),
-    reason="Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)")
 
 
 @needs_fmnist
