@@ -20,12 +20,18 @@ whole feature map. XLA:CPU runs both through a slow generic path (benchmarks/REA
   gradients backward) is one matrix-vector product. XLA:CPU rewrites such large reductions
   into reduce-windows that took a third of a ResNet-32x2 step on 2 cores; a product with a
   vector of ones is 2-5x faster there.
+* residual block outputs (`fusion_barrier`, called by the ResNets): XLA fuses the
+  elementwise chain ``relu(bn(conv) + previous block output)`` of a whole stage into every
+  consumer that can take it (the weight gradients' layout transposes) and recomputes it
+  there; a conditional XLA cannot resolve at compile time makes it compute each block
+  output, and its gradient, once.
 
 Which implementation runs is a switch read when a function is traced: `set_impl` /
 `use_impl` (``'auto'``, ``'xla'``, ``'explicit'``); ``'auto'`` picks per backend what
 benchmarks/bench_step.py measured fastest (`AUTO`). The models call `conv_general_dilated`,
-`max_pool` and `models.common.batch_norm` and know nothing else of it (with ``'xla'`` the
-latter is Flax's own `nn.BatchNorm`). ``explicit`` supports reverse-mode
+`max_pool`, `fusion_barrier` and `models.common.batch_norm` and know nothing else of it
+(with ``'xla'`` the barrier returns its input and the BatchNorm is Flax's own
+`nn.BatchNorm`). ``explicit`` supports reverse-mode
 differentiation only (`jax.custom_vjp`): code that needs forward mode (GraSP's
 Hessian-vector product) runs under ``use_impl('xla')``.
 """
@@ -254,8 +260,9 @@ def _pool_bwd(window, res, g):
 _pool.defvjp(_pool_fwd, _pool_bwd)
 
 
-__all__ = ["AUTO", "IMPLS", "conv2d", "conv_general_dilated", "get_impl", "max_pool",
-           "resolved_impl", "set_impl", "use_impl"]
+__all__ = ["AUTO", "IMPLS", "channel_moments", "conv2d", "conv_general_dilated",
+           "fusion_barrier", "get_impl", "max_pool", "normalize", "resolved_impl", "set_impl",
+           "use_impl"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,3 +313,60 @@ def normalize(x: jax.Array, mean: jax.Array, mul: jax.Array, bias: jax.Array) ->
     of its arguments; its gradient's channel sums are matrix-vector products."""
     shape = x.shape
     return _normalize2d(x.reshape(-1, shape[-1]), mean, mul, bias).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion barrier: a value XLA computes once and stores, in the forward and the backward pass
+# ---------------------------------------------------------------------------------------------
+
+
+def _runtime_one(key: jax.Array) -> jax.Array:
+    """The int32 scalar 1, computed from ``key``'s first element at run time: its sign bit
+    shifted out of a 32-bit word. XLA cannot fold it to a constant."""
+    bits = lax.bitcast_convert_type(key.reshape(-1)[0].astype(jnp.float32), jnp.uint32)
+    return (lax.shift_right_logical(bits, jnp.uint32(31)) >> 1).astype(jnp.int32) + 1
+
+
+def _stored(x: jax.Array, key: jax.Array) -> jax.Array:
+    """``x``, returned by a conditional whose predicate XLA cannot evaluate at compile time.
+    A conditional is never fused, so its operand is computed once into a buffer. (An
+    identity branch alone would be simplified away: the other one multiplies by the runtime
+    one, which never happens and would change nothing.)"""
+    one = _runtime_one(key)
+    return lax.cond(one == 1, lambda v: v, lambda v: v * one.astype(v.dtype), x)
+
+
+@jax.custom_vjp
+def _barrier(x, key):
+    return _stored(x, key)
+
+
+def _barrier_fwd(x, key):
+    return _stored(x, key), key
+
+
+def _barrier_bwd(key, g):
+    return _stored(g, key), None
+
+
+_barrier.defvjp(_barrier_fwd, _barrier_bwd)
+
+
+def fusion_barrier(x: jax.Array, key: jax.Array) -> jax.Array:
+    """``x`` unchanged, in value and in gradient; with the ``'explicit'`` switch also a
+    point XLA does not fuse across, forward or backward.
+
+    XLA fuses elementwise producers into each consumer and recomputes them there. In a
+    residual stage, every block output is ``relu(bn(conv) + previous output)``, a chain of
+    elementwise work that XLA:CPU copied into each weight-gradient transpose (and the
+    gradient's chain into the other) and recomputed per layer: 0.8 s of a 1.5 s ResNet-32x2
+    search step on 2 cores (benchmarks/README.md). Here ``x`` and its cotangent each pass
+    through a `lax.cond` whose predicate depends on ``key`` at run time; XLA computes the
+    operand once into a buffer. ``key`` is any small array that is replicated across
+    devices (a layer's kernel, say); only its first element is read, so no collective is
+    added under data parallelism. It gets no gradient from here. With the ``'xla'`` switch
+    (GPUs, whose fusions are cheap to recompute) this returns ``x``.
+    """
+    if resolved_impl() == "xla":
+        return x
+    return _barrier(x, lax.stop_gradient(key))

@@ -7,7 +7,7 @@ Layout and names follow the official code (DESIGN.md §2): `conv1`, `bn1`,
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jackpot_jax.models.common import PAD1, batch_norm, conv
+from jackpot_jax.models.common import PAD1, batch_norm, conv, residual_output
 
 # He-normal over fan_in, as the CIFAR ResNet reference code initialises its layers.
 _kaiming = nn.initializers.kaiming_normal()
@@ -32,12 +32,12 @@ class CifarBasicBlock(nn.Module):
     y = conv(self.planes, (3, 3), (self.stride, self.stride), padding=PAD1,
                 use_bias=False, kernel_init=_kaiming, name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
-    y = conv(self.planes, (3, 3), padding=PAD1, use_bias=False,
-                kernel_init=_kaiming, name="conv2")(y)
-    y = batch_norm(train, "bn2")(y)
+    conv2 = conv(self.planes, (3, 3), padding=PAD1, use_bias=False,
+                 kernel_init=_kaiming, name="conv2")
+    y = batch_norm(train, "bn2")(conv2(y))
     if self.stride != 1 or x.shape[-1] != self.planes:
       x = option_a_shortcut(x, self.planes, self.stride)
-    return nn.relu(y + x)
+    return residual_output(y, x, conv2)
 
 
 class CifarResNet(nn.Module):

@@ -27,6 +27,13 @@ def conv(*args, **kwargs) -> nn.Conv:
 max_pool = ops.max_pool
 
 
+def residual_output(y: jnp.ndarray, shortcut: jnp.ndarray, conv_module: nn.Module):
+  """``relu(y + shortcut)``, the output of a residual block, behind `ops.fusion_barrier`
+  (keyed on the kernel of the block's last convolution ``conv_module``, which is replicated
+  across devices) so that XLA computes it once instead of inside every consumer."""
+  return ops.fusion_barrier(nn.relu(y + shortcut), conv_module.variables["params"]["kernel"])
+
+
 class BatchNorm(nn.Module):
   """Flax's `nn.BatchNorm` (same variables, names, statistics and running-average update;
   default options) over the last axis, with the channel sums of `jackpot_jax.ops` (fast

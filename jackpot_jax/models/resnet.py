@@ -10,7 +10,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from jackpot_jax.models.common import (PAD0, PAD1, PAD3, batch_norm, conv, conv_init,
-                                       max_pool)
+                                       max_pool, residual_output)
 
 
 def _conv(features, kernel, stride, padding, name):
@@ -33,11 +33,11 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     y = _conv(self.planes, 3, self.stride, PAD1, "conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
-    y = _conv(self.planes, 3, 1, PAD1, "conv2")(y)
-    y = batch_norm(train, "bn2")(y)
+    conv2 = _conv(self.planes, 3, 1, PAD1, "conv2")
+    y = batch_norm(train, "bn2")(conv2(y))
     if self.stride != 1 or x.shape[-1] != self.planes:
       x = _downsample(x, self.planes, self.stride, train)
-    return nn.relu(y + x)
+    return residual_output(y, x, conv2)
 
 
 class Bottleneck(nn.Module):
@@ -54,11 +54,11 @@ class Bottleneck(nn.Module):
     y = nn.relu(batch_norm(train, "bn1")(y))
     y = _conv(width, 3, self.stride, PAD1, "conv2")(y)
     y = nn.relu(batch_norm(train, "bn2")(y))
-    y = _conv(out, 1, 1, PAD0, "conv3")(y)
-    y = batch_norm(train, "bn3")(y)
+    conv3 = _conv(out, 1, 1, PAD0, "conv3")
+    y = batch_norm(train, "bn3")(conv3(y))
     if self.stride != 1 or x.shape[-1] != out:
       x = _downsample(x, out, self.stride, train)
-    return nn.relu(y + x)
+    return residual_output(y, x, conv3)
 
 
 class ResNet(nn.Module):
