@@ -17,9 +17,9 @@ whole feature map. XLA:CPU runs both through a slow generic path (benchmarks/REA
   window (as XLA's ``select_and_scatter`` does), computed elementwise;
 * BatchNorm (`channel_moments`, `normalize`, used by `models.common.BatchNorm`): every sum
   over the batch and spatial axes (the batch statistics forward, the scale, bias and mean
-  gradients backward) is one matrix-vector product. XLA:CPU rewrites such large reductions
-  into reduce-windows that took a third of a ResNet-32x2 step on 2 cores; a product with a
-  vector of ones is 2-5x faster there.
+  gradients backward) is one product with a vector of ones, the rows folded into ~4k
+  columns. XLA:CPU rewrites such large reductions into reduce-windows that took a third of
+  a ResNet-32x2 step on 2 cores; the products are 2-5x faster there.
 * residual block outputs (`fusion_barrier`, called by the ResNets): XLA fuses the
   elementwise chain ``relu(bn(conv) + previous block output)`` of a whole stage into every
   consumer that can take it (the weight gradients' layout transposes) and recomputes it
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -270,12 +271,24 @@ __all__ = ["AUTO", "IMPLS", "channel_moments", "conv2d", "conv_general_dilated",
 # ---------------------------------------------------------------------------------------------
 
 
+# Width (folded rows x channels) of the product in `_channel_sums`: a product with a ones
+# vector is 2-3x faster at 1-4k output columns than at 32-128 (benchmarks/README.md).
+SUM_WIDTH = 4096
+
+
 def _channel_sums(x2: jax.Array) -> jax.Array:
-    """Column sums of a (rows, channels) array in float32, as one product with a ones vector."""
-    ones = jnp.ones((x2.shape[0],), x2.dtype)
-    return lax.dot_general(ones, x2, (((0,), (0,)), ((), ())),
+    """Column sums of a (rows, channels) array in float32, as one product with a ones vector.
+
+    The rows are first folded into the columns, ``fold`` at a time (a free reshape), so the
+    product has ~`SUM_WIDTH` columns; the ``fold`` partial sums of each channel are then
+    added."""
+    rows, c = x2.shape
+    fold = math.gcd(rows, max(1, SUM_WIDTH // c))
+    ones = jnp.ones((rows // fold,), x2.dtype)
+    sums = lax.dot_general(ones, x2.reshape(rows // fold, fold * c), (((0,), (0,)), ((), ())),
                            precision=lax.Precision.HIGHEST,
                            preferred_element_type=jnp.float32)
+    return sums.reshape(fold, c).sum(axis=0)
 
 
 def channel_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -112,6 +112,16 @@ def test_switch():
         ops.set_impl("cudnn")
 
 
+@pytest.mark.parametrize("rows,channels", [(75, 4), (128, 16), (4096, 32), (6000, 48), (12, 5000)])
+def test_channel_sums_equal_numpy(rows, channels):
+    # Folded rows (4096 x 32 becomes one row of 128 x 32 partial sums), rows with few
+    # factors of two (75, 6000), and more channels than SUM_WIDTH.
+    x = np.random.default_rng(rows).standard_normal((rows, channels)).astype(np.float32)
+    got = jax.jit(ops._channel_sums)(jnp.asarray(x))
+    assert got.dtype == jnp.float32 and got.shape == (channels,)
+    np.testing.assert_allclose(got, x.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape,dtype", [((3, 5, 5, 4), "float32"), ((2, 8, 8, 16), "float32"),
                                          ((4, 3, 3, 8), "bfloat16")])
 def test_explicit_batch_norm_equals_flax_in_value_gradients_and_running_stats(shape, dtype):
