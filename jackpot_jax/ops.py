@@ -202,8 +202,35 @@ def _conv_bwd(strides, pads, precision, res, g):
     if kh * kw * cin <= IM2COL_MAX_PATCH:
         dw = _weight_grad_im2col(x, g, w.shape, strides, pads, precision)
     else:
-        dw = jax.vjp(lambda v: _forward(x, v, strides, pads, precision), w)[1](g)[0]
+        dw = _weight_grad_xla(x, g, w, strides, pads, precision)
     return dx, dw.astype(w.dtype)
+
+
+# XLA:CPU's weight-gradient convolution packs its whole patch matrix (kernel taps x input
+# channels by batch x output pixels) into one fresh allocation per call: 151 MB for a
+# first-stage ResNet-32x2 layer at batch 128. Above `WGRAD_SPLIT_BYTES` the batch is split
+# into chunks whose matrices fit in `WGRAD_CHUNK_BYTES` and the partial gradients are added
+# (5-8% off the ResNet-32x2 search step in same-process A/Bs; benchmarks/README.md).
+WGRAD_SPLIT_BYTES = 128 << 20
+WGRAD_CHUNK_BYTES = 16 << 20
+
+
+def _weight_grad_xla(x, g, w, strides, pads, precision):
+    """dL/dw by XLA's own weight-gradient convolution, on batch chunks for large layers."""
+    kh, kw, cin, _ = w.shape
+    n = x.shape[0]
+    patch_bytes = kh * kw * cin * n * g.shape[1] * g.shape[2] * jnp.dtype(x.dtype).itemsize
+    chunks = 1
+    if patch_bytes > WGRAD_SPLIT_BYTES:
+        chunks = next(k for k in range(1, n + 1)
+                      if n % k == 0 and patch_bytes // k <= WGRAD_CHUNK_BYTES or k == n)
+    size = n // chunks
+    dw = None
+    for i in range(chunks):
+        part = jax.vjp(lambda v: _forward(x[i * size:(i + 1) * size], v, strides, pads,
+                                          precision), w)[1](g[i * size:(i + 1) * size])[0]
+        dw = part if dw is None else dw + part
+    return dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -59,6 +59,33 @@ def test_explicit_conv_equals_lax_in_value_and_both_gradients(case):
         assert _rel(a, b) < 1e-5, (name, _rel(a, b))
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_weight_gradient_on_batch_chunks_equals_lax(monkeypatch, stride):
+    # Thresholds lowered so this small layer (3x3x40 patches, batch 6) is split: 6 chunks
+    # of one example at this chunk size.
+    monkeypatch.setattr(ops, "WGRAD_SPLIT_BYTES", 0)
+    monkeypatch.setattr(ops, "WGRAD_CHUNK_BYTES", 3 * 3 * 40 * 7 * 7 * 4)
+    rng = np.random.default_rng(stride)
+    x = jnp.asarray(rng.standard_normal((6, 13, 13, 40)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 40, 5)), jnp.float32)
+    pad = ((1, 1), (1, 1))
+
+    def ref(x, k):
+        return lax.conv_general_dilated(x, k, (stride, stride), pad, dimension_numbers=DN)
+
+    def ours(x, k):
+        with ops.use_impl("explicit"):
+            return ops.conv_general_dilated(x, k, (stride, stride), pad, dimension_numbers=DN)
+
+    ct = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
+    hlo = jax.jit(lambda x, k, ct: jax.vjp(ours, x, k)[1](ct)).lower(x, k, ct).compile().as_text()
+    # Only the cotangents are returned, so the forward convolution is dead code: what is left
+    # is the input gradient's convolution and one weight-gradient convolution per chunk.
+    assert hlo.count(" convolution(") == 7
+    for a, b in zip(_value_and_grads(jax.jit(ours), x, k, ct), _value_and_grads(ref, x, k, ct)):
+        assert _rel(a, b) < 1e-5
+
+
 def test_flax_conv_layer_takes_the_explicit_path_and_keeps_its_params():
     layer = models.common.conv(4, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 7, 3)), jnp.float32)
