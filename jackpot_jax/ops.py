@@ -11,7 +11,8 @@ whole feature map. XLA:CPU runs both through a slow generic path (benchmarks/REA
 * weight gradient: for narrow patches (kernel taps x input channels <= `IM2COL_MAX_PATCH`:
   the first layers) one matrix product of the strided input slices side by side (im2col)
   with the output gradient; wider ones keep XLA's weight-gradient convolution, which
-  measured faster on 2 CPU cores than per-tap or im2col products (benchmarks/README.md);
+  measured faster on 2 CPU cores than per-tap or im2col products (benchmarks/README.md),
+  on batch chunks where its patch matrix would pass `WGRAD_SPLIT_BYTES`;
 * 1x1 convolutions: matrix products forward and for the input gradient;
 * max-pooling with non-overlapping windows: the gradient goes to the first maximum of each
   window (as XLA's ``select_and_scatter`` does), computed elementwise;
