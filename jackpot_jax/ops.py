@@ -221,17 +221,14 @@ def _weight_grad_xla(x, g, w, strides, pads, precision):
     kh, kw, cin, _ = w.shape
     n = x.shape[0]
     patch_bytes = kh * kw * cin * n * g.shape[1] * g.shape[2] * jnp.dtype(x.dtype).itemsize
-    chunks = 1
+    chunks = 1   # else the fewest that divide the batch and fit (at most one example each)
     if patch_bytes > WGRAD_SPLIT_BYTES:
         chunks = next(k for k in range(1, n + 1)
-                      if n % k == 0 and patch_bytes // k <= WGRAD_CHUNK_BYTES or k == n)
+                      if n % k == 0 and (patch_bytes // k <= WGRAD_CHUNK_BYTES or k == n))
     size = n // chunks
-    dw = None
-    for i in range(chunks):
-        part = jax.vjp(lambda v: _forward(x[i * size:(i + 1) * size], v, strides, pads,
-                                          precision), w)[1](g[i * size:(i + 1) * size])[0]
-        dw = part if dw is None else dw + part
-    return dw
+    parts = [jax.vjp(lambda v: _forward(x[i:i + size], v, strides, pads, precision), w)[1](
+        g[i:i + size])[0] for i in range(0, n, size)]
+    return sum(parts[1:], parts[0])
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -295,7 +292,7 @@ __all__ = ["AUTO", "IMPLS", "channel_moments", "conv2d", "conv_general_dilated",
 
 
 # ---------------------------------------------------------------------------------------------
-# BatchNorm: sums over every axis but the channels as matrix-vector products
+# BatchNorm: sums over every axis but the channels as products with a ones vector
 # ---------------------------------------------------------------------------------------------
 
 

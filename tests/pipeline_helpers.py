@@ -39,6 +39,15 @@ def cli(workdir, config, *overrides, check=True, env=None, **kw):
                           **kw)
 
 
+def python_script(source: str, **kw):
+    """Runs ``python -c source`` on this tree (XLA_FLAGS unset, so the script sets its own,
+    e.g. a forced device count) and returns the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", source], cwd=ROOT, capture_output=True,
+                          text=True, env=env, **kw)
+
+
 def load_config(path):
     spec = importlib.util.spec_from_file_location("cfg", path)
     mod = importlib.util.module_from_spec(spec)

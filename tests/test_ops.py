@@ -354,10 +354,8 @@ print(sum(replicated_key.count(c) for c in COLLECTIVES), sum(sharded_key.count(c
 
 
 def test_fusion_barrier_adds_no_collective_under_data_parallelism():
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-c", TWO_DEVICE_BARRIER], capture_output=True,
-                         text=True, timeout=300)
+    from pipeline_helpers import python_script
+    out = python_script(TWO_DEVICE_BARRIER, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     with_replicated_key, with_sharded_key = map(int, out.stdout.split()[-2:])
     # Keyed on a replicated array (a kernel), the batch-sharded step needs no communication;

@@ -6,8 +6,6 @@ import functools
 import glob
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -18,7 +16,8 @@ import pytest
 from jackpot_jax import checkpoint as ckpt_lib
 from jackpot_jax import export, input_pipeline, models, modes, train
 from jackpot_jax import sparsity as sp
-from pipeline_helpers import ROOT, cli, load_config, needs_fmnist, pretrained_dir, tiny_config
+from pipeline_helpers import (ROOT, cli, load_config, needs_fmnist, pretrained_dir,
+                              python_script, tiny_config)
 
 # Pipeline configs; study and sweep configs (configs/study_*.py, configs/sweep_*.py) are
 # exercised by tests/test_study.py and tests/test_sweep.py.
@@ -118,9 +117,7 @@ TWO_DEVICES = textwrap.dedent("""
 
 
 def test_two_devices_match_one_device():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run([sys.executable, "-c", TWO_DEVICES], cwd=ROOT, capture_output=True,
-                         text=True, env=env)
+    out = python_script(TWO_DEVICES)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "TWO_DEVICES_OK" in out.stdout
 
