@@ -1,0 +1,166 @@
+"""Benchmark: the convolutions of a search step alone, jackpot_jax against PyTorch, same device.
+
+Run from the repository root::
+
+    python benchmarks/bench_conv.py [--batch 128] [--json FILE]
+
+Where the ResNet-32x2 search step's time goes that no change to the model code can recover:
+for each of its three stages' 3x3 convolutions (stride 1, padding 1, NHWC in jackpot_jax,
+NCHW in PyTorch), one process times, on random data and after warm-up, the three parts of a
+convolution's training work,
+
+* ``fwd``: the forward convolution,
+* ``dgrad``: the input gradient,
+* ``wgrad``: the weight gradient,
+
+each a jitted function of `jackpot_jax.ops.conv2d` (its `jax.vjp` for the gradients, of which
+XLA keeps only the one asked for) under ``--conv`` (``explicit``, the CPU default, and/or
+``xla``), and PyTorch's `torch.nn.functional.conv2d` / `aten.convolution_backward` with
+only that gradient requested. The sides take turns in rounds (as in bench_step.py); medians.
+The table gives ms and GFLOP/s of each, the ratio (torch ms / jax ms; above 1: jackpot_jax
+faster) and, weighted by how many such convolutions one ResNet-32x2 step runs (10, 9 and 9:
+the stage's stride-1 3x3 layers; the stride-2 layers and the stem are left out), the
+milliseconds per step of each side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_step  # noqa: E402  (sets OMP_WAIT_POLICY and sys.path before JAX starts)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jackpot_jax import ops  # noqa: E402
+
+# (height = width, channels, layers per ResNet-32x2 step): stages 1-3 at 32x32 input.
+STAGES = ((32, 32, 10), (16, 64, 9), (8, 128, 9))
+PARTS = ("fwd", "dgrad", "wgrad")
+PAD = ((1, 1), (1, 1))
+
+
+def jax_runners(batch: int, h: int, c: int, impl: str) -> dict:
+    """{part: function running it once, returning (ms, 0.0)} for ``ops.conv2d`` under impl."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (batch, h, h, c), jnp.float32)
+    w = jax.random.normal(keys[1], (3, 3, c, c), jnp.float32) * 0.05
+    g = jax.random.normal(keys[2], (batch, h, h, c), jnp.float32)
+
+    def conv(x, w):
+        return ops.conv2d(x, w, (1, 1), PAD)
+
+    with ops.use_impl(impl):   # the switch is read when a function is traced
+        fns = {"fwd": jax.jit(conv).lower(x, w).compile(),
+               "dgrad": jax.jit(lambda x, w, g: jax.vjp(lambda v: conv(v, w), x)[1](g)[0])
+               .lower(x, w, g).compile(),
+               "wgrad": jax.jit(lambda x, w, g: jax.vjp(lambda v: conv(x, v), w)[1](g)[0])
+               .lower(x, w, g).compile()}
+    args = {"fwd": (x, w), "dgrad": (x, w, g), "wgrad": (x, w, g)}
+
+    def runner(part):
+        def run():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[part](*args[part]))
+            return (time.perf_counter() - t0) * 1e3, 0.0
+        return run
+
+    return {part: runner(part) for part in PARTS}
+
+
+def torch_runners(batch: int, h: int, c: int) -> dict:
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, c, h, h, generator=gen)
+    w = torch.randn(c, c, 3, 3, generator=gen) * 0.05
+    g = torch.randn(batch, c, h, h, generator=gen)
+    masks = {"dgrad": (True, False, False), "wgrad": (False, True, False)}
+
+    def runner(part):
+        def run():
+            t0 = time.perf_counter()
+            if part == "fwd":
+                torch.nn.functional.conv2d(x, w, padding=1)
+            else:
+                torch.ops.aten.convolution_backward(g, x, w, None, (1, 1), (1, 1), (1, 1),
+                                                    False, (0, 0), 1, masks[part])
+            return (time.perf_counter() - t0) * 1e3, 0.0
+        return run
+
+    return {part: runner(part) for part in PARTS}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--conv", default="explicit,xla",
+                    help="jackpot_jax.ops implementations to time, comma-separated")
+    ap.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    ap.add_argument("--json", default=None, help="write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    impls = args.conv.split(",")
+    if not impls or set(impls) - {"explicit", "xla"}:
+        raise SystemExit(f"--conv={args.conv!r}; expected explicit, xla or explicit,xla")
+    import torch
+    torch.set_num_threads(args.threads)
+    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}, "
+          f"commit {bench_step._commit()}; device: {bench_step.device_name()}; JAX "
+          f"{jax.__version__}, torch {torch.__version__} ({args.threads} threads); "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}")
+    print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
+    print(f"batch {args.batch}, float32, 3x3 stride 1 padding 1; median of {args.rounds} "
+          f"rounds x {args.steps} calls per side (sides in turn) after {args.warmup} warm-up "
+          f"calls; load average {bench_step._load()}", flush=True)
+
+    rows = []
+    for h, c, layers in STAGES:
+        sides = {impl: jax_runners(args.batch, h, c, impl) for impl in impls}
+        sides["torch"] = torch_runners(args.batch, h, c)
+        gflop = 2 * args.batch * h * h * c * c * 9 / 1e9
+        for part in PARTS:
+            res = bench_step.time_pair({s: r[part] for s, r in sides.items()}, args.steps,
+                                       args.warmup, args.rounds)
+            row = {"height": h, "channels": c, "batch": args.batch, "part": part,
+                   "layers_per_step": layers, "gflop": gflop,
+                   "torch_ms": res["torch"][0]}
+            row.update({f"jax_{impl}_ms": res[impl][0] for impl in impls})
+            rows.append(row)
+            print(f"  {h}x{h}x{c} {part}: " + ", ".join(
+                f"{s} {res[s][0]:.2f} ms" for s in sides), flush=True)
+    print(f"load average at the end: {bench_step._load()}")
+    print()
+    head = "| stage | part | torch ms | torch GFLOP/s | " + " | ".join(
+        f"{i} ms | {i} GFLOP/s | torch/{i}" for i in impls) + " |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    per_step = {s: 0.0 for s in ["torch"] + impls}
+    for r in rows:
+        cells = [f"{r['height']}x{r['height']}x{r['channels']}", r["part"],
+                 f"{r['torch_ms']:.2f}", f"{r['gflop'] / r['torch_ms'] * 1e3:.0f}"]
+        per_step["torch"] += r["torch_ms"] * r["layers_per_step"]
+        for i in impls:
+            ms = r[f"jax_{i}_ms"]
+            per_step[i] += ms * r["layers_per_step"]
+            cells += [f"{ms:.2f}", f"{r['gflop'] / ms * 1e3:.0f}", f"{r['torch_ms'] / ms:.2f}x"]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print("per ResNet-32x2 step (these layers x their count, forward + both gradients): "
+          + ", ".join(f"{s} {v:.0f} ms" for s, v in per_step.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
