@@ -20,7 +20,8 @@ only that gradient requested. The sides take turns in rounds (as in bench_step.p
 The table gives ms and GFLOP/s of each, the ratio (torch ms / jax ms; above 1: jackpot_jax
 faster) and, weighted by how many such convolutions one ResNet-32x2 step runs (10, 9 and 9:
 the stage's stride-1 3x3 layers; the stride-2 layers and the stem are left out), the
-milliseconds per step of each side.
+milliseconds per step of each side. On a GPU both sides run on it (PyTorch on ``cuda``,
+synchronised around each call); it was written for, and run on, the CPU.
 """
 
 from __future__ import annotations
@@ -74,22 +75,25 @@ def jax_runners(batch: int, h: int, c: int, impl: str) -> dict:
     return {part: runner(part) for part in PARTS}
 
 
-def torch_runners(batch: int, h: int, c: int) -> dict:
+def torch_runners(batch: int, h: int, c: int, device: str) -> dict:
     import torch
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, c, h, h, generator=gen)
-    w = torch.randn(c, c, 3, 3, generator=gen) * 0.05
-    g = torch.randn(batch, c, h, h, generator=gen)
+    x = torch.randn(batch, c, h, h, generator=gen).to(device)
+    w = (torch.randn(c, c, 3, 3, generator=gen) * 0.05).to(device)
+    g = torch.randn(batch, c, h, h, generator=gen).to(device)
     masks = {"dgrad": (True, False, False), "wgrad": (False, True, False)}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def runner(part):
         def run():
+            sync()
             t0 = time.perf_counter()
             if part == "fwd":
                 torch.nn.functional.conv2d(x, w, padding=1)
             else:
                 torch.ops.aten.convolution_backward(g, x, w, None, (1, 1), (1, 1), (1, 1),
                                                     False, (0, 0), 1, masks[part])
+            sync()
             return (time.perf_counter() - t0) * 1e3, 0.0
         return run
 
@@ -112,9 +116,10 @@ def main(argv=None):
         raise SystemExit(f"--conv={args.conv!r}; expected explicit, xla or explicit,xla")
     import torch
     torch.set_num_threads(args.threads)
+    torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"   # the same device
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"commit {bench_step._commit()}; device: {bench_step.device_name()}; JAX "
-          f"{jax.__version__}, torch {torch.__version__} ({args.threads} threads); "
+          f"{jax.__version__}, torch {torch.__version__} ({torch_device}, {args.threads} threads); "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}")
     print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
@@ -125,7 +130,7 @@ def main(argv=None):
     rows = []
     for h, c, layers in STAGES:
         sides = {impl: jax_runners(args.batch, h, c, impl) for impl in impls}
-        sides["torch"] = torch_runners(args.batch, h, c)
+        sides["torch"] = torch_runners(args.batch, h, c, torch_device)
         gflop = 2 * args.batch * h * h * c * c * 9 / 1e9
         for part in PARTS:
             res = bench_step.time_pair({s: r[part] for s, r in sides.items()}, args.steps,
