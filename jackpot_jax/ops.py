@@ -10,9 +10,11 @@ whole feature map. XLA:CPU runs both through a slow generic path (benchmarks/REA
   instead of ``lhs_dilation``), then a VALID stride-1 convolution with the flipped kernel;
 * weight gradient: for narrow patches (kernel taps x input channels <= `IM2COL_MAX_PATCH`:
   the first layers) one matrix product of the strided input slices side by side (im2col)
-  with the output gradient; wider ones keep XLA's weight-gradient convolution, which
-  measured faster on 2 CPU cores than per-tap or im2col products (benchmarks/README.md),
-  on batch chunks where its patch matrix would pass `WGRAD_SPLIT_BYTES`;
+  with the output gradient; wider ones call oneDNN's direct kernel where it is installed
+  (`jackpot_jax.onednn`, float32 on the CPU; `set_onednn`), else XLA's weight-gradient
+  convolution, which measured faster on 2 CPU cores than per-tap or im2col products
+  (benchmarks/README.md), on batch chunks where its patch matrix would pass
+  `WGRAD_SPLIT_BYTES`;
 * 1x1 convolutions: matrix products forward and for the input gradient;
 * max-pooling with non-overlapping windows: the gradient goes to the first maximum of each
   window (as XLA's ``select_and_scatter`` does), computed elementwise;
@@ -50,10 +52,12 @@ import numpy as np
 from jax import lax
 
 IMPLS = ("auto", "xla", "explicit")
+ONEDNN_MODES = ("auto", "off")
 # What 'auto' means on each backend (benchmarks/README.md has the measurements).
 AUTO = {"cpu": "explicit", "gpu": "xla", "tpu": "xla"}
 
 _impl = "auto"
+_onednn = "auto"
 
 
 def set_impl(name: str) -> None:
@@ -85,6 +89,35 @@ def use_impl(name: str):
         yield
     finally:
         set_impl(previous)
+
+
+def set_onednn(mode: str) -> None:
+    """``'auto'`` (the default): the explicit path's wide weight gradients use oneDNN where
+    `jackpot_jax.onednn.available()` (float32, CPU backend); ``'off'``: XLA's always. Read
+    when a function is traced."""
+    global _onednn
+    if mode not in ONEDNN_MODES:
+        raise ValueError(f"oneDNN mode {mode!r}; expected one of {ONEDNN_MODES}")
+    _onednn = mode
+
+
+@contextlib.contextmanager
+def use_onednn(mode: str):
+    """``with use_onednn('off'): ...`` traces the block with that oneDNN mode."""
+    previous = _onednn
+    set_onednn(mode)
+    try:
+        yield
+    finally:
+        set_onednn(previous)
+
+
+def onednn_weight_grad_used(dtype=jnp.float32) -> bool:
+    """Whether a weight gradient traced now (explicit path, ``dtype``) would call oneDNN."""
+    if _onednn == "off" or jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
+        return False
+    from jackpot_jax import onednn
+    return onednn.available()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +164,11 @@ def conv2d(x, w, strides: Sequence[int] = (1, 1),
     """NHWC x HWIO convolution (cross-correlation) with explicit padding and the hand-written
     backward pass described in the module docstring. Same values as lax; gradients equal up
     to float rounding."""
-    return _conv(x, w, tuple(strides), tuple(tuple(p) for p in padding), precision)
+    # Whether the weight gradient calls oneDNN is decided here, when the forward pass is
+    # traced (the backward pass is traced later, outside any `use_onednn` block).
+    dnnl = (x.dtype == w.dtype and w.shape[0] * w.shape[1] * w.shape[2] > IM2COL_MAX_PATCH
+            and onednn_weight_grad_used(x.dtype))
+    return _conv(x, w, tuple(strides), tuple(tuple(p) for p in padding), precision, dnnl)
 
 
 def _forward(x, w, strides, pads, precision):
@@ -145,12 +182,12 @@ def _forward(x, w, strides, pads, precision):
                                     precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x, w, strides, pads, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, precision, dnnl):
     return _forward(x, w, strides, pads, precision)
 
 
-def _conv_fwd(x, w, strides, pads, precision):
+def _conv_fwd(x, w, strides, pads, precision, dnnl):
     return _forward(x, w, strides, pads, precision), (x, w)
 
 
@@ -196,12 +233,15 @@ def _weight_grad_im2col(x, g, w_shape, strides, pads, precision):
     return dw.reshape(w_shape)
 
 
-def _conv_bwd(strides, pads, precision, res, g):
+def _conv_bwd(strides, pads, precision, dnnl, res, g):
     x, w = res
     dx = _input_grad(g, w, x.shape, strides, pads, precision).astype(x.dtype)
     kh, kw, cin, _ = w.shape
     if kh * kw * cin <= IM2COL_MAX_PATCH:
         dw = _weight_grad_im2col(x, g, w.shape, strides, pads, precision)
+    elif dnnl and g.dtype == x.dtype:
+        from jackpot_jax import onednn
+        dw = onednn.weight_grad(x, g, w.shape, strides, pads)
     else:
         dw = _weight_grad_xla(x, g, w, strides, pads, precision)
     return dx, dw.astype(w.dtype)
@@ -286,9 +326,10 @@ def _pool_bwd(window, res, g):
 _pool.defvjp(_pool_fwd, _pool_bwd)
 
 
-__all__ = ["AUTO", "IMPLS", "channel_moments", "conv2d", "conv_general_dilated",
-           "fusion_barrier", "get_impl", "max_pool", "normalize", "resolved_impl", "set_impl",
-           "use_impl"]
+__all__ = ["AUTO", "IMPLS", "ONEDNN_MODES", "channel_moments", "conv2d",
+           "conv_general_dilated", "fusion_barrier", "get_impl", "max_pool", "normalize",
+           "onednn_weight_grad_used", "resolved_impl", "set_impl", "set_onednn", "use_impl",
+           "use_onednn"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,10 +39,12 @@ def cli(workdir, config, *overrides, check=True, env=None, **kw):
                           **kw)
 
 
-def python_script(source: str, **kw):
+def python_script(source: str, env_update=None, **kw):
     """Runs ``python -c source`` on this tree (XLA_FLAGS unset, so the script sets its own,
-    e.g. a forced device count) and returns the CompletedProcess."""
+    e.g. a forced device count; ``env_update`` sets more variables) and returns the
+    CompletedProcess."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(env_update or {})
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", source], cwd=ROOT, capture_output=True,
                           text=True, env=env, **kw)

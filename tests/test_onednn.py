@@ -1,0 +1,126 @@
+"""jackpot_jax.onednn: oneDNN's weight gradient as an XLA custom call, against float64 numpy."""
+
+import importlib.metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jackpot_jax import onednn, ops
+
+from pipeline_helpers import python_script
+
+
+def _installed() -> bool:
+    try:
+        importlib.metadata.version("onednn-cpu-gomp")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return onednn.find_onednn() is not None
+
+
+needs_onednn = pytest.mark.skipif(not onednn.available(),
+                                  reason=f"oneDNN weight gradient: {onednn.unavailable_reason()}")
+
+
+@pytest.mark.skipif(not (_installed() and onednn._compiler()),
+                    reason="oneDNN (the [onednn] extra) or a C++ compiler not installed")
+def test_available_when_installed():
+    # With the extra and a compiler present, a failed build must fail here, not skip.
+    assert onednn.available(), onednn.unavailable_reason()
+
+
+def _reference(x, g, kh, kw, strides, pads):
+    """dL/dw of the NHWC/HWIO cross-correlation, in float64, one kernel tap at a time."""
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    g = np.asarray(g, np.float64)
+    ho, wo = g.shape[1:3]
+    dw = np.zeros((kh, kw, x.shape[3], g.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, i:i + (ho - 1) * strides[0] + 1:strides[0],
+                       j:j + (wo - 1) * strides[1] + 1:strides[1]]
+            dw[i, j] = np.einsum("nhwc,nhwo->co", window, g)
+    return dw
+
+
+@needs_onednn
+@pytest.mark.parametrize("n,h,w,c,o,k,strides,pads", [
+    (1, 9, 9, 40, 8, (3, 3), (1, 1), ((1, 1), (1, 1))),     # SAME
+    (3, 10, 7, 33, 16, (3, 3), (2, 2), ((0, 1), (1, 1))),   # SAME at stride 2 (asymmetric)
+    (3, 12, 12, 8, 12, (5, 5), (1, 1), ((0, 0), (0, 0))),   # VALID, 5x5
+    (1, 11, 9, 36, 5, (5, 5), (2, 1), ((2, 1), (0, 3))),    # explicit, uneven strides
+    (3, 8, 8, 64, 32, (1, 1), (2, 2), ((0, 0), (0, 0))),    # 1x1, stride 2
+])
+def test_weight_grad_matches_float64(n, h, w, c, o, k, strides, pads):
+    rng = np.random.default_rng(n * 100 + c)
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    ho = (h + sum(pads[0]) - k[0]) // strides[0] + 1
+    wo = (w + sum(pads[1]) - k[1]) // strides[1] + 1
+    g = rng.standard_normal((n, ho, wo, o)).astype(np.float32)
+    got = np.asarray(jax.jit(lambda x, g: onednn.weight_grad(x, g, (*k, c, o), strides, pads))(
+        x, g))
+    want = _reference(x, g, *k, strides, pads)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@needs_onednn
+def test_explicit_conv_uses_it_and_the_switch_turns_it_off():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 9, 9, 40)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 40, 8)) * 0.1, jnp.float32)
+
+    def loss(w, x):
+        return jnp.sum(jnp.sin(ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)))))
+
+    grads, hlo = {}, {}
+    for mode in ("auto", "off"):
+        with ops.use_impl("explicit"), ops.use_onednn(mode):
+            fn = jax.jit(jax.grad(loss))          # a fresh jit: the switch is read at trace
+            hlo[mode] = fn.lower(w, x).compile().as_text()
+            grads[mode] = np.asarray(fn(w, x))
+            assert ops.onednn_weight_grad_used() == (mode == "auto")
+    assert onednn.TARGET in hlo["auto"] and onednn.TARGET not in hlo["off"]
+    with ops.use_impl("xla"):
+        grads["xla"] = np.asarray(jax.jit(jax.grad(loss))(w, x))
+    scale = np.abs(grads["xla"]).max()
+    np.testing.assert_allclose(grads["auto"], grads["xla"], rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(grads["off"], grads["xla"], rtol=1e-5, atol=1e-5 * scale)
+    assert onednn.last_implementation()          # oneDNN names the kernel it chose
+
+
+def test_not_for_bfloat16_and_bad_mode():
+    assert not ops.onednn_weight_grad_used(jnp.bfloat16)
+    with pytest.raises(ValueError, match="oneDNN mode 'on'; expected one of"):
+        ops.set_onednn("on")
+
+
+def test_opt_out_is_reported():
+    proc = python_script(
+        "from jackpot_jax import onednn\n"
+        "print(onednn.available(), '|', onednn.unavailable_reason())\n"
+        "try:\n"
+        "    onednn.weight_grad(None, None, (1, 1, 1, 1), (1, 1), ((0, 0), (0, 0)))\n"
+        "except RuntimeError as err:\n"
+        "    print('raised', err)\n",
+        env_update={"JACKPOT_JAX_ONEDNN": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert "False | JACKPOT_JAX_ONEDNN=0" in proc.stdout
+    assert "raised jackpot_jax.onednn.weight_grad: JACKPOT_JAX_ONEDNN=0" in proc.stdout
+
+
+def test_lax_reference_agrees_with_the_helper():
+    # The float64 helper above is itself checked against lax on one case (so a wrong
+    # reference cannot pass the comparisons).
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 7, 6, 3)).astype(np.float32)
+    w = np.zeros((3, 3, 3, 4), np.float32)
+    g = rng.standard_normal((2, 4, 3, 4)).astype(np.float32)
+    pads = ((1, 1), (0, 1))
+    dw = jax.vjp(lambda v: lax.conv_general_dilated(
+        x, v, (2, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST), w)[1](g)[0]
+    np.testing.assert_allclose(_reference(x, g, 3, 3, (2, 2), pads), dw, rtol=1e-5, atol=1e-5)
+
