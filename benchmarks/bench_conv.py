@@ -14,8 +14,9 @@ convolution's training work,
 * ``wgrad``: the weight gradient,
 
 each a jitted function of `jackpot_jax.ops.conv2d` (its `jax.vjp` for the gradients, of which
-XLA keeps only the one asked for) under ``--conv`` (``explicit``, the CPU default, and/or
-``xla``), and PyTorch's `torch.nn.functional.conv2d` / `aten.convolution_backward` with
+XLA keeps only the one asked for) under ``--conv``: ``explicit`` (the CPU path with XLA's
+weight gradient), ``onednn`` (the same with oneDNN's weight gradient, `jackpot_jax.onednn`,
+the CPU default where it is installed) and/or ``xla`` (XLA's own gradients); and PyTorch's `torch.nn.functional.conv2d` / `aten.convolution_backward` with
 only that gradient requested. The sides take turns in rounds (as in bench_step.py); medians.
 The table gives ms and GFLOP/s of each, the ratio (torch ms / jax ms; above 1: jackpot_jax
 faster) and, weighted by how many such convolutions one ResNet-32x2 step runs (10, 9 and 9:
@@ -48,7 +49,8 @@ PAD = ((1, 1), (1, 1))
 
 
 def jax_runners(batch: int, h: int, c: int, impl: str) -> dict:
-    """{part: function running it once, returning (ms, 0.0)} for ``ops.conv2d`` under impl."""
+    """{part: function running it once, returning (ms, 0.0)} for ``ops.conv2d`` under impl
+    (``explicit``, ``onednn`` or ``xla``)."""
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (batch, h, h, c), jnp.float32)
     w = jax.random.normal(keys[1], (3, 3, c, c), jnp.float32) * 0.05
@@ -57,7 +59,8 @@ def jax_runners(batch: int, h: int, c: int, impl: str) -> dict:
     def conv(x, w):
         return ops.conv2d(x, w, (1, 1), PAD)
 
-    with ops.use_impl(impl):   # the switch is read when a function is traced
+    path, dnnl = ("explicit", "auto") if impl == "onednn" else (impl, "off")
+    with ops.use_impl(path), ops.use_onednn(dnnl):   # read when a function is traced
         fns = {"fwd": jax.jit(conv).lower(x, w).compile(),
                "dgrad": jax.jit(lambda x, w, g: jax.vjp(lambda v: conv(v, w), x)[1](g)[0])
                .lower(x, w, g).compile(),
@@ -103,17 +106,22 @@ def torch_runners(batch: int, h: int, c: int, device: str) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--conv", default="explicit,xla",
-                    help="jackpot_jax.ops implementations to time, comma-separated")
+    ap.add_argument("--conv", default=None,
+                    help="comma-separated, of explicit, onednn, xla (default: all three, "
+                         "onednn where it is available)")
     ap.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = ap.parse_args(argv)
-    impls = args.conv.split(",")
-    if not impls or set(impls) - {"explicit", "xla"}:
-        raise SystemExit(f"--conv={args.conv!r}; expected explicit, xla or explicit,xla")
+    from jackpot_jax import onednn
+    impls = (args.conv or ("explicit,onednn,xla" if onednn.available() else "explicit,xla")
+             ).split(",")
+    if not impls or set(impls) - {"explicit", "onednn", "xla"}:
+        raise SystemExit(f"--conv={args.conv!r}; expected some of explicit, onednn, xla")
+    if "onednn" in impls and not onednn.available():
+        raise SystemExit(f"--conv onednn: {onednn.unavailable_reason()}")
     import torch
     torch.set_num_threads(args.threads)
     torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"   # the same device

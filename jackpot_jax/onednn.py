@@ -16,7 +16,8 @@ It is optional. It needs
 * a C++17 compiler (``CXX``, else ``c++``/``g++``): the handler is compiled on first use into
   ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``), keyed by the source and
   jaxlib version, in a few seconds;
-* float32, on the CPU backend.
+* float32, on the CPU backend, with one device (the custom call has no sharding rule: under
+  data parallelism over several CPU devices the weight gradients stay XLA's).
 
 ``JACKPOT_JAX_ONEDNN=0`` turns it off; `unavailable_reason` says why it is off. Anything
 missing means XLA's own weight gradient, as before.

@@ -113,8 +113,13 @@ def use_onednn(mode: str):
 
 
 def onednn_weight_grad_used(dtype=jnp.float32) -> bool:
-    """Whether a weight gradient traced now (explicit path, ``dtype``) would call oneDNN."""
-    if _onednn == "off" or jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
+    """Whether a weight gradient traced now (explicit path, ``dtype``) would call oneDNN.
+
+    Only with a single device: the custom call has no sharding rule, and under data
+    parallelism XLA would run it on each device's shard of the batch without adding the
+    shards' gradients."""
+    if (_onednn == "off" or jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu"
+            or jax.device_count() != 1):
         return False
     from jackpot_jax import onednn
     return onednn.available()

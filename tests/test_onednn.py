@@ -97,6 +97,19 @@ def test_not_for_bfloat16_and_bad_mode():
         ops.set_onednn("on")
 
 
+def test_not_used_with_several_devices():
+    # Sharded over two CPU devices, a custom call without a sharding rule would compute each
+    # device's part of the batch only: the weight gradients must stay XLA's there.
+    proc = python_script(
+        "import os\n"
+        "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
+        "import jax\n"
+        "from jackpot_jax import ops\n"
+        "print(jax.device_count(), ops.onednn_weight_grad_used())\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["2", "False"]
+
+
 def test_opt_out_is_reported():
     proc = python_script(
         "from jackpot_jax import onednn\n"
