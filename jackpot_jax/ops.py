@@ -171,8 +171,7 @@ def conv2d(x, w, strides: Sequence[int] = (1, 1),
     to float rounding."""
     # Whether the weight gradient calls oneDNN is decided here, when the forward pass is
     # traced (the backward pass is traced later, outside any `use_onednn` block).
-    dnnl = (x.dtype == w.dtype and w.shape[0] * w.shape[1] * w.shape[2] > IM2COL_MAX_PATCH
-            and onednn_weight_grad_used(x.dtype))
+    dnnl = x.dtype == w.dtype and onednn_weight_grad_used(x.dtype)
     return _conv(x, w, tuple(strides), tuple(tuple(p) for p in padding), precision, dnnl)
 
 
@@ -244,7 +243,7 @@ def _conv_bwd(strides, pads, precision, dnnl, res, g):
     kh, kw, cin, _ = w.shape
     if kh * kw * cin <= IM2COL_MAX_PATCH:
         dw = _weight_grad_im2col(x, g, w.shape, strides, pads, precision)
-    elif dnnl and g.dtype == x.dtype:
+    elif dnnl:
         from jackpot_jax import onednn
         dw = onednn.weight_grad(x, g, w.shape, strides, pads)
     else:

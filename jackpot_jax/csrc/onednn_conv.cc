@@ -26,9 +26,10 @@ struct Primitives {
   std::string impl;
 };
 
-std::mutex cache_mutex;
+std::mutex cache_mutex;  // guards `cache` and `last_impl`
 std::map<std::vector<int64_t>, std::unique_ptr<Primitives>>* cache =
     new std::map<std::vector<int64_t>, std::unique_ptr<Primitives>>();
+std::string* last_impl = new std::string();  // oneDNN's kernel for the last shape built
 
 ffi::Error Failed(const char* what, dnnl_status_t status) {
   return ffi::Error(ffi::ErrorCode::kInternal,
@@ -120,6 +121,7 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
       auto built = std::make_unique<Primitives>();
       ffi::Error error = Build(key, built.get());
       if (error.failure()) return error;
+      *last_impl = built->impl;
       it = cache->emplace(key, std::move(built)).first;
     }
     p = it->second.get();
@@ -155,11 +157,8 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
 
 // The implementation oneDNN chose for the last shape built ("" if none): for logs and tests.
 extern "C" const char* JjOnednnLastImpl() {
-  static std::string last;
   std::lock_guard<std::mutex> lock(cache_mutex);
-  last.clear();
-  for (const auto& kv : *cache) last = kv.second->impl;
-  return last.c_str();
+  return last_impl->c_str();
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JjOnednnWeightGrad, WeightGrad,
