@@ -398,7 +398,7 @@ def _load() -> str:
 
 def _onednn_state() -> str:
     from jackpot_jax import onednn
-    if ops.onednn_weight_grad_used():
+    if ops.onednn_used():
         return "on where the explicit path runs in float32"
     return f"off ({onednn.unavailable_reason() or 'switched off, or not the CPU'})"
 

@@ -1,13 +1,14 @@
-"""oneDNN's convolution weight gradient on the CPU, as an XLA custom call (optional).
+"""oneDNN's convolutions on the CPU, as XLA custom calls (optional).
 
-XLA:CPU computes a convolution's weight gradient as an Eigen contraction over the image
-patches of a whole-feature-map window, after transposing the activations to batch-minor: it
-took 2.8x, 2.4x and 1.3x as long as oneDNN's direct kernel on ResNet-32x2's three stages
-(benchmarks/bench_conv.py, batch 128, 2 CPU cores; 10% of the whole search step). This
-module compiles a small XLA FFI handler (``csrc/onednn_conv.cc``) that calls oneDNN's
-convolution backward-weights primitive on the NHWC activations in place, and registers it
-with JAX. `jackpot_jax.ops` uses it for the explicit path's weight gradients when
-`available()`.
+XLA:CPU's own convolutions were the slow part of a ResNet-32x2 search step on 2 CPU cores
+(batch 128, float32, `benchmarks/bench_conv.py`): its weight gradient is an Eigen contraction
+over the image patches of a whole-feature-map window, after transposing the activations to
+batch-minor (2.8x, 2.4x and 1.3x as long as oneDNN's direct kernel on the three stages), and
+its forward and input-gradient convolutions took 1.5x as long as oneDNN's on NHWC data. This
+module compiles a small XLA FFI handler (``csrc/onednn_conv.cc``) that runs oneDNN's
+convolution forward, backward-data and backward-weights primitives on the NHWC activations in
+place, and registers it with JAX. `jackpot_jax.ops.conv2d` uses it for the explicit path's
+convolutions when `available()`.
 
 It is optional. It needs
 
@@ -17,11 +18,11 @@ It is optional. It needs
 * a C++17 compiler (``CXX``, else ``c++``/``g++``): the handler is compiled on first use into
   ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``), keyed by the source and
   jaxlib version, in a few seconds;
-* float32, on the CPU backend, with one device (the custom call has no sharding rule: under
-  data parallelism over several CPU devices the weight gradients stay XLA's).
+* float32, on the CPU backend, with one device (the custom calls have no sharding rule: under
+  data parallelism over several CPU devices the convolutions stay XLA's).
 
 ``JACKPOT_JAX_ONEDNN=0`` turns it off; `unavailable_reason` says why it is off. Anything
-missing means XLA's own weight gradient, as before.
+missing means XLA's own convolutions, as before.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ import sysconfig
 import tempfile
 import threading
 
-TARGET = "jackpot_jax_onednn_weight_grad"
+# XLA custom-call targets -> the handler symbols in csrc/onednn_conv.cc.
+TARGETS = {"jackpot_jax_onednn_conv_forward": "JjOnednnForward",
+           "jackpot_jax_onednn_conv_input_grad": "JjOnednnInputGrad",
+           "jackpot_jax_onednn_conv_weight_grad": "JjOnednnWeightGrad"}
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "onednn_conv.cc")
 
 _lock = threading.Lock()
@@ -113,8 +117,9 @@ def _load() -> None:
     try:
         import jax
         lib = ctypes.cdll.LoadLibrary(_build(*found))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JjOnednnWeightGrad),
-                                    platform="cpu")
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="cpu")
     except (OSError, RuntimeError, AttributeError) as err:
         _state.update(ok=False, reason=f"oneDNN handler unavailable: {err}")
         return
@@ -123,7 +128,7 @@ def _load() -> None:
 
 
 def available() -> bool:
-    """Whether the oneDNN weight gradient can be used (builds and registers it on first call)."""
+    """Whether the oneDNN convolutions can be used (builds and registers them on first call)."""
     with _lock:
         if not _state:
             _load()
@@ -137,20 +142,45 @@ def unavailable_reason() -> str:
 
 
 def last_implementation() -> str:
-    """The kernel oneDNN chose for the last layer shape it built (e.g. ``jit:avx512_core``)."""
+    """The kernel oneDNN chose for the last primitive it built (e.g. ``brgconv:avx512_core``)."""
     if not available():
         return ""
     return _state["lib"].JjOnednnLastImpl().decode()
 
 
-def weight_grad(x, g, w_shape, strides, pads):
-    """dL/dw (HWIO, ``w_shape``) of the NHWC convolution of ``x`` with strides and explicit
-    ``pads`` ((top, bottom), (left, right)), given the output gradient ``g``; float32."""
+def _call(target, out_shape, a, b, strides, pads):
     import jax
     import jax.numpy as jnp
     if not available():
-        raise RuntimeError(f"jackpot_jax.onednn.weight_grad: {unavailable_reason()}")
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(tuple(w_shape), jnp.float32))(
-        x, g, stride_h=int(strides[0]), stride_w=int(strides[1]),
+        raise RuntimeError(f"jackpot_jax.onednn: {unavailable_reason()}")
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(
+        a, b, stride_h=int(strides[0]), stride_w=int(strides[1]),
         pad_top=int(pads[0][0]), pad_bottom=int(pads[0][1]),
         pad_left=int(pads[1][0]), pad_right=int(pads[1][1]))
+
+
+def output_shape(x_shape, w_shape, strides, pads) -> tuple[int, int, int, int]:
+    """(N, Ho, Wo, O) of the NHWC convolution of ``x_shape`` with the HWIO ``w_shape``."""
+    n, h, w, _ = x_shape
+    kh, kw, _, o = w_shape
+    return (n, (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1,
+            (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1, o)
+
+
+# In the three functions below: NHWC activations, HWIO kernel, float32; ``strides`` (h, w)
+# and explicit ``pads`` ((top, bottom), (left, right)), as in `lax.conv_general_dilated`.
+
+def forward(x, w, strides, pads):
+    """The convolution (cross-correlation) of ``x`` with ``w``."""
+    return _call("jackpot_jax_onednn_conv_forward", output_shape(x.shape, w.shape, strides, pads),
+                 x, w, strides, pads)
+
+
+def input_grad(g, w, x_shape, strides, pads):
+    """dL/dx (shape ``x_shape``) of that convolution, given the output gradient ``g``."""
+    return _call("jackpot_jax_onednn_conv_input_grad", x_shape, g, w, strides, pads)
+
+
+def weight_grad(x, g, w_shape, strides, pads):
+    """dL/dw (HWIO, ``w_shape``) of that convolution of ``x``, given the output gradient ``g``."""
+    return _call("jackpot_jax_onednn_conv_weight_grad", w_shape, x, g, strides, pads)

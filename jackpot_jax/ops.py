@@ -6,15 +6,17 @@ whole feature map. XLA:CPU runs both through a slow generic path (benchmarks/REA
 ``explicit`` implementation here keeps the forward pass but writes the backward pass by hand
 (`jax.custom_vjp`):
 
+* where oneDNN is installed (`jackpot_jax.onednn`; float32 on the CPU with one device;
+  `set_onednn`), the forward pass and both gradients are oneDNN's direct convolutions on the
+  NHWC activations in place, which measured faster than XLA:CPU's at every layer shape of
+  the models here (benchmarks/bench_conv.py). Otherwise:
 * input gradient: the output gradient padded explicitly (interior padding ``stride - 1``
   instead of ``lhs_dilation``), then a VALID stride-1 convolution with the flipped kernel;
 * weight gradient: for narrow patches (kernel taps x input channels <= `IM2COL_MAX_PATCH`:
   the first layers) one matrix product of the strided input slices side by side (im2col)
-  with the output gradient; wider ones call oneDNN's direct kernel where it is installed
-  (`jackpot_jax.onednn`, float32 on the CPU; `set_onednn`), else XLA's weight-gradient
-  convolution, which measured faster on 2 CPU cores than per-tap or im2col products
-  (benchmarks/README.md), on batch chunks where its patch matrix would pass
-  `WGRAD_SPLIT_BYTES`;
+  with the output gradient; wider ones use XLA's weight-gradient convolution, which measured
+  faster on 2 CPU cores than per-tap or im2col products (benchmarks/README.md), on batch
+  chunks where its patch matrix would pass `WGRAD_SPLIT_BYTES`;
 * 1x1 convolutions: matrix products forward and for the input gradient;
 * max-pooling with non-overlapping windows: the gradient goes to the first maximum of each
   window (as XLA's ``select_and_scatter`` does), computed elementwise;
@@ -92,9 +94,9 @@ def use_impl(name: str):
 
 
 def set_onednn(mode: str) -> None:
-    """``'auto'`` (the default): the explicit path's wide weight gradients use oneDNN where
-    `jackpot_jax.onednn.available()` (float32, CPU backend); ``'off'``: XLA's always. Read
-    when a function is traced."""
+    """``'auto'`` (the default): the explicit path's convolutions (forward, input and weight
+    gradients) use oneDNN where `onednn_used` says so; ``'off'``: XLA's always. Read when a
+    function is traced."""
     global _onednn
     if mode not in ONEDNN_MODES:
         raise ValueError(f"oneDNN mode {mode!r}; expected one of {ONEDNN_MODES}")
@@ -112,12 +114,14 @@ def use_onednn(mode: str):
         set_onednn(previous)
 
 
-def onednn_weight_grad_used(dtype=jnp.float32) -> bool:
-    """Whether a weight gradient traced now (explicit path, ``dtype``) would call oneDNN.
+def onednn_used(dtype=jnp.float32) -> bool:
+    """Whether a convolution traced now (explicit path, ``dtype``) would call oneDNN:
+    `set_onednn` is ``'auto'``, float32, the CPU backend, one device and
+    `jackpot_jax.onednn.available()`.
 
-    Only with a single device: the custom call has no sharding rule, and under data
-    parallelism XLA would run it on each device's shard of the batch without adding the
-    shards' gradients."""
+    Only with a single device: the custom calls have no sharding rule, and under data
+    parallelism XLA would run them on each device's shard of the batch without adding the
+    shards' weight gradients."""
     if (_onednn == "off" or jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu"
             or jax.device_count() != 1):
         return False
@@ -169,13 +173,16 @@ def conv2d(x, w, strides: Sequence[int] = (1, 1),
     """NHWC x HWIO convolution (cross-correlation) with explicit padding and the hand-written
     backward pass described in the module docstring. Same values as lax; gradients equal up
     to float rounding."""
-    # Whether the weight gradient calls oneDNN is decided here, when the forward pass is
-    # traced (the backward pass is traced later, outside any `use_onednn` block).
-    dnnl = x.dtype == w.dtype and onednn_weight_grad_used(x.dtype)
+    # Whether oneDNN runs it is decided here, when the forward pass is traced (the backward
+    # pass is traced later, outside any `use_onednn` block).
+    dnnl = x.dtype == w.dtype and onednn_used(x.dtype)
     return _conv(x, w, tuple(strides), tuple(tuple(p) for p in padding), precision, dnnl)
 
 
-def _forward(x, w, strides, pads, precision):
+def _forward(x, w, strides, pads, precision, dnnl=False):
+    if dnnl:
+        from jackpot_jax import onednn
+        return onednn.forward(x, w, strides, pads)
     kh, kw = w.shape[:2]
     if (kh, kw) == (1, 1):  # a strided slice and a matrix product
         x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0),
@@ -188,11 +195,11 @@ def _forward(x, w, strides, pads, precision):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, pads, precision, dnnl):
-    return _forward(x, w, strides, pads, precision)
+    return _forward(x, w, strides, pads, precision, dnnl)
 
 
 def _conv_fwd(x, w, strides, pads, precision, dnnl):
-    return _forward(x, w, strides, pads, precision), (x, w)
+    return _forward(x, w, strides, pads, precision, dnnl), (x, w)
 
 
 def _input_grad(g, w, x_shape, strides, pads, precision):
@@ -239,13 +246,14 @@ def _weight_grad_im2col(x, g, w_shape, strides, pads, precision):
 
 def _conv_bwd(strides, pads, precision, dnnl, res, g):
     x, w = res
+    if dnnl:
+        from jackpot_jax import onednn
+        return (onednn.input_grad(g, w, x.shape, strides, pads),
+                onednn.weight_grad(x, g, w.shape, strides, pads))
     dx = _input_grad(g, w, x.shape, strides, pads, precision).astype(x.dtype)
     kh, kw, cin, _ = w.shape
     if kh * kw * cin <= IM2COL_MAX_PATCH:
         dw = _weight_grad_im2col(x, g, w.shape, strides, pads, precision)
-    elif dnnl:
-        from jackpot_jax import onednn
-        dw = onednn.weight_grad(x, g, w.shape, strides, pads)
     else:
         dw = _weight_grad_xla(x, g, w, strides, pads, precision)
     return dx, dw.astype(w.dtype)
@@ -332,7 +340,7 @@ _pool.defvjp(_pool_fwd, _pool_bwd)
 
 __all__ = ["AUTO", "IMPLS", "ONEDNN_MODES", "channel_moments", "conv2d",
            "conv_general_dilated", "fusion_barrier", "get_impl", "max_pool", "normalize",
-           "onednn_weight_grad_used", "resolved_impl", "set_impl", "set_onednn", "use_impl",
+           "onednn_used", "resolved_impl", "set_impl", "set_onednn", "use_impl",
            "use_onednn"]
 
 

@@ -1,4 +1,4 @@
-"""jackpot_jax.onednn: oneDNN's weight gradient as an XLA custom call, against float64 numpy."""
+"""jackpot_jax.onednn: oneDNN's convolutions as XLA custom calls, against float64 numpy."""
 
 import importlib.metadata
 
@@ -22,7 +22,7 @@ def _installed() -> bool:
 
 
 needs_onednn = pytest.mark.skipif(not onednn.available(),
-                                  reason=f"oneDNN weight gradient: {onednn.unavailable_reason()}")
+                                  reason=f"oneDNN convolutions: {onednn.unavailable_reason()}")
 
 
 @pytest.mark.skipif(not (_installed() and onednn._compiler()),
@@ -32,18 +32,44 @@ def test_available_when_installed():
     assert onednn.available(), onednn.unavailable_reason()
 
 
-def _reference(x, g, kh, kw, strides, pads):
-    """dL/dw of the NHWC/HWIO cross-correlation, in float64, one kernel tap at a time."""
-    x = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
-    g = np.asarray(g, np.float64)
-    ho, wo = g.shape[1:3]
-    dw = np.zeros((kh, kw, x.shape[3], g.shape[3]))
+def _taps(kh, kw, ho, wo, strides):
+    """Index windows of the zero-padded input that each kernel tap (i, j) sees."""
     for i in range(kh):
         for j in range(kw):
-            window = x[:, i:i + (ho - 1) * strides[0] + 1:strides[0],
-                       j:j + (wo - 1) * strides[1] + 1:strides[1]]
-            dw[i, j] = np.einsum("nhwc,nhwo->co", window, g)
+            yield i, j, (slice(None), slice(i, i + (ho - 1) * strides[0] + 1, strides[0]),
+                         slice(j, j + (wo - 1) * strides[1] + 1, strides[1]))
+
+
+def _padded(x, pads):
+    return np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def _reference(x, g, kh, kw, strides, pads):
+    """dL/dw of the NHWC/HWIO cross-correlation, in float64, one kernel tap at a time."""
+    x, g = _padded(x, pads), np.asarray(g, np.float64)
+    dw = np.zeros((kh, kw, x.shape[3], g.shape[3]))
+    for i, j, window in _taps(kh, kw, *g.shape[1:3], strides):
+        dw[i, j] = np.einsum("nhwc,nhwo->co", x[window], g)
     return dw
+
+
+def _reference_forward(x, w, ho, wo, strides, pads):
+    """The NHWC/HWIO cross-correlation itself, in float64, one kernel tap at a time."""
+    x, w = _padded(x, pads), np.asarray(w, np.float64)
+    y = np.zeros((x.shape[0], ho, wo, w.shape[3]))
+    for i, j, window in _taps(*w.shape[:2], ho, wo, strides):
+        y += np.einsum("nhwc,co->nhwo", x[window], w[i, j])
+    return y
+
+
+def _reference_input_grad(g, w, x_shape, strides, pads):
+    """dL/dx: each tap's share of g scattered back into the padded input, then cropped."""
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    n, h, wd, c = x_shape
+    dx = np.zeros((n, h + sum(pads[0]), wd + sum(pads[1]), c))
+    for i, j, window in _taps(*w.shape[:2], *g.shape[1:3], strides):
+        dx[window] += np.einsum("nhwo,co->nhwc", g, w[i, j])
+    return dx[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + wd]
 
 
 @needs_onednn
@@ -53,17 +79,28 @@ def _reference(x, g, kh, kw, strides, pads):
     (3, 12, 12, 8, 12, (5, 5), (1, 1), ((0, 0), (0, 0))),   # VALID, 5x5
     (1, 11, 9, 36, 5, (5, 5), (2, 1), ((2, 1), (0, 3))),    # explicit, uneven strides
     (3, 8, 8, 64, 32, (1, 1), (2, 2), ((0, 0), (0, 0))),    # 1x1, stride 2
+    (2, 10, 10, 3, 6, (3, 3), (1, 1), ((1, 1), (1, 1))),    # 3 input channels (first layers)
+    (3, 9, 8, 1, 4, (5, 5), (1, 1), ((0, 0), (0, 0))),      # 1 input channel, 5x5 VALID
 ])
-def test_weight_grad_matches_float64(n, h, w, c, o, k, strides, pads):
+def test_convolutions_match_float64(n, h, w, c, o, k, strides, pads):
     rng = np.random.default_rng(n * 100 + c)
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    kernel = rng.standard_normal((*k, c, o)).astype(np.float32)
     ho = (h + sum(pads[0]) - k[0]) // strides[0] + 1
     wo = (w + sum(pads[1]) - k[1]) // strides[1] + 1
+    assert onednn.output_shape(x.shape, kernel.shape, strides, pads) == (n, ho, wo, o)
     g = rng.standard_normal((n, ho, wo, o)).astype(np.float32)
-    got = np.asarray(jax.jit(lambda x, g: onednn.weight_grad(x, g, (*k, c, o), strides, pads))(
-        x, g))
-    want = _reference(x, g, *k, strides, pads)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    got = jax.jit(lambda x, kernel, g: (
+        onednn.forward(x, kernel, strides, pads),
+        onednn.input_grad(g, kernel, x.shape, strides, pads),
+        onednn.weight_grad(x, g, kernel.shape, strides, pads)))(x, kernel, g)
+    wants = (_reference_forward(x, kernel, ho, wo, strides, pads),
+             _reference_input_grad(g, kernel, x.shape, strides, pads),
+             _reference(x, g, *k, strides, pads))
+    for name, value, want in zip(("forward", "input gradient", "weight gradient"), got, wants):
+        assert value.shape == want.shape, name
+        np.testing.assert_allclose(np.asarray(value), want, rtol=1e-5,
+                                   atol=1e-5 * np.abs(want).max(), err_msg=name)
 
 
 @needs_onednn
@@ -75,37 +112,38 @@ def test_explicit_conv_uses_it_and_the_switch_turns_it_off():
     def loss(w, x):
         return jnp.sum(jnp.sin(ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)))))
 
-    grads, hlo = {}, {}
+    results, hlo = {}, {}
     for mode in ("auto", "off"):
         with ops.use_impl("explicit"), ops.use_onednn(mode):
-            fn = jax.jit(jax.grad(loss))          # a fresh jit: the switch is read at trace
+            fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))   # switch read at trace
             hlo[mode] = fn.lower(w, x).compile().as_text()
-            grads[mode] = np.asarray(fn(w, x))
-            assert ops.onednn_weight_grad_used() == (mode == "auto")
-    assert onednn.TARGET in hlo["auto"] and onednn.TARGET not in hlo["off"]
+            results[mode] = jax.tree.map(np.asarray, fn(w, x))
+            assert ops.onednn_used() == (mode == "auto")
+    for target in onednn.TARGETS:    # forward, input and weight gradients: all three
+        assert target in hlo["auto"] and target not in hlo["off"], target
     with ops.use_impl("xla"):
-        grads["xla"] = np.asarray(jax.jit(jax.grad(loss))(w, x))
-    scale = np.abs(grads["xla"]).max()
-    np.testing.assert_allclose(grads["auto"], grads["xla"], rtol=1e-5, atol=1e-5 * scale)
-    np.testing.assert_allclose(grads["off"], grads["xla"], rtol=1e-5, atol=1e-5 * scale)
+        want = jax.tree.map(np.asarray, jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(w, x))
+    for mode in ("auto", "off"):
+        for got, ref in zip(jax.tree.leaves(results[mode]), jax.tree.leaves(want)):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert onednn.last_implementation()          # oneDNN names the kernel it chose
 
 
 def test_not_for_bfloat16_and_bad_mode():
-    assert not ops.onednn_weight_grad_used(jnp.bfloat16)
+    assert not ops.onednn_used(jnp.bfloat16)
     with pytest.raises(ValueError, match="oneDNN mode 'on'; expected one of"):
         ops.set_onednn("on")
 
 
 def test_not_used_with_several_devices():
     # Sharded over two CPU devices, a custom call without a sharding rule would compute each
-    # device's part of the batch only: the weight gradients must stay XLA's there.
+    # device's part of the batch only: the convolutions must stay XLA's there.
     proc = python_script(
         "import os\n"
         "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
         "import jax\n"
         "from jackpot_jax import ops\n"
-        "print(jax.device_count(), ops.onednn_weight_grad_used())\n")
+        "print(jax.device_count(), ops.onednn_used())\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-2:] == ["2", "False"]
 
@@ -121,7 +159,7 @@ def test_opt_out_is_reported():
         env_update={"JACKPOT_JAX_ONEDNN": "0"})
     assert proc.returncode == 0, proc.stderr
     assert "False | JACKPOT_JAX_ONEDNN=0" in proc.stdout
-    assert "raised jackpot_jax.onednn.weight_grad: JACKPOT_JAX_ONEDNN=0" in proc.stdout
+    assert "raised jackpot_jax.onednn: JACKPOT_JAX_ONEDNN=0" in proc.stdout
 
 
 def test_lax_reference_agrees_with_the_helper():

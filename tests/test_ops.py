@@ -9,7 +9,7 @@ import optax
 import pytest
 from jax import lax
 
-from jackpot_jax import engine, models, ops
+from jackpot_jax import engine, models, onednn, ops
 from jackpot_jax import sparsity as sp
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -29,9 +29,14 @@ CASES = [(kernel, stride, padding)
          for kernel in (1, 5) for stride in (1, 2)
          for padding in ("SAME", "VALID", ((2, 1), (0, 2)))]
 
+# The explicit path with oneDNN's convolutions ('auto', where it is installed) and without.
+ONEDNN_MODES = ["off", pytest.param("auto", marks=pytest.mark.skipif(
+    not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}"))]
 
+
+@pytest.mark.parametrize("onednn_mode", ONEDNN_MODES)
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_explicit_conv_equals_lax_in_value_and_both_gradients(case):
+def test_explicit_conv_equals_lax_in_value_and_both_gradients(case, onednn_mode):
     kernel, stride, padding = CASES[case]
     batch = (1, 3)[case % 2]   # each kernel/stride/padding with one batch size, both covered
     # 1 and 4 input channels: the im2col weight gradient for every kernel here but 5x5x4,
@@ -47,7 +52,7 @@ def test_explicit_conv_equals_lax_in_value_and_both_gradients(case):
         return lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN)
 
     def ours(x, k):
-        with ops.use_impl("explicit"):
+        with ops.use_impl("explicit"), ops.use_onednn(onednn_mode):
             return ops.conv_general_dilated(x, k, (stride, stride), padding,
                                             dimension_numbers=DN)
 
@@ -200,12 +205,13 @@ NETS = {  # small networks: LeNet-5 (5x5 VALID convs, max-pool), ResNet-8 (strid
 _STEPS = {}
 
 
-def _search_update(name, impl, compute_dtype="float32"):
+def _search_update(name, impl, compute_dtype="float32", onednn_mode="auto"):
     """Scores after one search step of `engine.make_train_step` (SGD lr 1, no momentum):
-    old - new is the score gradient. Cached: each (network, switch, dtype) compiles once."""
-    key = (name, impl, compute_dtype)
+    old - new is the score gradient. Cached: each (network, switches, dtype) compiles once."""
+    key = (name, impl, compute_dtype, onednn_mode)
     if key not in _STEPS:
-        _STEPS[key] = _run_search_step(name, impl, compute_dtype)
+        with ops.use_onednn(onednn_mode):
+            _STEPS[key] = _run_search_step(name, impl, compute_dtype)
     return _STEPS[key]
 
 
@@ -235,9 +241,10 @@ def _run_search_step(name, impl, compute_dtype):
     return scores, new, metrics
 
 
+@pytest.mark.parametrize("onednn_mode", ONEDNN_MODES)
 @pytest.mark.parametrize("name", list(NETS))
-def test_search_step_score_gradients_agree_with_and_without_the_fast_path(name):
-    old, fast, _ = _search_update(name, "explicit")
+def test_search_step_score_gradients_agree_with_and_without_the_fast_path(name, onednn_mode):
+    old, fast, _ = _search_update(name, "explicit", onednn_mode=onednn_mode)
     _, plain, _ = _search_update(name, "xla")
     g_fast = jax.tree.map(jnp.subtract, old, fast.trainable)
     g_plain = jax.tree.map(jnp.subtract, old, plain.trainable)

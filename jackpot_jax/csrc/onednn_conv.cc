@@ -1,9 +1,11 @@
-// jackpot_jax: the weight gradient of a 2-D convolution by oneDNN, as an XLA FFI handler.
+// jackpot_jax: 2-D convolutions by oneDNN, as XLA FFI handlers (forward, input gradient,
+// weight gradient).
 //
-// x: (N, H, W, C) activations, g: (N, Ho, Wo, O) output gradient, dw: (KH, KW, C, O) result;
-// strides and explicit padding as attributes. oneDNN reads x and g in place (NHWC strides),
-// chooses its own layout for the weight gradient and reorders it into HWIO. Primitives are
-// built once per shape and cached. Built and loaded by jackpot_jax/onednn.py.
+// Layouts: activations x (N, H, W, C) and output-side tensors y, g (N, Ho, Wo, O) are NHWC,
+// the kernel w (KH, KW, C, O) is HWIO; strides and explicit padding are attributes. oneDNN
+// reads and writes the activations in place (NHWC strides); the kernel is reordered into the
+// layout oneDNN chose for it (forward, input gradient) or from it (weight gradient). The
+// primitives are built once per shape and cached. Built and loaded by jackpot_jax/onednn.py.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -18,18 +20,23 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+enum Kind : int64_t { kForward = 0, kInputGrad = 1, kWeightGrad = 2 };
+
 struct Primitives {
-  dnnl_memory_desc_t src = nullptr, diff_dst = nullptr, diff_weights = nullptr;
-  const_dnnl_memory_desc_t diff_weights_impl = nullptr;  // owned by the primitive descriptor
+  // The user's layouts: x (NHWC), y or g (NHWC), w (HWIO).
+  dnnl_memory_desc_t x = nullptr, y = nullptr, w = nullptr;
+  const_dnnl_memory_desc_t w_impl = nullptr;  // oneDNN's kernel layout, owned by `pd`
   dnnl_primitive_desc_t pd = nullptr;
-  dnnl_primitive_t conv = nullptr, reorder = nullptr;
+  dnnl_primitive_t conv = nullptr, reorder = nullptr;  // reorder: w <-> w_impl, if they differ
   std::string impl;
 };
 
+// Key: kind, N, H, W, C, Ho, Wo, O, KH, KW, stride h, stride w, pad top, bottom, left, right.
+using Key = std::vector<int64_t>;
+
 std::mutex cache_mutex;  // guards `cache` and `last_impl`
-std::map<std::vector<int64_t>, std::unique_ptr<Primitives>>* cache =
-    new std::map<std::vector<int64_t>, std::unique_ptr<Primitives>>();
-std::string* last_impl = new std::string();  // oneDNN's kernel for the last shape built
+std::map<Key, std::unique_ptr<Primitives>>* cache = new std::map<Key, std::unique_ptr<Primitives>>();
+std::string* last_impl = new std::string();  // oneDNN's kernel for the last primitive built
 
 ffi::Error Failed(const char* what, dnnl_status_t status) {
   return ffi::Error(ffi::ErrorCode::kInternal,
@@ -37,9 +44,9 @@ ffi::Error Failed(const char* what, dnnl_status_t status) {
                         std::to_string(static_cast<int>(status)));
 }
 
-#define DNNL_OR_RETURN(call, what)                     \
-  do {                                                 \
-    dnnl_status_t status_ = (call);                    \
+#define DNNL_OR_RETURN(call, what)                             \
+  do {                                                         \
+    dnnl_status_t status_ = (call);                            \
     if (status_ != dnnl_success) return Failed(what, status_); \
   } while (0)
 
@@ -52,46 +59,56 @@ dnnl_engine_t Engine() {
   return engine;
 }
 
-// key: N, H, W, C, Ho, Wo, O, KH, KW, stride h, stride w, pad top, bottom, left, right
-ffi::Error Build(const std::vector<int64_t>& k, Primitives* p) {
-  const int64_t n = k[0], h = k[1], w = k[2], c = k[3], ho = k[4], wo = k[5], o = k[6],
-                kh = k[7], kw = k[8];
-  dnnl_dims_t src_dims = {n, c, h, w}, src_strides = {h * w * c, 1, w * c, c};
-  dnnl_dims_t dst_dims = {n, o, ho, wo}, dst_strides = {ho * wo * o, 1, wo * o, o};
+ffi::Error Build(const Key& k, Primitives* p) {
+  const int64_t kind = k[0], n = k[1], h = k[2], w = k[3], c = k[4], ho = k[5], wo = k[6],
+                o = k[7], kh = k[8], kw = k[9];
+  dnnl_dims_t x_dims = {n, c, h, w}, x_strides = {h * w * c, 1, w * c, c};
+  dnnl_dims_t y_dims = {n, o, ho, wo}, y_strides = {ho * wo * o, 1, wo * o, o};
   dnnl_dims_t w_dims = {o, c, kh, kw}, w_strides = {1, o, kw * c * o, c * o};  // HWIO
-  DNNL_OR_RETURN(dnnl_memory_desc_create_with_strides(&p->src, 4, src_dims, dnnl_f32,
-                                                      src_strides), "src descriptor");
-  DNNL_OR_RETURN(dnnl_memory_desc_create_with_strides(&p->diff_dst, 4, dst_dims, dnnl_f32,
-                                                      dst_strides), "diff_dst descriptor");
-  DNNL_OR_RETURN(dnnl_memory_desc_create_with_strides(&p->diff_weights, 4, w_dims, dnnl_f32,
-                                                      w_strides), "weights descriptor");
-  dnnl_memory_desc_t any_weights = nullptr;
-  DNNL_OR_RETURN(dnnl_memory_desc_create_with_tag(&any_weights, 4, w_dims, dnnl_f32,
-                                                  dnnl_format_tag_any), "weights descriptor");
-  dnnl_dims_t strides = {k[9], k[10]}, dilates = {0, 0};
-  dnnl_dims_t pad_l = {k[11], k[13]}, pad_r = {k[12], k[14]};
+  DNNL_OR_RETURN(dnnl_memory_desc_create_with_strides(&p->x, 4, x_dims, dnnl_f32, x_strides),
+                 "activation descriptor");
+  DNNL_OR_RETURN(dnnl_memory_desc_create_with_strides(&p->y, 4, y_dims, dnnl_f32, y_strides),
+                 "output descriptor");
+  DNNL_OR_RETURN(dnnl_memory_desc_create_with_strides(&p->w, 4, w_dims, dnnl_f32, w_strides),
+                 "kernel descriptor");
+  dnnl_memory_desc_t any_w = nullptr;
+  DNNL_OR_RETURN(dnnl_memory_desc_create_with_tag(&any_w, 4, w_dims, dnnl_f32,
+                                                  dnnl_format_tag_any), "kernel descriptor");
+  dnnl_dims_t strides = {k[10], k[11]}, dilates = {0, 0};
+  dnnl_dims_t pad_l = {k[12], k[14]}, pad_r = {k[13], k[15]};
+  // The forward descriptor is the primitive itself, or the hint the backward ones require.
   dnnl_primitive_desc_t fwd = nullptr;
-  DNNL_OR_RETURN(dnnl_convolution_forward_primitive_desc_create(
-                     &fwd, Engine(), dnnl_forward_training, dnnl_convolution_direct, p->src,
-                     any_weights, nullptr, p->diff_dst, strides, dilates, pad_l, pad_r, nullptr),
-                 "forward hint");
-  dnnl_status_t status = dnnl_convolution_backward_weights_primitive_desc_create(
-      &p->pd, Engine(), dnnl_convolution_direct, p->src, any_weights, nullptr, p->diff_dst,
-      strides, dilates, pad_l, pad_r, fwd, nullptr);
-  dnnl_primitive_desc_destroy(fwd);
-  dnnl_memory_desc_destroy(any_weights);
-  if (status != dnnl_success) return Failed("backward-weights descriptor", status);
+  dnnl_status_t status = dnnl_convolution_forward_primitive_desc_create(
+      &fwd, Engine(), dnnl_forward_training, dnnl_convolution_direct, p->x, any_w, nullptr,
+      p->y, strides, dilates, pad_l, pad_r, nullptr);
+  if (status == dnnl_success && kind == kForward) {
+    p->pd = fwd;
+    fwd = nullptr;
+  } else if (status == dnnl_success && kind == kInputGrad) {
+    status = dnnl_convolution_backward_data_primitive_desc_create(
+        &p->pd, Engine(), dnnl_convolution_direct, p->x, any_w, p->y, strides, dilates, pad_l,
+        pad_r, fwd, nullptr);
+  } else if (status == dnnl_success) {
+    status = dnnl_convolution_backward_weights_primitive_desc_create(
+        &p->pd, Engine(), dnnl_convolution_direct, p->x, any_w, nullptr, p->y, strides,
+        dilates, pad_l, pad_r, fwd, nullptr);
+  }
+  if (fwd != nullptr) dnnl_primitive_desc_destroy(fwd);
+  dnnl_memory_desc_destroy(any_w);
+  if (status != dnnl_success) return Failed("convolution descriptor", status);
   const char* impl = nullptr;
   if (dnnl_primitive_desc_query(p->pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
       impl != nullptr)
     p->impl = impl;
-  p->diff_weights_impl = dnnl_primitive_desc_query_md(p->pd, dnnl_query_diff_weights_md, 0);
-  DNNL_OR_RETURN(dnnl_primitive_create(&p->conv, p->pd), "backward-weights primitive");
-  if (!dnnl_memory_desc_equal(p->diff_weights_impl, p->diff_weights)) {
+  p->w_impl = dnnl_primitive_desc_query_md(
+      p->pd, kind == kWeightGrad ? dnnl_query_diff_weights_md : dnnl_query_weights_md, 0);
+  DNNL_OR_RETURN(dnnl_primitive_create(&p->conv, p->pd), "convolution primitive");
+  if (!dnnl_memory_desc_equal(p->w_impl, p->w)) {
+    const_dnnl_memory_desc_t from = kind == kWeightGrad ? p->w_impl : p->w;
+    const_dnnl_memory_desc_t to = kind == kWeightGrad ? p->w : p->w_impl;
     dnnl_primitive_desc_t rpd = nullptr;
-    DNNL_OR_RETURN(dnnl_reorder_primitive_desc_create(&rpd, p->diff_weights_impl, Engine(),
-                                                      p->diff_weights, Engine(), nullptr),
-                   "reorder descriptor");
+    DNNL_OR_RETURN(dnnl_reorder_primitive_desc_create(&rpd, from, Engine(), to, Engine(),
+                                                      nullptr), "reorder descriptor");
     status = dnnl_primitive_create(&p->reorder, rpd);
     dnnl_primitive_desc_destroy(rpd);
     if (status != dnnl_success) return Failed("reorder primitive", status);
@@ -99,20 +116,21 @@ ffi::Error Build(const std::vector<int64_t>& k, Primitives* p) {
   return ffi::Error::Success();
 }
 
-ffi::Error WeightGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                      ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h, int64_t stride_w,
-                      int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                      int64_t pad_right) {
+// Runs the convolution of `kind`. x, y: the NHWC activation and output-side buffers, read or
+// written according to kind; w: the HWIO kernel (read, or written by the weight gradient).
+ffi::Error Run(Kind kind, void* x, void* y, void* w, ffi::Span<const int64_t> xd,
+               ffi::Span<const int64_t> yd, ffi::Span<const int64_t> wd, int64_t stride_h,
+               int64_t stride_w, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+               int64_t pad_right) {
   if (Engine() == nullptr)
     return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN: no CPU engine");
-  auto xd = x.dimensions(), gd = g.dimensions(), wd = dw->dimensions();
-  if (xd.size() != 4 || gd.size() != 4 || wd.size() != 4 || gd[0] != xd[0] ||
-      wd[2] != xd[3] || wd[3] != gd[3])
+  if (xd.size() != 4 || yd.size() != 4 || wd.size() != 4 || yd[0] != xd[0] ||
+      wd[2] != xd[3] || wd[3] != yd[3])
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "onednn weight gradient: expected x (N,H,W,C), g (N,Ho,Wo,O), "
-                      "dw (KH,KW,C,O)");
-  std::vector<int64_t> key = {xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], wd[0], wd[1],
-                              stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right};
+                      "onednn convolution: expected activations (N,H,W,C), outputs "
+                      "(N,Ho,Wo,O) and a kernel (KH,KW,C,O)");
+  Key key = {kind,  xd[0],    xd[1],    xd[2],      xd[3],   yd[1],    yd[2],    yd[3],
+             wd[0], wd[1], stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right};
   Primitives* p = nullptr;
   {
     std::lock_guard<std::mutex> lock(cache_mutex);
@@ -128,47 +146,84 @@ ffi::Error WeightGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
   }
   dnnl_stream_t stream = nullptr;
   DNNL_OR_RETURN(dnnl_stream_create(&stream, Engine(), dnnl_stream_default_flags), "stream");
-  dnnl_memory_t src = nullptr, diff_dst = nullptr, out = nullptr, tmp = nullptr;
-  dnnl_status_t status = dnnl_memory_create(&src, p->src, Engine(), x.typed_data());
-  if (status == dnnl_success)
-    status = dnnl_memory_create(&diff_dst, p->diff_dst, Engine(), g.typed_data());
-  if (status == dnnl_success)
-    status = dnnl_memory_create(&out, p->diff_weights, Engine(), dw->typed_data());
+  dnnl_memory_t mx = nullptr, my = nullptr, mw = nullptr, mw_impl = nullptr;
+  dnnl_status_t status = dnnl_memory_create(&mx, p->x, Engine(), x);
+  if (status == dnnl_success) status = dnnl_memory_create(&my, p->y, Engine(), y);
+  if (status == dnnl_success) status = dnnl_memory_create(&mw, p->w, Engine(), w);
   if (status == dnnl_success && p->reorder != nullptr)
-    status = dnnl_memory_create(&tmp, p->diff_weights_impl, Engine(), DNNL_MEMORY_ALLOCATE);
+    status = dnnl_memory_create(&mw_impl, p->w_impl, Engine(), DNNL_MEMORY_ALLOCATE);
+  dnnl_memory_t kernel = mw_impl != nullptr ? mw_impl : mw;
+  if (status == dnnl_success && p->reorder != nullptr && kind != kWeightGrad) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, mw_impl}};
+    status = dnnl_primitive_execute(p->reorder, stream, 2, args);
+  }
   if (status == dnnl_success) {
-    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
-                               {DNNL_ARG_DIFF_WEIGHTS, tmp != nullptr ? tmp : out}};
+    dnnl_exec_arg_t args[3];
+    if (kind == kForward) {
+      args[0] = {DNNL_ARG_SRC, mx}, args[1] = {DNNL_ARG_WEIGHTS, kernel};
+      args[2] = {DNNL_ARG_DST, my};
+    } else if (kind == kInputGrad) {
+      args[0] = {DNNL_ARG_DIFF_DST, my}, args[1] = {DNNL_ARG_WEIGHTS, kernel};
+      args[2] = {DNNL_ARG_DIFF_SRC, mx};
+    } else {
+      args[0] = {DNNL_ARG_SRC, mx}, args[1] = {DNNL_ARG_DIFF_DST, my};
+      args[2] = {DNNL_ARG_DIFF_WEIGHTS, kernel};
+    }
     status = dnnl_primitive_execute(p->conv, stream, 3, args);
   }
-  if (status == dnnl_success && p->reorder != nullptr) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, tmp}, {DNNL_ARG_TO, out}};
+  if (status == dnnl_success && p->reorder != nullptr && kind == kWeightGrad) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mw_impl}, {DNNL_ARG_TO, mw}};
     status = dnnl_primitive_execute(p->reorder, stream, 2, args);
   }
   if (status == dnnl_success) status = dnnl_stream_wait(stream);
-  for (dnnl_memory_t m : {src, diff_dst, out, tmp})
+  for (dnnl_memory_t m : {mx, my, mw, mw_impl})
     if (m != nullptr) dnnl_memory_destroy(m);
   dnnl_stream_destroy(stream);
-  if (status != dnnl_success) return Failed("backward-weights execution", status);
+  if (status != dnnl_success) return Failed("convolution execution", status);
   return ffi::Error::Success();
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error Forward(F32 x, F32 w, F32Out y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                   int64_t pl, int64_t pr) {
+  return Run(kForward, x.untyped_data(), y->untyped_data(), w.untyped_data(), x.dimensions(),
+             y->dimensions(), w.dimensions(), sh, sw, pt, pb, pl, pr);
+}
+
+ffi::Error InputGrad(F32 g, F32 w, F32Out dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                     int64_t pl, int64_t pr) {
+  return Run(kInputGrad, dx->untyped_data(), g.untyped_data(), w.untyped_data(),
+             dx->dimensions(), g.dimensions(), w.dimensions(), sh, sw, pt, pb, pl, pr);
+}
+
+ffi::Error WeightGrad(F32 x, F32 g, F32Out dw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                      int64_t pl, int64_t pr) {
+  return Run(kWeightGrad, x.untyped_data(), g.untyped_data(), dw->untyped_data(),
+             x.dimensions(), g.dimensions(), dw->dimensions(), sh, sw, pt, pb, pl, pr);
 }
 
 }  // namespace
 
-// The implementation oneDNN chose for the last shape built ("" if none): for logs and tests.
+// The implementation oneDNN chose for the last primitive built ("" if none): for logs, tests.
 extern "C" const char* JjOnednnLastImpl() {
   std::lock_guard<std::mutex> lock(cache_mutex);
   return last_impl->c_str();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JjOnednnWeightGrad, WeightGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right"));
+#define JJ_CONV_BINDING \
+  ffi::Ffi::Bind() \
+      .Arg<F32>() \
+      .Arg<F32>() \
+      .Ret<F32>() \
+      .Attr<int64_t>("stride_h") \
+      .Attr<int64_t>("stride_w") \
+      .Attr<int64_t>("pad_top") \
+      .Attr<int64_t>("pad_bottom") \
+      .Attr<int64_t>("pad_left") \
+      .Attr<int64_t>("pad_right")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JjOnednnForward, Forward, JJ_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JjOnednnInputGrad, InputGrad, JJ_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JjOnednnWeightGrad, WeightGrad, JJ_CONV_BINDING);
