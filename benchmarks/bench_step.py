@@ -396,13 +396,6 @@ def _load() -> str:
         return "unknown"
 
 
-def _onednn_state() -> str:
-    from jackpot_jax import onednn
-    if ops.onednn_used():
-        return "on where the explicit path runs in float32"
-    return f"off ({onednn.unavailable_reason() or 'switched off, or not the CPU'})"
-
-
 def device_name() -> str:
     d = jax.devices()[0]
     if d.platform == "cpu":
@@ -463,7 +456,7 @@ def main(argv=None):
     print(f"median of {args.rounds} rounds x {args.steps} steps per side (sides in turn) after "
           f"{args.warmup} warm-up steps, synthetic data, "
           f"dtype {args.dtype}, {SPARSITY:.0%} sparsity; jackpot_jax.ops: {ops.get_impl()} "
-          f"(-> {ops.resolved_impl()}); oneDNN convolutions: {_onednn_state()}; "
+          f"(-> {ops.resolved_impl()}); {ops.describe(args.dtype)}; "
           f"torch mask: {TORCH_MASK}; threads: XLA:CPU "
           f"{os.cpu_count()} (every core), torch {args.threads} (OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}); "

@@ -129,6 +129,26 @@ def onednn_used(dtype=jnp.float32) -> bool:
     return onednn.available()
 
 
+def describe(dtype=jnp.float32) -> str:
+    """One line saying which convolutions a step traced now (in ``dtype``) runs, and why
+    oneDNN's are not used where they are not (the CLI prints it at the start of a run)."""
+    backend, name = jax.default_backend(), jnp.dtype(dtype).name
+    if resolved_impl() == "xla":
+        return f"convolutions: XLA's ({backend}, {name})"
+    if onednn_used(dtype):
+        return f"convolutions: oneDNN's ({backend}, {name})"
+    from jackpot_jax import onednn
+    if _onednn == "off":
+        why = "switched off (ops.set_onednn)"
+    elif backend != "cpu" or name != "float32":
+        why = "used on the CPU in float32 only"
+    elif jax.device_count() != 1:
+        why = f"used with one device only ({jax.device_count()} here)"
+    else:
+        why = onednn.unavailable_reason()
+    return f"convolutions: XLA's ({backend}, {name}; oneDNN: {why})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Convolution
 # ---------------------------------------------------------------------------------------------
@@ -339,8 +359,8 @@ _pool.defvjp(_pool_fwd, _pool_bwd)
 
 
 __all__ = ["AUTO", "IMPLS", "ONEDNN_MODES", "channel_moments", "conv2d",
-           "conv_general_dilated", "fusion_barrier", "get_impl", "max_pool", "normalize",
-           "onednn_used", "resolved_impl", "set_impl", "set_onednn", "use_impl",
+           "conv_general_dilated", "describe", "fusion_barrier", "get_impl", "max_pool",
+           "normalize", "onednn_used", "resolved_impl", "set_impl", "set_onednn", "use_impl",
            "use_onednn"]
 
 

@@ -26,6 +26,7 @@ from jackpot_jax import modes
 from jackpot_jax import ops
 from jackpot_jax import resume
 from jackpot_jax import sparsity as sp
+from jackpot_jax import utils
 from jackpot_jax.criteria import WARMUPS
 from jackpot_jax.errors import ConfigError
 
@@ -108,4 +109,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init_distributed(config)
     workdir = os.path.abspath(workdir)
     resume.prepare_workdir(config, workdir)
+    utils.log(ops.describe(config.get("compute_dtype", "float32")))
     return RUNNERS[config.mode](config, workdir)

@@ -127,10 +127,18 @@ def test_explicit_conv_uses_it_and_the_switch_turns_it_off():
         for got, ref in zip(jax.tree.leaves(results[mode]), jax.tree.leaves(want)):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert onednn.last_implementation()          # oneDNN names the kernel it chose
+    assert ops.describe() == "convolutions: oneDNN's (cpu, float32)"
 
 
 def test_not_for_bfloat16_and_bad_mode():
     assert not ops.onednn_used(jnp.bfloat16)
+    assert ops.describe(jnp.bfloat16) == (
+        "convolutions: XLA's (cpu, bfloat16; oneDNN: used on the CPU in float32 only)")
+    with ops.use_onednn("off"):
+        assert ops.describe() == (
+            "convolutions: XLA's (cpu, float32; oneDNN: switched off (ops.set_onednn))")
+    with ops.use_impl("xla"):
+        assert ops.describe() == "convolutions: XLA's (cpu, float32)"
     with pytest.raises(ValueError, match="oneDNN mode 'on'; expected one of"):
         ops.set_onednn("on")
 
@@ -151,7 +159,9 @@ def test_not_used_with_several_devices():
 def test_opt_out_is_reported():
     proc = python_script(
         "from jackpot_jax import onednn\n"
+        "from jackpot_jax import ops\n"
         "print(onednn.available(), '|', onednn.unavailable_reason())\n"
+        "print(ops.describe())\n"
         "try:\n"
         "    onednn.weight_grad(None, None, (1, 1, 1, 1), (1, 1), ((0, 0), (0, 0)))\n"
         "except RuntimeError as err:\n"
@@ -159,6 +169,7 @@ def test_opt_out_is_reported():
         env_update={"JACKPOT_JAX_ONEDNN": "0"})
     assert proc.returncode == 0, proc.stderr
     assert "False | JACKPOT_JAX_ONEDNN=0" in proc.stdout
+    assert "convolutions: XLA's (cpu, float32; oneDNN: JACKPOT_JAX_ONEDNN=0)" in proc.stdout
     assert "raised jackpot_jax.onednn: JACKPOT_JAX_ONEDNN=0" in proc.stdout
 
 
