@@ -15,8 +15,9 @@ convolution's training work,
 
 each a jitted function of `jackpot_jax.ops.conv2d` (its `jax.vjp` for the gradients, of which
 XLA keeps only the one asked for) under ``--conv``: ``explicit`` (the CPU path with XLA's
-weight gradient), ``onednn`` (the same with oneDNN's weight gradient, `jackpot_jax.onednn`,
-the CPU default where it is installed) and/or ``xla`` (XLA's own gradients); and PyTorch's `torch.nn.functional.conv2d` / `aten.convolution_backward` with
+kernels, oneDNN switched off), ``onednn`` (the same with oneDNN's convolutions,
+`jackpot_jax.onednn`: the CPU default where it is installed) and/or ``xla`` (XLA's own
+gradients); and PyTorch's `torch.nn.functional.conv2d` / `aten.convolution_backward` with
 only that gradient requested. The sides take turns in rounds (as in bench_step.py); medians.
 The table gives ms and GFLOP/s of each, the ratio (torch ms / jax ms; above 1: jackpot_jax
 faster) and, weighted by how many such convolutions one ResNet-32x2 step runs (10, 9 and 9:
