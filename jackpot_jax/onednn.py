@@ -3,11 +3,11 @@
 XLA:CPU's own convolutions were the slow part of a ResNet-32x2 search step on 2 CPU cores
 (batch 128, float32, `benchmarks/bench_conv.py`): its weight gradient is an Eigen contraction
 over the image patches of a whole-feature-map window, after transposing the activations to
-batch-minor (2.8x, 2.4x and 1.3x as long as oneDNN's direct kernel on the three stages), and
-its forward and input-gradient convolutions took 1.5x as long as oneDNN's on NHWC data. This
-module compiles a small XLA FFI handler (``csrc/onednn_conv.cc``) that runs oneDNN's
-convolution forward, backward-data and backward-weights primitives on the NHWC activations in
-place, and registers it with JAX. `jackpot_jax.ops.conv2d` uses it for the explicit path's
+batch-minor (2.3-2.8x as long as oneDNN's direct kernel on the first two stages, 1.5x on
+the third), and its forward and input-gradient convolutions took 1.1-1.4x as long as
+oneDNN's on NHWC data. This module compiles a small XLA FFI handler (``csrc/onednn_conv.cc``)
+that runs oneDNN's convolution forward, backward-data and backward-weights primitives on the
+NHWC activations in place, and registers it with JAX. `jackpot_jax.ops.conv2d` uses it for the explicit path's
 convolutions when `available()`.
 
 It is optional. It needs
