@@ -70,7 +70,10 @@ def _compare(torch, net, arch, ckpt_dir, x, hooks):
     ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   module, variables = checkpoint.load_model(ckpt_dir)
   logits = np.asarray(module.apply(variables, x, train=False))
-  np.testing.assert_allclose(logits, ref, atol=ATOL, rtol=0)
+  # Float32 rounding grows with depth and magnitude (ResNet-50's logits reach ~8 here, and
+  # the CPU convolutions may be oneDNN's or XLA's): the tolerance scales as for the blocks.
+  scale = max(1.0, float(np.abs(ref).max()))
+  np.testing.assert_allclose(logits, ref, atol=ATOL * scale, rtol=0)
   blocks = models.block_outputs(module, variables, x)
   assert set(hooks) <= set(blocks)
   for key in hooks:

@@ -186,3 +186,45 @@ def test_lax_reference_agrees_with_the_helper():
         precision=lax.Precision.HIGHEST), w)[1](g)[0]
     np.testing.assert_allclose(_reference(x, g, 3, 3, (2, 2), pads), dw, rtol=1e-5, atol=1e-5)
 
+
+
+@needs_onednn
+def test_concurrent_calls_from_several_threads():
+    # XLA runs independent custom calls at once, from any of its threads; user code may call
+    # a jitted function from several threads too. Every result must still be exact: oneDNN's
+    # scratchpads are per calling thread here, never shared by two running primitives.
+    import concurrent.futures
+    rng = np.random.default_rng(5)
+    shapes = [((8, 16, 16, 32), (3, 3, 32, 32)), ((8, 8, 8, 64), (3, 3, 64, 48)),
+              ((8, 16, 16, 32), (3, 3, 32, 32)), ((4, 12, 12, 20), (5, 5, 20, 50))]
+    xs = [jnp.asarray(rng.standard_normal(xs_), jnp.float32) for xs_, _ in shapes]
+    ws = [jnp.asarray(rng.standard_normal(ws_) * 0.1, jnp.float32) for _, ws_ in shapes]
+    pads = ((1, 1), (1, 1))
+
+    def many(xs, ws):   # independent forward, input and weight gradients of every layer
+        out = []
+        for x, w in zip(xs, ws):
+            p = pads if w.shape[0] == 3 else ((0, 0), (0, 0))
+            y = onednn.forward(x, w, (1, 1), p)
+            out += [y, onednn.input_grad(y, w, x.shape, (1, 1), p),
+                    onednn.weight_grad(x, y, w.shape, (1, 1), p)]
+        return out
+
+    def reference(xs, ws):
+        out = []
+        for x, w in zip(xs, ws):
+            p = pads if w.shape[0] == 3 else ((0, 0), (0, 0))
+            fn = lambda x, w: lax.conv_general_dilated(  # noqa: E731
+                x, w, (1, 1), p, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=lax.Precision.HIGHEST)
+            y, vjp = jax.vjp(fn, x, w)
+            out += [y, *vjp(y)]
+        return out
+
+    want = [np.asarray(v) for v in jax.jit(reference)(xs, ws)]
+    fn = jax.jit(many)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: [np.asarray(v) for v in fn(xs, ws)], range(12)))
+    for got in results:
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())

@@ -6,7 +6,14 @@
 // reads and writes the activations in place (NHWC strides); the kernel is reordered into the
 // layout oneDNN chose for it (forward, input gradient) or from it (weight gradient). The
 // primitives are built once per shape and cached. Built and loaded by jackpot_jax/onednn.py.
+//
+// XLA calls a handler from any of its threads, several at once. oneDNN's default (library)
+// scratchpad is shared by the primitives of the thread that created them, so the primitives
+// here take a user scratchpad instead: a buffer per calling thread, grown on demand and
+// reused (oneDNN: user scratchpads make execution thread-safe as long as no two concurrent
+// executions share one).
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -28,6 +35,9 @@ struct Primitives {
   const_dnnl_memory_desc_t w_impl = nullptr;  // oneDNN's kernel layout, owned by `pd`
   dnnl_primitive_desc_t pd = nullptr;
   dnnl_primitive_t conv = nullptr, reorder = nullptr;  // reorder: w <-> w_impl, if they differ
+  const_dnnl_memory_desc_t scratch = nullptr, reorder_scratch = nullptr;  // owned by the pds
+  dnnl_primitive_desc_t reorder_pd = nullptr;
+  size_t scratch_bytes = 0;  // the larger of the two scratchpads
   std::string impl;
 };
 
@@ -59,6 +69,23 @@ dnnl_engine_t Engine() {
   return engine;
 }
 
+// The calling thread's scratchpad, at least `bytes` long (nullptr if it cannot be had).
+void* ThreadScratchpad(size_t bytes) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffer;
+  if (bytes > buffer.size) {
+    std::free(buffer.data);
+    size_t size = (bytes + 4095) / 4096 * 4096;
+    buffer.data = std::aligned_alloc(4096, size);
+    buffer.size = buffer.data != nullptr ? size : 0;
+  }
+  return buffer.data;
+}
+
 ffi::Error Build(const Key& k, Primitives* p) {
   const int64_t kind = k[0], n = k[1], h = k[2], w = k[3], c = k[4], ho = k[5], wo = k[6],
                 o = k[7], kh = k[8], kw = k[9];
@@ -76,43 +103,56 @@ ffi::Error Build(const Key& k, Primitives* p) {
                                                   dnnl_format_tag_any), "kernel descriptor");
   dnnl_dims_t strides = {k[10], k[11]}, dilates = {0, 0};
   dnnl_dims_t pad_l = {k[12], k[14]}, pad_r = {k[13], k[15]};
+  dnnl_primitive_attr_t attr = nullptr;
+  DNNL_OR_RETURN(dnnl_primitive_attr_create(&attr), "attributes");
+  dnnl_status_t status = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
   // The forward descriptor is the primitive itself, or the hint the backward ones require.
   dnnl_primitive_desc_t fwd = nullptr;
-  dnnl_status_t status = dnnl_convolution_forward_primitive_desc_create(
-      &fwd, Engine(), dnnl_forward_training, dnnl_convolution_direct, p->x, any_w, nullptr,
-      p->y, strides, dilates, pad_l, pad_r, nullptr);
+  if (status == dnnl_success)
+    status = dnnl_convolution_forward_primitive_desc_create(
+        &fwd, Engine(), dnnl_forward_training, dnnl_convolution_direct, p->x, any_w, nullptr,
+        p->y, strides, dilates, pad_l, pad_r, attr);
   if (status == dnnl_success && kind == kForward) {
     p->pd = fwd;
     fwd = nullptr;
   } else if (status == dnnl_success && kind == kInputGrad) {
     status = dnnl_convolution_backward_data_primitive_desc_create(
         &p->pd, Engine(), dnnl_convolution_direct, p->x, any_w, p->y, strides, dilates, pad_l,
-        pad_r, fwd, nullptr);
+        pad_r, fwd, attr);
   } else if (status == dnnl_success) {
     status = dnnl_convolution_backward_weights_primitive_desc_create(
         &p->pd, Engine(), dnnl_convolution_direct, p->x, any_w, nullptr, p->y, strides,
-        dilates, pad_l, pad_r, fwd, nullptr);
+        dilates, pad_l, pad_r, fwd, attr);
   }
   if (fwd != nullptr) dnnl_primitive_desc_destroy(fwd);
   dnnl_memory_desc_destroy(any_w);
-  if (status != dnnl_success) return Failed("convolution descriptor", status);
+  if (status != dnnl_success) {
+    dnnl_primitive_attr_destroy(attr);
+    return Failed("convolution descriptor", status);
+  }
   const char* impl = nullptr;
   if (dnnl_primitive_desc_query(p->pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
       impl != nullptr)
     p->impl = impl;
   p->w_impl = dnnl_primitive_desc_query_md(
       p->pd, kind == kWeightGrad ? dnnl_query_diff_weights_md : dnnl_query_weights_md, 0);
-  DNNL_OR_RETURN(dnnl_primitive_create(&p->conv, p->pd), "convolution primitive");
-  if (!dnnl_memory_desc_equal(p->w_impl, p->w)) {
+  p->scratch = dnnl_primitive_desc_query_md(p->pd, dnnl_query_scratchpad_md, 0);
+  p->scratch_bytes = dnnl_memory_desc_get_size(p->scratch);
+  status = dnnl_primitive_create(&p->conv, p->pd);
+  if (status == dnnl_success && !dnnl_memory_desc_equal(p->w_impl, p->w)) {
     const_dnnl_memory_desc_t from = kind == kWeightGrad ? p->w_impl : p->w;
     const_dnnl_memory_desc_t to = kind == kWeightGrad ? p->w : p->w_impl;
-    dnnl_primitive_desc_t rpd = nullptr;
-    DNNL_OR_RETURN(dnnl_reorder_primitive_desc_create(&rpd, from, Engine(), to, Engine(),
-                                                      nullptr), "reorder descriptor");
-    status = dnnl_primitive_create(&p->reorder, rpd);
-    dnnl_primitive_desc_destroy(rpd);
-    if (status != dnnl_success) return Failed("reorder primitive", status);
+    status = dnnl_reorder_primitive_desc_create(&p->reorder_pd, from, Engine(), to, Engine(),
+                                                attr);
+    if (status == dnnl_success) status = dnnl_primitive_create(&p->reorder, p->reorder_pd);
+    if (status == dnnl_success) {
+      p->reorder_scratch = dnnl_primitive_desc_query_md(p->reorder_pd, dnnl_query_scratchpad_md, 0);
+      size_t bytes = dnnl_memory_desc_get_size(p->reorder_scratch);
+      if (bytes > p->scratch_bytes) p->scratch_bytes = bytes;
+    }
   }
+  dnnl_primitive_attr_destroy(attr);
+  if (status != dnnl_success) return Failed("convolution or reorder primitive", status);
   return ffi::Error::Success();
 }
 
@@ -144,21 +184,33 @@ ffi::Error Run(Kind kind, void* x, void* y, void* w, ffi::Span<const int64_t> xd
     }
     p = it->second.get();
   }
+  void* scratch = nullptr;
+  if (p->scratch_bytes > 0 && (scratch = ThreadScratchpad(p->scratch_bytes)) == nullptr)
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "oneDNN: cannot allocate a " + std::to_string(p->scratch_bytes) +
+                          "-byte scratchpad");
   dnnl_stream_t stream = nullptr;
   DNNL_OR_RETURN(dnnl_stream_create(&stream, Engine(), dnnl_stream_default_flags), "stream");
   dnnl_memory_t mx = nullptr, my = nullptr, mw = nullptr, mw_impl = nullptr;
+  dnnl_memory_t conv_scratch = nullptr, reorder_scratch = nullptr;  // both on `scratch`
   dnnl_status_t status = dnnl_memory_create(&mx, p->x, Engine(), x);
   if (status == dnnl_success) status = dnnl_memory_create(&my, p->y, Engine(), y);
   if (status == dnnl_success) status = dnnl_memory_create(&mw, p->w, Engine(), w);
   if (status == dnnl_success && p->reorder != nullptr)
     status = dnnl_memory_create(&mw_impl, p->w_impl, Engine(), DNNL_MEMORY_ALLOCATE);
+  if (status == dnnl_success)
+    status = dnnl_memory_create(&conv_scratch, p->scratch, Engine(), scratch);
+  if (status == dnnl_success && p->reorder != nullptr)
+    status = dnnl_memory_create(&reorder_scratch, p->reorder_scratch, Engine(), scratch);
   dnnl_memory_t kernel = mw_impl != nullptr ? mw_impl : mw;
   if (status == dnnl_success && p->reorder != nullptr && kind != kWeightGrad) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, mw_impl}};
-    status = dnnl_primitive_execute(p->reorder, stream, 2, args);
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, mw_impl},
+                               {DNNL_ARG_SCRATCHPAD, reorder_scratch}};
+    status = dnnl_primitive_execute(p->reorder, stream, 3, args);
   }
   if (status == dnnl_success) {
-    dnnl_exec_arg_t args[3];
+    dnnl_exec_arg_t args[4];
+    args[3] = {DNNL_ARG_SCRATCHPAD, conv_scratch};
     if (kind == kForward) {
       args[0] = {DNNL_ARG_SRC, mx}, args[1] = {DNNL_ARG_WEIGHTS, kernel};
       args[2] = {DNNL_ARG_DST, my};
@@ -169,14 +221,15 @@ ffi::Error Run(Kind kind, void* x, void* y, void* w, ffi::Span<const int64_t> xd
       args[0] = {DNNL_ARG_SRC, mx}, args[1] = {DNNL_ARG_DIFF_DST, my};
       args[2] = {DNNL_ARG_DIFF_WEIGHTS, kernel};
     }
-    status = dnnl_primitive_execute(p->conv, stream, 3, args);
+    status = dnnl_primitive_execute(p->conv, stream, 4, args);
   }
   if (status == dnnl_success && p->reorder != nullptr && kind == kWeightGrad) {
-    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, mw_impl}, {DNNL_ARG_TO, mw}};
-    status = dnnl_primitive_execute(p->reorder, stream, 2, args);
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_FROM, mw_impl}, {DNNL_ARG_TO, mw},
+                               {DNNL_ARG_SCRATCHPAD, reorder_scratch}};
+    status = dnnl_primitive_execute(p->reorder, stream, 3, args);
   }
   if (status == dnnl_success) status = dnnl_stream_wait(stream);
-  for (dnnl_memory_t m : {mx, my, mw, mw_impl})
+  for (dnnl_memory_t m : {mx, my, mw, mw_impl, conv_scratch, reorder_scratch})
     if (m != nullptr) dnnl_memory_destroy(m);
   dnnl_stream_destroy(stream);
   if (status != dnnl_success) return Failed("convolution execution", status);
