@@ -31,7 +31,7 @@ CASES = [(kernel, stride, padding)
 
 # The explicit path with oneDNN's convolutions ('auto', where it is installed) and without.
 ONEDNN_MODES = ["off", pytest.param("auto", marks=pytest.mark.skipif(
-    not onednn.available(), reason=f"oneDNN: {onednn.unavailable_reason()}"))]
+    not ops.onednn_used(), reason=ops.describe()))]
 
 
 @pytest.mark.parametrize("onednn_mode", ONEDNN_MODES)
