@@ -37,6 +37,8 @@ import sysconfig
 import tempfile
 import threading
 
+import numpy as np
+
 # XLA custom-call targets -> the handler symbols in csrc/onednn_conv.cc.
 TARGETS = {"jackpot_jax_onednn_conv_forward": "JjOnednnForward",
            "jackpot_jax_onednn_conv_input_grad": "JjOnednnInputGrad",
@@ -153,6 +155,12 @@ def _call(target, out_shape, a, b, strides, pads):
     import jax.numpy as jnp
     if not available():
         raise RuntimeError(f"jackpot_jax.onednn: {unavailable_reason()}")
+    if (len(out_shape) != 4 or np.ndim(a) != 4 or np.ndim(b) != 4 or min(out_shape) < 1
+            or min(strides) < 1 or min(min(p) for p in pads) < 0):
+        raise ValueError(
+            f"jackpot_jax.onednn: arrays of shapes {np.shape(a)}, {np.shape(b)} -> "
+            f"{tuple(out_shape)}, strides {tuple(strides)}, padding {tuple(pads)}; expected "
+            "4-D NHWC/HWIO arrays, a non-empty output, strides >= 1 and padding >= 0")
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(
         a, b, stride_h=int(strides[0]), stride_w=int(strides[1]),
         pad_top=int(pads[0][0]), pad_bottom=int(pads[0][1]),

@@ -194,9 +194,12 @@ def conv2d(x, w, strides: Sequence[int] = (1, 1),
     backward pass described in the module docstring. Same values as lax; gradients equal up
     to float rounding."""
     # Whether oneDNN runs it is decided here, when the forward pass is traced (the backward
-    # pass is traced later, outside any `use_onednn` block).
-    dnnl = x.dtype == w.dtype and onednn_used(x.dtype)
-    return _conv(x, w, tuple(strides), tuple(tuple(p) for p in padding), precision, dnnl)
+    # pass is traced later, outside any `use_onednn` block). oneDNN takes no negative
+    # padding (cropping): such a layer keeps XLA's kernels.
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    dnnl = (x.dtype == w.dtype and min(min(p) for p in pads) >= 0
+            and onednn_used(x.dtype))
+    return _conv(x, w, tuple(strides), pads, precision, dnnl)
 
 
 def _forward(x, w, strides, pads, precision, dnnl=False):

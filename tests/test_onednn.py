@@ -132,6 +132,43 @@ def test_explicit_conv_uses_it_and_the_switch_turns_it_off():
     assert ops.describe() == "convolutions: oneDNN's (cpu, float32)"
 
 
+@needs_onednn
+def test_negative_padding_keeps_xla_kernels_and_matches_lax():
+    # Negative padding crops the input; oneDNN rejects it, so conv2d must not send it there.
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 7, 7, 5)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 5, 4)), jnp.float32)
+    pads = ((-1, 0), (0, -1))
+
+    def run(conv):
+        y, vjp = jax.vjp(conv, x, w)
+        return (y, *vjp(jnp.ones_like(y)))
+
+    def ours(x, w):
+        with ops.use_impl("explicit"):
+            return ops.conv2d(x, w, (1, 1), pads)
+
+    hlo = jax.jit(lambda x, w: run(ours)).lower(x, w).as_text()
+    assert not any(target in hlo for target in onednn.TARGETS)
+    got = jax.jit(lambda x, w: run(ours))(x, w)
+    want = run(lambda x, w: lax.conv_general_dilated(
+        x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                   atol=1e-5 * float(np.abs(b).max()))
+
+
+@needs_onednn
+def test_bad_shapes_and_padding_are_named():
+    x = jnp.zeros((2, 5, 5, 3), jnp.float32)
+    w = jnp.zeros((3, 3, 3, 4), jnp.float32)
+    with pytest.raises(ValueError, match=r"padding \(\(-1, 0\), \(0, 0\)\); expected"):
+        onednn.forward(x, w, (1, 1), ((-1, 0), (0, 0)))
+    with pytest.raises(ValueError, match=r"-> \(2, -1, -1, 4\)"):   # a 3x3 kernel on 1x1
+        onednn.forward(x[:, :1, :1], w, (1, 1), ((0, 0), (0, 0)))
+
+
 def test_not_for_bfloat16_and_bad_mode():
     assert not ops.onednn_used(jnp.bfloat16)
     assert ops.describe(jnp.bfloat16) == (
