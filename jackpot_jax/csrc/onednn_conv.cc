@@ -39,6 +39,18 @@ struct Primitives {
   dnnl_primitive_desc_t reorder_pd = nullptr;
   size_t scratch_bytes = 0;  // the larger of the two scratchpads
   std::string impl;
+
+  Primitives() = default;
+  Primitives(const Primitives&) = delete;
+  Primitives& operator=(const Primitives&) = delete;
+  ~Primitives() {  // cached ones live as long as the process; this frees a failed build's
+    for (dnnl_primitive_t prim : {conv, reorder})
+      if (prim != nullptr) dnnl_primitive_destroy(prim);
+    for (dnnl_primitive_desc_t desc : {pd, reorder_pd})
+      if (desc != nullptr) dnnl_primitive_desc_destroy(desc);
+    for (dnnl_memory_desc_t md : {x, y, w})
+      if (md != nullptr) dnnl_memory_desc_destroy(md);
+  }
 };
 
 // Key: kind, N, H, W, C, Ho, Wo, O, KH, KW, stride h, stride w, pad top, bottom, left, right.
@@ -105,7 +117,8 @@ ffi::Error Build(const Key& k, Primitives* p) {
   dnnl_dims_t pad_l = {k[12], k[14]}, pad_r = {k[13], k[15]};
   dnnl_primitive_attr_t attr = nullptr;
   DNNL_OR_RETURN(dnnl_primitive_attr_create(&attr), "attributes");
-  dnnl_status_t status = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+  dnnl_status_t status =
+      dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
   // The forward descriptor is the primitive itself, or the hint the backward ones require.
   dnnl_primitive_desc_t fwd = nullptr;
   if (status == dnnl_success)
@@ -146,7 +159,8 @@ ffi::Error Build(const Key& k, Primitives* p) {
                                                 attr);
     if (status == dnnl_success) status = dnnl_primitive_create(&p->reorder, p->reorder_pd);
     if (status == dnnl_success) {
-      p->reorder_scratch = dnnl_primitive_desc_query_md(p->reorder_pd, dnnl_query_scratchpad_md, 0);
+      p->reorder_scratch =
+          dnnl_primitive_desc_query_md(p->reorder_pd, dnnl_query_scratchpad_md, 0);
       size_t bytes = dnnl_memory_desc_get_size(p->reorder_scratch);
       if (bytes > p->scratch_bytes) p->scratch_bytes = bytes;
     }
