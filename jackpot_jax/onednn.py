@@ -7,8 +7,8 @@ batch-minor (2.3-2.8x as long as oneDNN's direct kernel on the first two stages,
 the third), and its forward and input-gradient convolutions took 1.1-1.4x as long as
 oneDNN's on NHWC data. This module compiles a small XLA FFI handler (``csrc/onednn_conv.cc``)
 that runs oneDNN's convolution forward, backward-data and backward-weights primitives on the
-NHWC activations in place, and registers it with JAX. `jackpot_jax.ops.conv2d` uses it for the explicit path's
-convolutions when `available()`.
+NHWC activations in place, and registers it with JAX. `jackpot_jax.ops.conv2d` uses it for
+the explicit path's convolutions when `available()`.
 
 It is optional. It needs
 

@@ -57,7 +57,8 @@ struct Primitives {
 using Key = std::vector<int64_t>;
 
 std::mutex cache_mutex;  // guards `cache` and `last_impl`
-std::map<Key, std::unique_ptr<Primitives>>* cache = new std::map<Key, std::unique_ptr<Primitives>>();
+using Cache = std::map<Key, std::unique_ptr<Primitives>>;
+Cache* cache = new Cache();  // never destroyed: handlers may run until the process ends
 std::string* last_impl = new std::string();  // oneDNN's kernel for the last primitive built
 
 ffi::Error Failed(const char* what, dnnl_status_t status) {
