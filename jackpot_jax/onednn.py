@@ -13,7 +13,9 @@ the explicit path's convolutions when `available()`.
 It is optional. It needs
 
 * oneDNN: ``pip install 'jackpot_jax[onednn]'`` (``onednn-cpu-gomp``: the library built with
-  OpenMP, CPU only; ``onednn-devel``: its C headers), or ``JACKPOT_JAX_ONEDNN_ROOT`` naming a
+  OpenMP, CPU only) and ``pip install --no-deps onednn-devel==2026.1.0`` (its C headers;
+  without ``--no-deps`` pip also installs ``onednn``, the SYCL build with ~2 GB of Intel
+  runtimes, whose ``libdnnl.so`` replaces the CPU one), or ``JACKPOT_JAX_ONEDNN_ROOT`` naming a
   directory with ``lib/libdnnl.so`` and ``include/oneapi/dnnl/dnnl.h``;
 * a C++17 compiler (``CXX``, else ``c++``/``g++``): the handler is compiled on first use into
   ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``), keyed by the source and
@@ -113,7 +115,8 @@ def _load() -> None:
         return
     found = find_onednn()
     if found is None:
-        _state.update(ok=False, reason="oneDNN not found (pip install 'jackpot_jax[onednn]', "
+        _state.update(ok=False, reason="oneDNN not found (pip install 'jackpot_jax[onednn]' "
+                                       "and pip install --no-deps onednn-devel==2026.1.0, "
                                        "or set JACKPOT_JAX_ONEDNN_ROOT)")
         return
     try:
@@ -123,7 +126,12 @@ def _load() -> None:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
     except (OSError, RuntimeError, AttributeError) as err:
-        _state.update(ok=False, reason=f"oneDNN handler unavailable: {err}")
+        hint = ""
+        if isinstance(err, OSError) and ("tbb" in str(err) or "sycl" in str(err)):
+            hint = (f" ({found[0]}/libdnnl.so is oneDNN's SYCL build, which `pip install "
+                    "onednn-devel` without --no-deps installs; pip install --force-reinstall "
+                    "--no-deps onednn-cpu-gomp==2023.2.0 puts the CPU build back)")
+        _state.update(ok=False, reason=f"oneDNN handler unavailable: {err}{hint}")
         return
     lib.JjOnednnLastImpl.restype = ctypes.c_char_p
     _state.update(ok=True, reason="", lib=lib)
