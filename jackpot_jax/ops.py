@@ -195,10 +195,13 @@ def conv2d(x, w, strides: Sequence[int] = (1, 1),
     to float rounding."""
     # Whether oneDNN runs it is decided here, when the forward pass is traced (the backward
     # pass is traced later, outside any `use_onednn` block). oneDNN takes no negative
-    # padding (cropping): such a layer keeps XLA's kernels.
+    # padding (cropping) and no empty arrays: such layers keep XLA's kernels.
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    dnnl = (x.dtype == w.dtype and min(min(p) for p in pads) >= 0
+    dnnl = (x.dtype == w.dtype and min(min(p) for p in pads) >= 0 and x.size > 0
             and onednn_used(x.dtype))
+    if dnnl:
+        from jackpot_jax import onednn
+        dnnl = min(onednn.output_shape(x.shape, w.shape, strides, pads)) >= 1
     return _conv(x, w, tuple(strides), pads, precision, dnnl)
 
 

@@ -160,6 +160,15 @@ def test_negative_padding_keeps_xla_kernels_and_matches_lax():
 
 
 @needs_onednn
+def test_empty_batch_keeps_xla_kernels():
+    x, w = jnp.zeros((0, 5, 5, 3), jnp.float32), jnp.ones((3, 3, 3, 4), jnp.float32)
+    with ops.use_impl("explicit"):
+        fn = jax.jit(lambda x, w: ops.conv2d(x, w, (1, 1), ((1, 1), (1, 1))))
+        assert fn(x, w).shape == (0, 5, 5, 4)
+        assert not any(target in fn.lower(x, w).as_text() for target in onednn.TARGETS)
+
+
+@needs_onednn
 def test_bad_shapes_and_padding_are_named():
     x = jnp.zeros((2, 5, 5, 3), jnp.float32)
     w = jnp.zeros((3, 3, 3, 4), jnp.float32)
