@@ -96,7 +96,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         return parse_idx(f.read())
 
 
-def _cache_root() -> str:
+def cache_root() -> str:
+    """jackpot_jax's cache directory: ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/...``)."""
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return os.path.join(base, 'jackpot_jax')
 
@@ -126,7 +127,7 @@ def _fashion_mnist_search_dirs(data_dir: str | None) -> list[str]:
     if env:
         dirs += [os.path.join(env, 'fashion_mnist'), env]
     dirs += _system_fashion_mnist_dirs()
-    dirs.append(os.path.join(_cache_root(), 'fashion_mnist'))
+    dirs.append(os.path.join(cache_root(), 'fashion_mnist'))
     return list(dict.fromkeys(os.path.abspath(d) for d in dirs))  # dedupe, keep order
 
 
@@ -205,7 +206,7 @@ def load_fashion_mnist(data_dir: str | None, download: bool = True,
             break
     download_error = None
     if files is None and download:
-        cache = os.path.join(_cache_root(), 'fashion_mnist')
+        cache = os.path.join(cache_root(), 'fashion_mnist')
         url = download_url or FASHION_MNIST_URL
         try:
             download_fashion_mnist(cache, url)
@@ -323,7 +324,7 @@ def _cifar_roots(name, data_dir) -> list[str]:
     env = os.environ.get(DATA_DIR_ENV)
     if env:
         roots += [os.path.join(env, name), env]
-    roots.append(os.path.join(_cache_root(), name))
+    roots.append(os.path.join(cache_root(), name))
     return list(dict.fromkeys(os.path.abspath(r) for r in roots))
 
 
@@ -370,7 +371,7 @@ def load_cifar(name: str, data_dir: str | None, download: bool = True,
     if download:
         base = download_url or CIFAR_URL
         url = (base if base.endswith('/') else base + '/') + spec['archive']
-        archive = os.path.join(_cache_root(), name, spec['archive'])
+        archive = os.path.join(cache_root(), name, spec['archive'])
         try:
             download_file(url, archive, spec['md5'])
         except (urllib.error.URLError, OSError) as e:  # ChecksumError is not caught here

@@ -77,15 +77,12 @@ def _compiler() -> str | None:
     return None
 
 
-def _cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jackpot_jax")
-
-
 def _build(lib_dir: str, inc_dir: str) -> str:
     """Compiles the handler (once per source, jaxlib and oneDNN location); returns its path."""
     import jax
     import jaxlib
+
+    from jackpot_jax.data_files import cache_root
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (set CXX, or install g++)")
@@ -93,11 +90,11 @@ def _build(lib_dir: str, inc_dir: str) -> str:
         source = f.read()
     key = hashlib.sha256(source + jaxlib.__version__.encode() + lib_dir.encode()
                          + inc_dir.encode()).hexdigest()[:16]
-    out = os.path.join(_cache_dir(), f"onednn_conv_{key}.so")
+    out = os.path.join(cache_root(), f"onednn_conv_{key}.so")
     if os.path.exists(out):
         return out
-    os.makedirs(_cache_dir(), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
+    os.makedirs(cache_root(), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
     os.close(fd)
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir(),
            "-I", inc_dir, _SOURCE, "-L", lib_dir, "-ldnnl", f"-Wl,-rpath,{lib_dir}", "-o", tmp]

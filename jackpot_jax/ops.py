@@ -114,6 +114,19 @@ def use_onednn(mode: str):
         set_onednn(previous)
 
 
+def _onednn_off_reason(dtype) -> str:
+    """Why a convolution traced now (explicit path, ``dtype``) would not call oneDNN; ""
+    when it would."""
+    if _onednn == "off":
+        return "switched off (ops.set_onednn)"
+    if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32:
+        return "used on the CPU in float32 only"
+    if jax.device_count() != 1:
+        return f"used with one device only ({jax.device_count()} here)"
+    from jackpot_jax import onednn
+    return "" if onednn.available() else onednn.unavailable_reason()
+
+
 def onednn_used(dtype=jnp.float32) -> bool:
     """Whether a convolution traced now (explicit path, ``dtype``) would call oneDNN:
     `set_onednn` is ``'auto'``, float32, the CPU backend, one device and
@@ -122,31 +135,19 @@ def onednn_used(dtype=jnp.float32) -> bool:
     Only with a single device: the custom calls have no sharding rule, and under data
     parallelism XLA would run them on each device's shard of the batch without adding the
     shards' weight gradients."""
-    if (_onednn == "off" or jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu"
-            or jax.device_count() != 1):
-        return False
-    from jackpot_jax import onednn
-    return onednn.available()
+    return not _onednn_off_reason(dtype)
 
 
 def describe(dtype=jnp.float32) -> str:
     """One line saying which convolutions a step traced now (in ``dtype``) runs, and why
     oneDNN's are not used where they are not (the CLI prints it at the start of a run)."""
-    backend, name = jax.default_backend(), jnp.dtype(dtype).name
+    where = f"{jax.default_backend()}, {jnp.dtype(dtype).name}"
     if resolved_impl() == "xla":
-        return f"convolutions: XLA's ({backend}, {name})"
-    if onednn_used(dtype):
-        return f"convolutions: oneDNN's ({backend}, {name})"
-    from jackpot_jax import onednn
-    if _onednn == "off":
-        why = "switched off (ops.set_onednn)"
-    elif backend != "cpu" or name != "float32":
-        why = "used on the CPU in float32 only"
-    elif jax.device_count() != 1:
-        why = f"used with one device only ({jax.device_count()} here)"
-    else:
-        why = onednn.unavailable_reason()
-    return f"convolutions: XLA's ({backend}, {name}; oneDNN: {why})"
+        return f"convolutions: XLA's ({where})"
+    why = _onednn_off_reason(dtype)
+    if not why:
+        return f"convolutions: oneDNN's ({where})"
+    return f"convolutions: XLA's ({where}; oneDNN: {why})"
 
 
 # ---------------------------------------------------------------------------------------------
