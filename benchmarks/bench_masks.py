@@ -12,8 +12,9 @@ mask computation over the whole tree -- every prunable layer, per-layer keep cou
   (a) ours:     `jackpot_jax.sparsity.masks_from_scores` (exact count, no sort) in its
                 layouts: "per_layer" (one 32-pass bisection `fori_loop` per layer, the CPU
                 default), "together" with 1 bit per pass (one unrolled 32-pass bisection over
-                all layers) and "together" with `sparsity.RADIX_BITS` bits per pass (the radix
-                search, the GPU/TPU default);
+                all layers), "together" with `sparsity.RADIX_BITS` bits per pass (the radix
+                search, the GPU/TPU default) and, on the CPU, "native" (the C++ radix select
+                of `jackpot_jax.topk_select`, the CPU default where it builds);
   (b) lax.top_k: per layer `jax.lax.top_k` (values + indices), then scatter ones at the indices;
 
 on two kinds of scores: two-level (1.0 / 0.95, the official init: almost everything tied) and
@@ -62,7 +63,13 @@ RADIX_DEFAULT = sp.RADIX_BITS
 
 def AUTO_LAYOUT():
     """The layout `MASK_LAYOUT = "auto"` picks on this backend."""
-    return "per_layer" if jax.default_backend() == "cpu" else "together"
+    return sp.resolved_layout("auto")
+
+
+def layouts():
+    """The layouts timed here: the counting searches everywhere, the native select where
+    "auto" picks it (the CPU, when it builds)."""
+    return LAYOUTS + (("native",) if AUTO_LAYOUT() == "native" else ())
 
 
 def _is_none(x):
@@ -151,7 +158,7 @@ def bench_masks(repeats: int):
                     sp.MASK_LAYOUT, sp.RADIX_BITS = "auto", RADIX_DEFAULT
             return jax.jit(fn)
 
-        ours = {layout: ours_fn(layout) for layout in LAYOUTS}
+        ours = {layout: ours_fn(layout) for layout in layouts()}
         ref = jax.jit(lambda s, b=budget: lax_topk_masks(s, b))
         kinds = (("two-level 1.0/0.95", two_level_scores(params, budget)),
                  ("continuous U[0,1)", continuous_scores(params, seed=1)))
@@ -163,6 +170,8 @@ def bench_masks(repeats: int):
             assert mismatches(a, ours["together"](scores)) == 0, (label, kind)
             assert mismatches(a, ours["together:1"](scores)) == 0, (label, kind)
             assert mismatches(a, ours["together:2"](scores)) == 0, (label, kind)
+            if "native" in ours:
+                assert mismatches(a, ours["native"](scores)) == 0, (label, kind)
             n_ones = int(sum(int(np.sum(np.asarray(m))) for m in sp.flatten_paths(a).values()))
             assert n_ones == n_keep, (label, kind, n_ones, n_keep)
             mm = mismatches(a, b)
@@ -170,12 +179,17 @@ def bench_masks(repeats: int):
             print(f"  measured {label:12s} {kind:20s} per_layer {ms['per_layer']:9.2f} ms  "
                   f"together/bisection {ms['together:1']:9.2f} ms  together/radix-2 "
                   f"{ms['together:2']:9.2f} ms  together/radix-{sp.RADIX_BITS} "
-                  f"{ms['together']:9.2f} ms  lax.top_k {ms_ref:9.2f} ms  mismatches {mm}",
+                  f"{ms['together']:9.2f} ms  native {_cell(ms, 'native', '9.2f')} ms  "
+                  f"lax.top_k {ms_ref:9.2f} ms  mismatches {mm}",
                   flush=True)
             if kind.startswith("two-level"):
                 ours_two_level[name] = ms[AUTO_LAYOUT()]
             del a, b
     return rows, ours_two_level
+
+
+def _cell(ms: dict, layout: str, fmt: str = ".2f") -> str:
+    return format(ms[layout], fmt) if layout in ms else "n/a"
 
 
 def bench_step(step_repeats: int) -> float:
@@ -238,14 +252,14 @@ def main(argv=None):
     print()
     print(f"| model | prunable weights | layers | scores | ours, per_layer (ms) "
           f"| ours, together, bisection (ms) | ours, together, radix 2 bits (ms) "
-          f"| ours, together, radix {sp.RADIX_BITS} bits (ms) "
+          f"| ours, together, radix {sp.RADIX_BITS} bits (ms) | ours, native select (ms) "
           f"| lax.top_k (ms) | top_k / ours ({AUTO_LAYOUT()}, the default here) "
           f"| mismatches vs ours |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, n, layers, kind, ms, b, mm in rows:
         print(f"| {label} | {n / 1e6:.2f}M | {layers} | {kind} | {ms['per_layer']:.2f} "
               f"| {ms['together:1']:.2f} | {ms['together:2']:.2f} | {ms['together']:.2f} "
-              f"| {b:.2f} "
+              f"| {_cell(ms, 'native')} | {b:.2f} "
               f"| {b / ms[AUTO_LAYOUT()]:.2f}x | {mm} |")
 
     if not args.skip_step:

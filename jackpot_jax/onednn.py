@@ -17,9 +17,8 @@ It is optional. It needs
   without ``--no-deps`` pip also installs ``onednn``, the SYCL build with ~2 GB of Intel
   runtimes, whose ``libdnnl.so`` replaces the CPU one), or ``JACKPOT_JAX_ONEDNN_ROOT`` naming a
   directory with ``lib/libdnnl.so`` and ``include/oneapi/dnnl/dnnl.h``;
-* a C++17 compiler (``CXX``, else ``c++``/``g++``): the handler is compiled on first use into
-  ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``), keyed by the source and
-  jaxlib version, in a few seconds;
+* a C++17 compiler: the handler is compiled on first use (`jackpot_jax.native.build`: into
+  ``$XDG_CACHE_HOME/jackpot_jax``, else ``~/.cache/jackpot_jax``), in a few seconds;
 * float32, on the CPU backend, with one device (the custom calls have no sharding rule: under
   data parallelism over several CPU devices the convolutions stay XLA's).
 
@@ -30,22 +29,19 @@ missing means XLA's own convolutions, as before.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
 
 import numpy as np
+
+from jackpot_jax import native
 
 # XLA custom-call targets -> the handler symbols in csrc/onednn_conv.cc.
 TARGETS = {"jackpot_jax_onednn_conv_forward": "JjOnednnForward",
            "jackpot_jax_onednn_conv_input_grad": "JjOnednnInputGrad",
            "jackpot_jax_onednn_conv_weight_grad": "JjOnednnWeightGrad"}
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "onednn_conv.cc")
 
 _lock = threading.Lock()
 _state: dict = {}   # "ok": bool, "reason": str, "lib": ctypes.CDLL
@@ -69,41 +65,10 @@ def find_onednn() -> tuple[str, str] | None:
     return None
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        path = shutil.which(name) if name else None
-        if path:
-            return path
-    return None
-
-
 def _build(lib_dir: str, inc_dir: str) -> str:
     """Compiles the handler (once per source, jaxlib and oneDNN location); returns its path."""
-    import jax
-    import jaxlib
-
-    from jackpot_jax.data_files import cache_root
-    cxx = _compiler()
-    if cxx is None:
-        raise RuntimeError("no C++ compiler (set CXX, or install g++)")
-    with open(_SOURCE, "rb") as f:
-        source = f.read()
-    key = hashlib.sha256(source + jaxlib.__version__.encode() + lib_dir.encode()
-                         + inc_dir.encode()).hexdigest()[:16]
-    out = os.path.join(cache_root(), f"onednn_conv_{key}.so")
-    if os.path.exists(out):
-        return out
-    os.makedirs(cache_root(), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
-    os.close(fd)
-    cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir(),
-           "-I", inc_dir, _SOURCE, "-L", lib_dir, "-ldnnl", f"-Wl,-rpath,{lib_dir}", "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"compiling {_SOURCE} failed:\n{' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    os.replace(tmp, out)   # atomic: concurrent builds leave one complete file
-    return out
+    return native.build("onednn_conv.cc", flags=["-I", inc_dir],
+                        libs=["-L", lib_dir, "-ldnnl", f"-Wl,-rpath,{lib_dir}"])
 
 
 def _load() -> None:

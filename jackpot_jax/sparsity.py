@@ -146,12 +146,15 @@ def _ordered_keys(x: jax.Array) -> jax.Array:
 
     NaN gets key 1, below every number (-inf is 0x007FFFFF) and above the padding key 0: a
     NaN score is never kept in place of a number (its raw bits would rank it above +inf).
+    Integer operations only: XLA:CPU flushes subnormal floats to zero in float comparisons,
+    which would tie every subnormal score with 0.
     """
-    x = x.astype(jnp.float32)
-    x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 and +0.0 are equal scores: one key
-    u = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    u = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    magnitude = u & jnp.uint32(0x7FFFFFFF)
+    u = jnp.where(magnitude == 0, jnp.uint32(0), u)  # -0.0 and +0.0 are equal scores: one key
     sign = jnp.uint32(0x80000000)
-    return jnp.where(jnp.isnan(x), jnp.uint32(1), jnp.where(u & sign, ~u, u | sign))
+    keys = jnp.where(u & sign, ~u, u | sign)
+    return jnp.where(magnitude > jnp.uint32(0x7F800000), jnp.uint32(1), keys)
 
 
 _BLOCK = 1024  # scores are counted in rows of this many; each row belongs to one array
@@ -241,38 +244,81 @@ def _blocked_topk(arrays: Sequence[jax.Array], keeps: Sequence[int], *,
 
 # How several layers' masks are computed: "together" (one unrolled blocked radix search over
 # all layers: a few kernels, what GPUs and TPUs want), "per_layer" (one `fori_loop` bisection
-# per layer: fastest on XLA:CPU, 2.4x faster than "together" for ResNet-50 on 2 cores), or
-# "auto" (per_layer on the CPU, together elsewhere). Both give identical masks.
+# per layer: faster than "together" on XLA:CPU, 2.4x for ResNet-50 on 2 cores), "native" (a
+# radix select in C++ per layer, `jackpot_jax.topk_select`: CPU only, 2-4x faster than
+# "per_layer"), or "auto" (native on the CPU when it is available and there is one device,
+# else per_layer on the CPU; together elsewhere). All give identical masks.
 MASK_LAYOUT = "auto"
 # Threshold bits fixed per pass in the "together" layout: 4 = 8 passes of 15 candidate counts
 # each instead of 32 dependent one-candidate passes (the GPU mask is latency-bound: ~30 us a
 # pass on an H200 whatever its size). Any of 1, 2, 4, 8 gives the same masks.
 RADIX_BITS = 4
+_LAYOUTS = ("auto", "per_layer", "together", "native")
 
 
 def _layout_key() -> tuple[str, int]:
     return (MASK_LAYOUT, RADIX_BITS)
 
 
+def _native_off_reason() -> str:
+    """Why "auto" does not pick the native select on this backend now ("" when it does)."""
+    if jax.default_backend() != "cpu":
+        return "CPU only"
+    if jax.device_count() != 1:
+        return f"used with one device only ({jax.device_count()} here)"
+    from jackpot_jax import topk_select
+    return topk_select.unavailable_reason()
+
+
+def resolved_layout(layout: str | None = None) -> str:
+    """The layout masks traced now use: ``layout`` (default `MASK_LAYOUT`) with "auto"
+    resolved for this backend."""
+    layout = MASK_LAYOUT if layout is None else layout
+    if layout not in _LAYOUTS:
+        raise ValueError(f"MASK_LAYOUT={layout!r}; expected 'auto', 'per_layer', 'together' "
+                         "or 'native'")
+    if layout != "auto":
+        return layout
+    if jax.default_backend() != "cpu":
+        return "together"
+    return "per_layer" if _native_off_reason() else "native"
+
+
+def describe_masks() -> str:
+    """One line saying how the exact top-k masks of a step traced now are computed (the CLI
+    prints it at the start of a run)."""
+    layout = resolved_layout()
+    where = jax.default_backend()
+    if layout == "native":
+        return f"masks: native radix select per layer ({where})"
+    if layout == "together":
+        return f"masks: radix search, {RADIX_BITS} bits a pass, all layers together ({where})"
+    why = "" if MASK_LAYOUT != "auto" or where != "cpu" else f"; native: {_native_off_reason()}"
+    return f"masks: 32-pass counting search per layer ({where}{why})"
+
+
 def _topk_masks(arrays: Sequence[jax.Array], keeps: Sequence[int], layout) -> list:
     layout, radix_bits = layout
-    if layout == "auto":
-        layout = "per_layer" if jax.default_backend() == "cpu" else "together"
+    layout = resolved_layout(layout)
+    if layout == "native":
+        from jackpot_jax import topk_select
+        return [topk_select.topk_mask(jax.lax.stop_gradient(a), k)
+                for a, k in zip(arrays, keeps)]
     if layout == "per_layer":
         return [_blocked_topk([a], [k], unroll=False)[0] for a, k in zip(arrays, keeps)]
-    if layout == "together":
-        return _blocked_topk(arrays, keeps, unroll=True, radix_bits=radix_bits)
-    raise ValueError(f"MASK_LAYOUT={layout!r}; expected 'auto', 'per_layer' or 'together'")
+    return _blocked_topk(arrays, keeps, unroll=True, radix_bits=radix_bits)
 
 
 def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     """0/1 array of ``scores``' shape with exactly ``keep`` ones on the largest scores.
 
     Ties are broken by flat (row-major) index: the lower index is kept. NaN ranks below every
-    number, -inf included (NaNs are kept only when ``keep`` exceeds the numbers). ``keep`` is a static
-    Python int in ``[0, scores.size]``. Cost: 32 counting passes (a bitwise bisection for
-    the k-th largest value), plus a prefix sum only when ties straddle the cut; O(n)
-    memory, no sort. Works under `jit`; returns the dtype of ``scores`` if floating.
+    number, -inf included (NaNs are kept only when ``keep`` exceeds the numbers). ``keep`` is a
+    static Python int in ``[0, scores.size]``. Cost: 32 counting passes (a bitwise bisection
+    for the k-th largest value), or 8 radix passes (``MASK_LAYOUT`` "together"), plus a prefix
+    sum only when ties straddle the cut; on the CPU a C++ radix select with the same result
+    (`jackpot_jax.topk_select`, four passes). O(n) memory, no sort. Works under `jit`; returns
+    the dtype of ``scores`` if floating.
     """
     n = int(np.size(scores))
     keep = int(keep)

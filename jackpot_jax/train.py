@@ -110,4 +110,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     resume.prepare_workdir(config, workdir)
     utils.log(ops.describe(config.get("compute_dtype", "float32")))
+    utils.log(sp.describe_masks())
     return RUNNERS[config.mode](config, workdir)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jackpot_jax import onednn, ops
+from jackpot_jax import native, onednn, ops
 
 from pipeline_helpers import python_script
 
@@ -27,7 +27,7 @@ needs_onednn = pytest.mark.skipif(
     reason=f"oneDNN convolutions: {onednn.unavailable_reason() or 'not the CPU backend'}")
 
 
-@pytest.mark.skipif(not (_installed() and onednn._compiler()),
+@pytest.mark.skipif(not (_installed() and native.compiler()),
                     reason="oneDNN (the [onednn] extra) or a C++ compiler not installed")
 def test_available_when_installed():
     # With the extra and a compiler present, a failed build must fail here, not skip.

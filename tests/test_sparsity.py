@@ -64,14 +64,23 @@ def test_topk_matches_reference_with_negatives_and_ties(seed):
                                       reference_topk(x, int(keep)))
 
 
+def _native_or_skip(layout):
+    if layout == "native":
+        from jackpot_jax import topk_select
+        if jax.default_backend() != "cpu" or not topk_select.available():
+            pytest.skip(f"native top-k select: {topk_select.unavailable_reason() or 'CPU only'}")
+
+
 @pytest.mark.parametrize("layout,radix_bits", [("per_layer", 4), ("together", 1),
                                                ("together", 2), ("together", 4),
-                                               ("together", 8)])
-def test_per_layer_masks_match_the_reference_in_both_layouts(layout, radix_bits, monkeypatch):
-    """Per-layer budgets, each layer alone ("per_layer") or all layers in one blocked radix
-    search ("together", 1 to 8 threshold bits per pass): per layer the mask must equal the
-    reference, with layers whose ties straddle the cut next to layers without, sizes below,
-    at and above the row length (1024), and empty / full keeps."""
+                                               ("together", 8), ("native", 4)])
+def test_per_layer_masks_match_the_reference_in_every_layout(layout, radix_bits, monkeypatch):
+    """Per-layer budgets, each layer alone ("per_layer": counting search; "native": the C++
+    radix select) or all layers in one blocked radix search ("together", 1 to 8 threshold
+    bits per pass): per layer the mask must equal the reference, with layers whose ties
+    straddle the cut next to layers without, sizes below, at and above the row length (1024),
+    and empty / full keeps."""
+    _native_or_skip(layout)
     monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
     monkeypatch.setattr(sp, "RADIX_BITS", radix_bits)
     rng = np.random.default_rng(3)
@@ -107,8 +116,22 @@ def test_bad_radix_bits(monkeypatch):
 
 def test_bad_mask_layout(monkeypatch):
     monkeypatch.setattr(sp, "MASK_LAYOUT", "sorted")
-    with pytest.raises(ValueError, match="'sorted'.*'auto', 'per_layer' or 'together'"):
+    with pytest.raises(ValueError, match="'sorted'.*'auto', 'per_layer', 'together' or 'native'"):
         sp.topk_mask(jnp.arange(5.0), 2)
+
+
+@pytest.mark.parametrize("layout", ["per_layer", "together", "native"])
+def test_subnormal_scores_are_numbers_not_zeros(layout, monkeypatch):
+    # XLA:CPU flushes subnormals to zero in float comparisons; the keys are made with integer
+    # operations, so tiny scores keep their order (as numpy's reference sees them).
+    _native_or_skip(layout)
+    monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
+    x = (np.random.default_rng(0).normal(size=(300,)) * 1e-39).astype(np.float32)
+    x[:4] = [0.0, -0.0, 1e-45, -1e-45]     # zeros tie; the smallest subnormals do not
+    assert np.count_nonzero(x) == 298 and np.abs(x[4:]).max() < np.finfo(np.float32).tiny
+    for keep in (1, 100, 150, 151, 299):
+        np.testing.assert_array_equal(np.asarray(sp.topk_mask(jnp.asarray(x), keep)),
+                                      reference_topk(x, keep), err_msg=str(keep))
 
 
 def test_topk_continuous_matches_lax_top_k():

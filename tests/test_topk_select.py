@@ -1,0 +1,154 @@
+"""jackpot_jax.topk_select: the C++ radix-select top-k mask, against numpy's stable sort."""
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jackpot_jax import native, sparsity as sp, topk_select
+
+from pipeline_helpers import python_script
+from test_sparsity import reference_topk
+
+needs_select = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or not topk_select.available(),
+    reason=f"native top-k select: {topk_select.unavailable_reason() or 'CPU only'}")
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
+def test_available_with_a_compiler():
+    # With a compiler present, a failed build must fail here, not skip.
+    assert topk_select.available(), topk_select.unavailable_reason()
+
+
+def _scores(kind, n, rng):
+    if kind == "normal":
+        return rng.normal(size=n).astype(np.float32)
+    if kind == "two_level":      # the search's initial scores: thousands of exact ties
+        return np.where(rng.random(n) < 0.1, 1.0, 0.95).astype(np.float32)
+    if kind == "integers":       # ties everywhere, negatives
+        return rng.integers(-3, 3, size=n).astype(np.float32)
+    if kind == "special":        # NaN (below every number), infinities, signed zeros
+        return rng.choice([1.0, 0.5, -0.0, 0.0, np.nan, np.inf, -np.inf], size=n).astype(np.float32)
+    raise ValueError(kind)
+
+
+# Sizes on both sides of the handler's small-array path (2**14 scores: a selection among all
+# keys) and the histogram path (a 16-bit histogram, then a selection within one bucket).
+@needs_select
+@pytest.mark.parametrize("n", [1, 2, 5, 1000, 2 ** 14, 2 ** 14 + 1, 70_001, 300_000])
+@pytest.mark.parametrize("kind", ["normal", "two_level", "integers", "special"])
+def test_matches_the_stable_sort_reference(n, kind):
+    rng = np.random.default_rng(n + len(kind))
+    x = _scores(kind, n, rng)
+    fn = jax.jit(topk_select.topk_mask, static_argnums=1)
+    keeps = {0, 1, n // 2, n - 1, n, int(rng.integers(0, n + 1))}
+    if kind == "two_level":      # ties straddling the cut, and exactly the ties' count
+        keeps |= {int((x == 1.0).sum()), int((x == 1.0).sum()) + 17}
+    for keep in sorted(k for k in keeps if 0 <= k <= n):
+        m = fn(x, keep)
+        assert m.dtype == jnp.bool_ and m.shape == x.shape
+        np.testing.assert_array_equal(np.asarray(m), reference_topk(x, keep).astype(bool),
+                                      err_msg=f"keep={keep}")
+
+
+@needs_select
+def test_shapes_dtypes_and_bad_keep():
+    x = jnp.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(topk_select.topk_mask(x, 5), np.arange(24).reshape(2, 3, 4) >= 19)
+    # bfloat16 scores are ranked as float32, as sparsity.topk_mask does.
+    xb = jnp.asarray([0.5, 3.0, -1.0, 3.0], jnp.bfloat16)
+    np.testing.assert_array_equal(topk_select.topk_mask(xb, 2), [False, True, False, True])
+    assert topk_select.topk_mask(jnp.zeros((0, 3)), 0).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"keep=25 is outside \[0, 24\] for scores of shape "
+                                         r"\(2, 3, 4\)"):
+        topk_select.topk_mask(x, 25)
+
+
+@needs_select
+def test_under_vmap_each_row_alone():
+    x = np.random.default_rng(1).integers(0, 4, size=(3, 50)).astype(np.float32)
+    m = jax.vmap(lambda row: topk_select.topk_mask(row, 20))(jnp.asarray(x))
+    np.testing.assert_array_equal(m, np.stack([reference_topk(r, 20) for r in x]).astype(bool))
+
+
+@needs_select
+def test_straight_through_gradient_is_the_identity():
+    s = jnp.asarray(np.random.default_rng(2).normal(size=(40, 30)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(3).normal(size=(40, 30)), jnp.float32)
+    grad = jax.grad(lambda s: jnp.sum(sp.ste_mask(s, 300, use_abs=False) * w))(s)
+    np.testing.assert_array_equal(grad, w)     # d(mask)/d(scores) = identity
+    grad = jax.grad(lambda s: jnp.sum(sp.ste_mask(s, 300) * w))(s)
+    np.testing.assert_array_equal(grad, w * jnp.sign(s))     # ranking |scores|
+    assert sp.resolved_layout() == "native"
+
+
+@needs_select
+def test_auto_picks_it_on_the_cpu_and_says_so(monkeypatch):
+    assert sp.resolved_layout() == "native"
+    assert sp.describe_masks() == "masks: native radix select per layer (cpu)"
+    monkeypatch.setattr(sp, "MASK_LAYOUT", "per_layer")
+    assert sp.describe_masks() == "masks: 32-pass counting search per layer (cpu)"
+    monkeypatch.setattr(sp, "MASK_LAYOUT", "together")
+    assert sp.describe_masks() == (
+        f"masks: radix search, {sp.RADIX_BITS} bits a pass, all layers together (cpu)")
+    # A jitted masks function traced with "native" has the custom call in its HLO.
+    monkeypatch.setattr(sp, "MASK_LAYOUT", "native")
+    hlo = jax.jit(lambda s: sp.masks_from_scores(s, {"a": 3})).lower(
+        {"a": jnp.ones((4, 5))}).as_text()
+    assert topk_select.TARGET in hlo
+
+
+def test_opt_out_and_several_devices_fall_back_to_the_counting_search():
+    proc = python_script(
+        "from jackpot_jax import sparsity as sp, topk_select\n"
+        "print(sp.resolved_layout(), '|', sp.describe_masks())\n"
+        "try:\n"
+        "    topk_select.topk_mask([1.0, 2.0], 1)\n"
+        "except RuntimeError as err:\n"
+        "    print('raised', err)\n",
+        env_update={"JACKPOT_JAX_TOPK_SELECT": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert ("per_layer | masks: 32-pass counting search per layer "
+            "(cpu; native: JACKPOT_JAX_TOPK_SELECT=0)") in proc.stdout
+    assert "raised jackpot_jax.topk_select: JACKPOT_JAX_TOPK_SELECT=0" in proc.stdout
+    proc = python_script(
+        "import os\n"
+        "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
+        "import jax\n"
+        "from jackpot_jax import sparsity as sp\n"
+        "print(jax.device_count(), sp.resolved_layout())\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["2", "per_layer"]
+
+
+@needs_select
+def test_concurrent_calls_from_several_threads():
+    # XLA calls the handler from any of its threads, several at once (the scratch buffers are
+    # per thread): several layers' masks in one jitted function, called from 4 Python threads.
+    rng = np.random.default_rng(4)
+    xs = [_scores(kind, n, rng) for kind, n in
+          [("normal", 90_000), ("two_level", 40_000), ("integers", 20_000), ("normal", 500)]]
+    keeps = [9_000, 4_321, 10_000, 50]
+    fn = jax.jit(lambda xs: [topk_select.topk_mask(x, k) for x, k in zip(xs, keeps)])
+    expected = [reference_topk(x, k).astype(bool) for x, k in zip(xs, keeps)]
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                results.append([np.asarray(m) for m in fn(xs)])
+        except Exception as err:   # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 12
+    for masks in results:
+        for m, e in zip(masks, expected):
+            np.testing.assert_array_equal(m, e)
