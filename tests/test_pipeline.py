@@ -35,6 +35,9 @@ def test_cli_pretrain_search_eval_on_real_fashion_mnist(tmp_path):
     out = cli(tmp_path / "search", cfg, "--config.mode=search", f"--config.pretrained={dense_dir}",
                "--config.search.epochs=2", "--config.search.distribution=uniform", *small)
     assert "test_accuracy" in out.stdout   # the closing table
+    # Its first two lines say which convolutions and which top-k masks the steps run.
+    first = out.stdout.splitlines()[:2]
+    assert first[0].startswith("convolutions: ") and first[1].startswith("masks: "), first
     summary = json.load(open(tmp_path / "search" / "summary.json"))
     for key in ["mode", "model", "dataset", "sparsity_target", "sparsity_achieved",
                 "pretrained_checkpoint", "per_layer_sparsity", "dense_test_accuracy",
