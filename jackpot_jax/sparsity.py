@@ -245,7 +245,7 @@ def _blocked_topk(arrays: Sequence[jax.Array], keeps: Sequence[int], *,
 # How several layers' masks are computed: "together" (one unrolled blocked radix search over
 # all layers: a few kernels, what GPUs and TPUs want), "per_layer" (one `fori_loop` bisection
 # per layer: faster than "together" on XLA:CPU, 2.4x for ResNet-50 on 2 cores), "native" (a
-# radix select in C++ per layer, `jackpot_jax.topk_select`: CPU only, 2-4x faster than
+# radix select in C++ per layer, `jackpot_jax.topk_select`: CPU only, 3-7x faster than
 # "per_layer"), or "auto" (native on the CPU when it is available and there is one device,
 # else per_layer on the CPU; together elsewhere). All give identical masks.
 MASK_LAYOUT = "auto"
