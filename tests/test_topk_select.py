@@ -86,6 +86,23 @@ def test_straight_through_gradient_is_the_identity():
 
 
 @needs_select
+def test_search_step_is_the_same_with_either_mask(monkeypatch):
+    # One step of the CLI's search step (engine.make_train_step) on LeNet-5 (layers of 500,
+    # 25k and 400k weights: both of the handler's paths) with the native select and with the
+    # counting search: the same masks, so bit-identical scores and loss.
+    from test_ops import _run_search_step
+    out = {}
+    for layout in ("per_layer", "native"):
+        monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
+        _, new, metrics = _run_search_step("lenet5", "explicit", "float32")
+        out[layout] = (new.trainable, metrics["loss"])
+    (a, loss_a), (b, loss_b) = out["per_layer"], out["native"]
+    assert float(loss_a) == float(loss_b)
+    for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(leaf_a, leaf_b)
+
+
+@needs_select
 def test_auto_picks_it_on_the_cpu_and_says_so(monkeypatch):
     assert sp.resolved_layout() == "native"
     assert sp.describe_masks() == "masks: native radix select per layer (cpu)"
