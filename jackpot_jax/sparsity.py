@@ -635,7 +635,12 @@ def swap_rate(epoch, epochs: int, schedule: str = "official", rate: float = 1.0,
 
 def _kth_largest_key(keys: jax.Array, k: jax.Array) -> jax.Array:
     """The k-th largest of a 1-D uint32 key array (``k`` traced, >= 1): the largest ``t``
-    with ``count(keys >= t) >= k``, found one bit at a time."""
+    with ``count(keys >= t) >= k``, found one bit at a time (or by the native select where
+    masks use it: `MASK_LAYOUT`)."""
+    if resolved_layout() == "native":
+        from jackpot_jax import topk_select
+        return topk_select.kth_largest_key(keys, k)
+
     def step(i, t):
         cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
         return jnp.where(jnp.sum(keys >= cand, dtype=jnp.int32) >= k, cand, t)
@@ -709,11 +714,13 @@ def swap_masks(scores: PyTree, masks: PyTree, budget: PyTree, rate, *,
             raise ValueError(f"keep count {b_paths[path]} for layer {path!r} is outside "
                              f"[0, {np.size(m)}]")
     key = tuple(sorted((p, int(k)) for p, k in b_paths.items()))
-    return _swap_fn(key, bool(use_abs))(scores, masks, jnp.asarray(rate, jnp.float32))
+    return _swap_fn(key, bool(use_abs), _layout_key())(scores, masks,
+                                                       jnp.asarray(rate, jnp.float32))
 
 
 @functools.lru_cache(maxsize=64)
-def _swap_fn(budget_key, use_abs: bool):
+def _swap_fn(budget_key, use_abs: bool, layout: tuple):
+    del layout   # a cache key only: `_kth_largest_key` reads MASK_LAYOUT when traced
     counts = dict(budget_key)
 
     @jax.jit

@@ -26,7 +26,8 @@ import numpy as np
 from jackpot_jax import native
 
 TARGET = "jackpot_jax_topk_mask"
-_SYMBOL = "JjTopkMask"
+KTH_TARGET = "jackpot_jax_kth_largest_key"
+_SYMBOLS = {TARGET: "JjTopkMask", KTH_TARGET: "JjKthLargestKey"}
 
 _lock = threading.Lock()
 _state: dict = {}   # "ok": bool, "reason": str
@@ -39,8 +40,9 @@ def _load() -> None:
     try:
         import jax
         lib = ctypes.cdll.LoadLibrary(native.build("topk_select.cc"))
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)),
-                                    platform="cpu")
+        for target, symbol in _SYMBOLS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                        platform="cpu")
     except (OSError, RuntimeError, AttributeError) as err:
         _state.update(ok=False, reason=f"native top-k select unavailable: {err}")
         return
@@ -80,3 +82,19 @@ def topk_mask(scores, keep: int):
     scores = jnp.asarray(scores).astype(jnp.float32)
     return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(scores.shape, jnp.bool_),
                             vmap_method="sequential")(scores, keep=np.int64(keep))
+
+
+def kth_largest_key(keys, k):
+    """The ``k``-th largest entry of a uint32 array (flattened), as a uint32 scalar: the
+    largest ``t`` with ``count(keys >= t) >= k``. ``k`` may be traced (an int32 scalar in
+    ``[1, keys.size]``; outside it the call fails). Runs under `jit` on the CPU backend."""
+    import jax
+    import jax.numpy as jnp
+    if not available():
+        raise RuntimeError(f"jackpot_jax.topk_select: {unavailable_reason()}")
+    keys = jnp.asarray(keys)
+    if keys.dtype != jnp.uint32 or keys.size == 0:
+        raise ValueError(f"keys of dtype {keys.dtype} and shape {keys.shape}; expected a "
+                         "non-empty uint32 array")
+    return jax.ffi.ffi_call(KTH_TARGET, jax.ShapeDtypeStruct((), jnp.uint32),
+                            vmap_method="sequential")(keys, jnp.asarray(k, jnp.int32))

@@ -65,12 +65,22 @@ def test_swap_by_hand():
         [1, 1, 0, 0])
 
 
-def test_swap_matches_the_numpy_transcription_over_many_steps():
-    """Several small layers, scores moved by random steps quantised so that ties straddle the
-    cut now and then, masks carried from step to step, rates below and at 1, raw and |s|."""
+@pytest.mark.parametrize("layout", ["per_layer", "native"])
+def test_swap_matches_the_numpy_transcription_over_many_steps(layout, monkeypatch):
+    """Several layers, scores moved by random steps quantised so that ties straddle the cut
+    now and then, masks carried from step to step, rates below and at 1, raw and |s|; the
+    thresholds by the counting search and by the native select (`sparsity.MASK_LAYOUT`; "f"
+    is above the select's small-array size, 2**14)."""
+    if layout == "native":
+        from jackpot_jax import topk_select
+        if jax.default_backend() != "cpu" or not topk_select.available():
+            pytest.skip(f"native select: {topk_select.unavailable_reason() or 'CPU only'}")
+    monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
     rng = np.random.default_rng(0)
-    shapes = {"a": (7, 5), "b": (3, 3, 2, 4), "c": (50,), "d": (4, 4), "e": (6,)}
-    keeps = {"a": 9, "b": 30, "c": 5, "d": 16, "e": 0}       # d: all kept, e: none kept
+    shapes = {"a": (7, 5), "b": (3, 3, 2, 4), "c": (50,), "d": (4, 4), "e": (6,),
+              "f": (150, 120)}
+    keeps = {"a": 9, "b": 30, "c": 5, "d": 16, "e": 0,       # d: all kept, e: none kept
+             "f": 1800}
     for use_abs in (False, True):
         swap = jax.jit(lambda s, m, r: sp.swap_masks(s, m, keeps, r, use_abs=use_abs))
         masks, scores = {}, {}

@@ -55,6 +55,36 @@ def test_matches_the_stable_sort_reference(n, kind):
 
 
 @needs_select
+@pytest.mark.parametrize("n", [1, 3, 1000, 2 ** 14 + 1, 100_000])
+def test_kth_largest_key_matches_a_sort(n):
+    # The swap rule's threshold, with a traced k: the k-th largest key (repeats counted).
+    rng = np.random.default_rng(n)
+    for keys in (rng.integers(0, 2 ** 32, size=n, dtype=np.uint32),
+                 rng.integers(0, 5, size=n).astype(np.uint32) << 30,    # many repeats
+                 np.where(rng.random(n) < 0.5, 0, rng.integers(1, 2 ** 32, size=n,
+                                                                dtype=np.uint32)).astype(np.uint32)):
+        fn = jax.jit(topk_select.kth_largest_key)
+        expected = np.sort(keys)[::-1]
+        for k in sorted({1, n, (n + 1) // 2, int(rng.integers(1, n + 1))}):
+            got = fn(keys, jnp.int32(k))
+            assert got.dtype == jnp.uint32 and got.shape == ()
+            assert int(got) == int(expected[k - 1]), (n, k)
+    with pytest.raises(ValueError, match=r"keys of dtype float32 and shape \(3,\); expected"):
+        topk_select.kth_largest_key(jnp.ones(3), 1)
+
+
+@needs_select
+def test_the_swap_rule_uses_it(monkeypatch):
+    hlo = jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5)).lower(
+        {"w": jnp.arange(8.0)}, {"w": jnp.ones(8)}).as_text()
+    assert topk_select.KTH_TARGET in hlo
+    monkeypatch.setattr(sp, "MASK_LAYOUT", "per_layer")
+    hlo = jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5)).lower(
+        {"w": jnp.arange(8.0)}, {"w": jnp.ones(8)}).as_text()
+    assert topk_select.KTH_TARGET not in hlo
+
+
+@needs_select
 def test_shapes_dtypes_and_bad_keep():
     x = jnp.arange(24.0).reshape(2, 3, 4)
     np.testing.assert_array_equal(topk_select.topk_mask(x, 5), np.arange(24).reshape(2, 3, 4) >= 19)
