@@ -133,6 +133,8 @@ ffi::Error KthLargestKey(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::S32> k,
   const int64_t n = static_cast<int64_t>(keys.element_count());
   if (k.element_count() != 1 || out->element_count() != 1)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "k and the result must be scalars");
+  if (n > std::numeric_limits<int32_t>::max())
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "more than 2**31 - 1 keys");
   const int64_t rank = k.typed_data()[0];
   if (rank < 1 || rank > n)
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "k is outside [1, size]");
