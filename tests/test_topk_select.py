@@ -71,6 +71,11 @@ def test_kth_largest_key_matches_a_sort(n):
             assert int(got) == int(expected[k - 1]), (n, k)
     with pytest.raises(ValueError, match=r"keys of dtype float32 and shape \(3,\); expected"):
         topk_select.kth_largest_key(jnp.ones(3), 1)
+    # A traced k outside [1, size] cannot be checked in Python: the handler refuses it.
+    for bad in (0, 4):
+        with pytest.raises(Exception, match=r"k is outside \[1, size\]"):
+            jax.block_until_ready(jax.jit(topk_select.kth_largest_key)(
+                jnp.arange(3, dtype=jnp.uint32), jnp.int32(bad)))
 
 
 @needs_select
