@@ -456,7 +456,7 @@ def main(argv=None):
     print(f"median of {args.rounds} rounds x {args.steps} steps per side (sides in turn) after "
           f"{args.warmup} warm-up steps, synthetic data, "
           f"dtype {args.dtype}, {SPARSITY:.0%} sparsity; jackpot_jax.ops: {ops.get_impl()} "
-          f"(-> {ops.resolved_impl()}); {ops.describe(args.dtype)}; "
+          f"(-> {ops.resolved_impl()}); {ops.describe(args.dtype)}; {sp.describe_masks()}; "
           f"torch mask: {TORCH_MASK}; threads: XLA:CPU "
           f"{os.cpu_count()} (every core), torch {args.threads} (OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}); "
