@@ -5,15 +5,21 @@ top-k mask's radix select (`jackpot_jax.topk_select`). Each is compiled on first
 C++17 compiler (``CXX``, else ``c++``/``g++``/``clang++``) against jaxlib's FFI headers, into
 ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``), keyed by the source, the
 compiler flags and the jaxlib version, so a second process loads the cached library at once.
+`OptionalLibrary` loads one of them on first use and says why it is unavailable; the handlers
+are registered for the CPU platform and have no sharding rule, so the package uses them with
+one device only (`placement_reason`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
+import threading
+from typing import Callable, Mapping
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 
@@ -58,3 +64,61 @@ def build(source: str, *, flags: list[str] = (), libs: list[str] = ()) -> str:
         raise RuntimeError(f"compiling {path} failed:\n{' '.join(cmd)}\n{proc.stderr[-2000:]}")
     os.replace(tmp, out)   # atomic: concurrent builds leave one complete file
     return out
+
+
+def register(path: str, targets: Mapping[str, str]) -> ctypes.CDLL:
+    """Loads the library at ``path`` and registers its XLA FFI handlers (custom-call target ->
+    symbol) for the CPU platform; returns the library."""
+    import jax
+    lib = ctypes.cdll.LoadLibrary(path)
+    for target, symbol in targets.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+    return lib
+
+
+class Unavailable(Exception):
+    """Raised by an `OptionalLibrary`'s loader: the message says why the library is off."""
+
+
+class OptionalLibrary:
+    """A native library loaded once, on first use, by ``load()``: the loaded ctypes library,
+    or `Unavailable` with the reason. Thread-safe."""
+
+    def __init__(self, load: Callable[[], ctypes.CDLL]):
+        self._load, self._lock = load, threading.Lock()
+        self._lib: ctypes.CDLL | None = None
+        self._reason: str | None = None
+
+    def available(self) -> bool:
+        """Whether the library loaded (loads it on the first call)."""
+        with self._lock:
+            if self._reason is None:
+                try:
+                    self._lib, self._reason = self._load(), ""
+                except Unavailable as err:
+                    self._reason = str(err)
+            return not self._reason
+
+    def reason(self) -> str:
+        """Why `available` is False ("" when it is True)."""
+        self.available()
+        return self._reason
+
+    @property
+    def lib(self) -> ctypes.CDLL:
+        if not self.available():
+            raise RuntimeError(self._reason)
+        return self._lib
+
+
+def placement_reason() -> str:
+    """Why a step traced now would not call the handlers ("" when it would): they run on the
+    CPU backend, and with one device only (a custom call without a sharding rule would see
+    each device's shard of the batch alone)."""
+    import jax
+    if jax.default_backend() != "cpu":
+        return "CPU only"
+    if jax.device_count() != 1:
+        return f"used with one device only ({jax.device_count()} here)"
+    return ""

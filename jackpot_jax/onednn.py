@@ -32,7 +32,6 @@ import ctypes
 import os
 import sys
 import sysconfig
-import threading
 
 import numpy as np
 
@@ -42,10 +41,6 @@ from jackpot_jax import native
 TARGETS = {"jackpot_jax_onednn_conv_forward": "JjOnednnForward",
            "jackpot_jax_onednn_conv_input_grad": "JjOnednnInputGrad",
            "jackpot_jax_onednn_conv_weight_grad": "JjOnednnWeightGrad"}
-
-_lock = threading.Lock()
-_state: dict = {}   # "ok": bool, "reason": str, "lib": ctypes.CDLL
-
 
 def _roots() -> list[str]:
     roots = []
@@ -71,53 +66,45 @@ def _build(lib_dir: str, inc_dir: str) -> str:
                         libs=["-L", lib_dir, "-ldnnl", f"-Wl,-rpath,{lib_dir}"])
 
 
-def _load() -> None:
+def _load():
     if os.environ.get("JACKPOT_JAX_ONEDNN", "1") == "0":
-        _state.update(ok=False, reason="JACKPOT_JAX_ONEDNN=0")
-        return
+        raise native.Unavailable("JACKPOT_JAX_ONEDNN=0")
     found = find_onednn()
     if found is None:
-        _state.update(ok=False, reason="oneDNN not found (pip install 'jackpot_jax[onednn]' "
-                                       "and pip install --no-deps onednn-devel==2026.1.0, "
-                                       "or set JACKPOT_JAX_ONEDNN_ROOT)")
-        return
+        raise native.Unavailable("oneDNN not found (pip install 'jackpot_jax[onednn]' and pip "
+                                 "install --no-deps onednn-devel==2026.1.0, or set "
+                                 "JACKPOT_JAX_ONEDNN_ROOT)")
     try:
-        import jax
-        lib = ctypes.cdll.LoadLibrary(_build(*found))
-        for target, symbol in TARGETS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                        platform="cpu")
+        lib = native.register(_build(*found), TARGETS)
     except (OSError, RuntimeError, AttributeError) as err:
         hint = ""
         if isinstance(err, OSError) and ("tbb" in str(err) or "sycl" in str(err)):
             hint = (f" ({found[0]}/libdnnl.so is oneDNN's SYCL build, which `pip install "
                     "onednn-devel` without --no-deps installs; pip install --force-reinstall "
                     "--no-deps onednn-cpu-gomp==2023.2.0 puts the CPU build back)")
-        _state.update(ok=False, reason=f"oneDNN handler unavailable: {err}{hint}")
-        return
+        raise native.Unavailable(f"oneDNN handler unavailable: {err}{hint}") from err
     lib.JjOnednnLastImpl.restype = ctypes.c_char_p
-    _state.update(ok=True, reason="", lib=lib)
+    return lib
+
+
+_library = native.OptionalLibrary(_load)
 
 
 def available() -> bool:
     """Whether the oneDNN convolutions can be used (builds and registers them on first call)."""
-    with _lock:
-        if not _state:
-            _load()
-        return _state["ok"]
+    return _library.available()
 
 
 def unavailable_reason() -> str:
     """Why `available` is False ("" when it is True)."""
-    available()
-    return _state["reason"]
+    return _library.reason()
 
 
 def last_implementation() -> str:
     """The kernel oneDNN chose for the last primitive it built (e.g. ``brgconv:avx512_core``)."""
     if not available():
         return ""
-    return _state["lib"].JjOnednnLastImpl().decode()
+    return _library.lib.JjOnednnLastImpl().decode()
 
 
 def _call(target, out_shape, a, b, strides, pads):

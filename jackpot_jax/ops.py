@@ -121,10 +121,8 @@ def _onednn_off_reason(dtype) -> str:
         return "switched off (ops.set_onednn)"
     if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32:
         return "used on the CPU in float32 only"
-    if jax.device_count() != 1:
-        return f"used with one device only ({jax.device_count()} here)"
-    from jackpot_jax import onednn
-    return "" if onednn.available() else onednn.unavailable_reason()
+    from jackpot_jax import native, onednn
+    return native.placement_reason() or onednn.unavailable_reason()
 
 
 def onednn_used(dtype=jnp.float32) -> bool:

@@ -262,12 +262,8 @@ def _layout_key() -> tuple[str, int]:
 
 def _native_off_reason() -> str:
     """Why "auto" does not pick the native select on this backend now ("" when it does)."""
-    if jax.default_backend() != "cpu":
-        return "CPU only"
-    if jax.device_count() != 1:
-        return f"used with one device only ({jax.device_count()} here)"
-    from jackpot_jax import topk_select
-    return topk_select.unavailable_reason()
+    from jackpot_jax import native, topk_select
+    return native.placement_reason() or topk_select.unavailable_reason()
 
 
 def resolved_layout(layout: str | None = None) -> str:

@@ -19,9 +19,7 @@ why it is off.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import threading
 
 import numpy as np
 
@@ -31,38 +29,28 @@ TARGET = "jackpot_jax_topk_mask"
 KTH_TARGET = "jackpot_jax_kth_largest_key"
 _SYMBOLS = {TARGET: "JjTopkMask", KTH_TARGET: "JjKthLargestKey"}
 
-_lock = threading.Lock()
-_state: dict = {}   # "ok": bool, "reason": str
 
 
-def _load() -> None:
+def _load():
     if os.environ.get("JACKPOT_JAX_TOPK_SELECT", "1") == "0":
-        _state.update(ok=False, reason="JACKPOT_JAX_TOPK_SELECT=0")
-        return
+        raise native.Unavailable("JACKPOT_JAX_TOPK_SELECT=0")
     try:
-        import jax
-        lib = ctypes.cdll.LoadLibrary(native.build("topk_select.cc"))
-        for target, symbol in _SYMBOLS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                        platform="cpu")
+        return native.register(native.build("topk_select.cc"), _SYMBOLS)
     except (OSError, RuntimeError, AttributeError) as err:
-        _state.update(ok=False, reason=f"native top-k select unavailable: {err}")
-        return
-    _state.update(ok=True, reason="")
+        raise native.Unavailable(f"native top-k select unavailable: {err}") from err
+
+
+_library = native.OptionalLibrary(_load)
 
 
 def available() -> bool:
     """Whether the native select can be used (builds and registers it on first call)."""
-    with _lock:
-        if not _state:
-            _load()
-        return _state["ok"]
+    return _library.available()
 
 
 def unavailable_reason() -> str:
     """Why `available` is False ("" when it is True)."""
-    available()
-    return _state["reason"]
+    return _library.reason()
 
 
 def topk_mask(scores, keep: int):
