@@ -47,14 +47,14 @@ import psutil
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-from jackpot_jax import data as data_lib  # noqa: E402
-from jackpot_jax import input_pipeline as ip  # noqa: E402
+from jackpot_jax.data import datasets as data_lib
+from jackpot_jax.data import input_pipeline as ip
 
 TARGETS = {
-    'imagenet_train_per_worker': 300.0,   # img/s of one worker
-    'imagenet_2_workers_speedup': 1.7,    # 2 workers / 1 worker
+    'imagenet_train_per_worker': 300.0,  # img/s of one worker
+    'imagenet_2_workers_speedup': 1.7,  # 2 workers / 1 worker
     'cifar_img_per_s': 40000.0,
-    'loop_vs_bare': 0.90,                 # loop img/s / bare-step img/s
+    'loop_vs_bare': 0.90,  # loop img/s / bare-step img/s
 }
 
 
@@ -93,19 +93,30 @@ def measure(batches, min_seconds: float, min_batches: int = 5):
     if hasattr(it, 'close'):
         it.close()
     del first
-    return dict(img_per_s=n_img / (t2 - t1), img_per_cpu_s=n_img / max(c2 - c1, 1e-9),
-                startup_s=t1 - t0, batches=n)
+    return dict(
+        img_per_s=n_img / (t2 - t1),
+        img_per_cpu_s=n_img / max(c2 - c1, 1e-9),
+        startup_s=t1 - t0,
+        batches=n,
+    )
 
 
 def _rounded(m):
-    return dict(img_per_s=round(m['img_per_s'], 1), img_per_cpu_s=round(m['img_per_cpu_s'], 1),
-                startup_s=round(m['startup_s'], 2), batches=m['batches'])
+    return dict(
+        img_per_s=round(m['img_per_s'], 1),
+        img_per_cpu_s=round(m['img_per_cpu_s'], 1),
+        startup_s=round(m['startup_s'], 2),
+        batches=m['batches'],
+    )
 
 
 def _print_row(name, path, workers, batch, m):
-    print(f"{name:9s} {path:5s}  workers={workers}  batch={batch:3d}  {m['img_per_s']:9.1f} "
-          f"img/s  {m['img_per_cpu_s']:9.1f} img/CPU-s  (first batch after "
-          f"{m['startup_s']:.1f} s, {m['batches']} batches)", flush=True)
+    print(
+        f"{name:9s} {path:5s}  workers={workers}  batch={batch:3d}  {m['img_per_s']:9.1f} "
+        f"img/s  {m['img_per_cpu_s']:9.1f} img/CPU-s  (first batch after "
+        f"{m['startup_s']:.1f} s, {m['batches']} batches)",
+        flush=True,
+    )
 
 
 def worker_counts():
@@ -121,14 +132,25 @@ def bench_cifar(args, rows):
     n = args.cifar_examples
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     split = data_lib.Split(images, (np.arange(n) % 10).astype(np.int32))
-    ds = data_lib.Dataset('cifar10', 10, (32, 32, 3), split, split, split, data_lib.CIFAR_MEAN,
-                          data_lib.CIFAR_STD, 'crop_flip')
+    ds = data_lib.Dataset(
+        'cifar10',
+        10,
+        (32, 32, 3),
+        split,
+        split,
+        split,
+        data_lib.CIFAR_MEAN,
+        data_lib.CIFAR_STD,
+        'crop_flip',
+    )
     for workers in worker_counts():
-        batches = ip.train_batches(ds, 256, seed=0, epochs=range(100), workers=workers,
-                                   normalize=False)
+        batches = ip.train_batches(
+            ds, 256, seed=0, epochs=range(100), workers=workers, normalize=False
+        )
         m = measure(batches, args.seconds)
-        rows.append(dict(dataset='cifar10', path='train', workers=workers, batch=256,
-                         **_rounded(m)))
+        rows.append(
+            dict(dataset='cifar10', path='train', workers=workers, batch=256, **_rounded(m))
+        )
         _print_row('cifar10', 'train', workers, 256, m)
 
 
@@ -139,6 +161,7 @@ def bench_cifar(args, rows):
 def synthetic_photo(h, w, rng):
     """Smooth colour fields, edges and texture: JPEG sizes like ImageNet's (~110 KB)."""
     from PIL import Image
+
     small = rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)
     image = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), np.float32)
     image += rng.normal(0, 16, image.shape)
@@ -147,12 +170,16 @@ def synthetic_photo(h, w, rng):
 
 def write_jpeg_folder(root, n_train, n_val, classes=10, seed=0):
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     sizes = []
     for split, n in (('train', n_train), ('val', n_val)):
         for i in range(n):
-            h, w = (375, 500) if rng.random() < 0.6 else (int(rng.integers(300, 501)),
-                                                            int(rng.integers(300, 501)))
+            h, w = (
+                (375, 500)
+                if rng.random() < 0.6
+                else (int(rng.integers(300, 501)), int(rng.integers(300, 501)))
+            )
             if rng.random() < 0.3:
                 h, w = w, h  # portrait
             folder = os.path.join(root, split, f'n{i % classes:08d}')
@@ -169,22 +196,40 @@ def bench_imagenet(args, rows):
     with tempfile.TemporaryDirectory() as root:
         t0 = time.time()
         mean_bytes = write_jpeg_folder(root, args.imagenet_files, args.imagenet_files // 2)
-        print(f'wrote {args.imagenet_files + args.imagenet_files // 2} JPEGs (mean '
-              f'{mean_bytes / 1e3:.0f} KB) in {time.time() - t0:.1f} s', flush=True)
+        print(
+            f'wrote {args.imagenet_files + args.imagenet_files // 2} JPEGs (mean '
+            f'{mean_bytes / 1e3:.0f} KB) in {time.time() - t0:.1f} s',
+            flush=True,
+        )
         ds = data_lib.load_dataset('imagenet_folder', data_dir=root, val_examples=0)
         batch = 64
         for path in ('train', 'eval'):
             for workers in worker_counts():
                 if path == 'train':
-                    batches = ip.train_batches(ds, batch, seed=0, epochs=range(50),
-                                               workers=workers, normalize=False)
+                    batches = ip.train_batches(
+                        ds, batch, seed=0, epochs=range(50), workers=workers, normalize=False
+                    )
                 else:
-                    batches = ip.loader([ip.split_batches(ds, 'test', batch, train=False,
-                                                          pad=True, normalize=False)] * 50,
-                                        workers)
+                    batches = ip.loader(
+                        [
+                            ip.split_batches(
+                                ds, 'test', batch, train=False, pad=True, normalize=False
+                            )
+                        ]
+                        * 50,
+                        workers,
+                    )
                 m = measure(batches, args.seconds)
-                rows.append(dict(dataset='imagenet_folder', path=path, workers=workers,
-                                 batch=batch, **_rounded(m), mean_jpeg_kb=round(mean_bytes / 1e3, 1)))
+                rows.append(
+                    dict(
+                        dataset='imagenet_folder',
+                        path=path,
+                        workers=workers,
+                        batch=batch,
+                        **_rounded(m),
+                        mean_jpeg_kb=round(mean_bytes / 1e3, 1),
+                    )
+                )
                 _print_row('imagenet', path, workers, batch, m)
 
 
@@ -196,11 +241,14 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
     import jax
     import jax.numpy as jnp
 
-    from jackpot_jax import config_base, engine, modes, utils
+    from jackpot_jax import utils
+    from jackpot_jax.pipeline import config as config_lib
+    from jackpot_jax.pipeline import engine, modes
 
-    ds = data_lib.load_dataset(f'synthetic:{dataset}', train_subset=n_train, val_examples=16,
-                               test_subset=16)
-    config = config_base.base_config()
+    ds = data_lib.load_dataset(
+        f'synthetic:{dataset}', train_subset=n_train, val_examples=16, test_subset=16
+    )
+    config = config_lib.base_config()
     config.model, config.dataset, config.batch_size = model, f'synthetic:{dataset}', batch
     config.eval_batch_size = 16
     config.data_workers = 0
@@ -219,9 +267,13 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
     x, y = engine.shard_batch(mesh, (x, y))
 
     def bare_rate():
-        state = engine.TrainState(jnp.zeros((), jnp.int32), variables['params'],
-                                  tx.init(variables['params']), bs,
-                                  jax.random.key_data(jax.random.key(0)))
+        state = engine.TrainState(
+            jnp.zeros((), jnp.int32),
+            variables['params'],
+            tx.init(variables['params']),
+            bs,
+            jax.random.key_data(jax.random.key(0)),
+        )
         state = engine.replicate(mesh, utils.as_numpy(state))
         state, m = step(state, None, x, y)  # compiled on the first call
         jax.block_until_ready(m)
@@ -235,10 +287,20 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
         config.data_prefetch = prefetch
         with tempfile.TemporaryDirectory() as workdir:
             engine.train_loop(
-                config=config, workdir=workdir, module=module, ds=ds, mesh=mesh, kind='dense',
-                trainable=variables['params'], frozen=None, batch_stats=bs,
-                opt_cfg=config.pretrain, epochs=epochs, seed=0,
-                eval_params=lambda s: utils.variables_of(s.trainable, s.batch_stats))
+                config=config,
+                workdir=workdir,
+                module=module,
+                ds=ds,
+                mesh=mesh,
+                kind='dense',
+                trainable=variables['params'],
+                frozen=None,
+                batch_stats=bs,
+                opt_cfg=config.pretrain,
+                epochs=epochs,
+                seed=0,
+                eval_params=lambda s: utils.variables_of(s.trainable, s.batch_stats),
+            )
             with open(os.path.join(workdir, 'metrics.jsonl')) as f:
                 records = [json.loads(line) for line in f]
         return [r['train_images_per_second'] for r in records[1:]]  # the first compiles
@@ -248,19 +310,41 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
     loops = {prefetch: loop_rates(prefetch) for prefetch in (2, 0)}
     bare.append(bare_rate())
     bare_mean = float(np.mean(bare))
-    rows.append(dict(dataset=dataset, path=f'{name} bare step', workers=0, batch=batch,
-                     img_per_s=round(bare_mean, 1), runs=[round(b, 1) for b in bare],
-                     steps=spe))
-    print(f'{name:9s} bare step                    batch={batch}  {bare_mean:10.1f} img/s  '
-          f'(runs before/after the loops: {bare[0]:.1f}, {bare[1]:.1f})', flush=True)
+    rows.append(
+        dict(
+            dataset=dataset,
+            path=f'{name} bare step',
+            workers=0,
+            batch=batch,
+            img_per_s=round(bare_mean, 1),
+            runs=[round(b, 1) for b in bare],
+            steps=spe,
+        )
+    )
+    print(
+        f'{name:9s} bare step                    batch={batch}  {bare_mean:10.1f} img/s  '
+        f'(runs before/after the loops: {bare[0]:.1f}, {bare[1]:.1f})',
+        flush=True,
+    )
     for prefetch, rates in loops.items():
         rate = float(np.median(rates))
-        rows.append(dict(dataset=dataset, path=f'{name} loop, prefetch {prefetch}', workers=0,
-                         batch=batch, img_per_s=round(rate, 1), epochs=[round(r, 1) for r in rates],
-                         vs_bare=round(rate / bare_mean, 3)))
-        print(f'{name:9s} loop, prefetch {prefetch}             batch={batch}  {rate:10.1f} '
-              f'img/s  ({rate / bare_mean:.3f} of the bare step; epochs 2-{epochs}: '
-              f'{", ".join(f"{r:.1f}" for r in rates)})', flush=True)
+        rows.append(
+            dict(
+                dataset=dataset,
+                path=f'{name} loop, prefetch {prefetch}',
+                workers=0,
+                batch=batch,
+                img_per_s=round(rate, 1),
+                epochs=[round(r, 1) for r in rates],
+                vs_bare=round(rate / bare_mean, 3),
+            )
+        )
+        print(
+            f'{name:9s} loop, prefetch {prefetch}             batch={batch}  {rate:10.1f} '
+            f'img/s  ({rate / bare_mean:.3f} of the bare step; epochs 2-{epochs}: '
+            f'{", ".join(f"{r:.1f}" for r in rates)})',
+            flush=True,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -269,16 +353,24 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
 def provenance(argv):
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
     try:
-        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root,
-                                capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = ''
     import jax
-    return {'command': 'python ' + ' '.join(argv), 'commit': commit,
-            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-            'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
-            'cpu_count': ip.default_workers(), 'python': platform.python_version(),
-            'jax': jax.__version__, 'load_average_at_start': list(os.getloadavg())}
+
+    return {
+        'command': 'python ' + ' '.join(argv),
+        'commit': commit,
+        'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'device': str(jax.devices()[0].device_kind),
+        'backend': jax.default_backend(),
+        'cpu_count': ip.default_workers(),
+        'python': platform.python_version(),
+        'jax': jax.__version__,
+        'load_average_at_start': list(os.getloadavg()),
+    }
 
 
 def summary(rows):
@@ -296,25 +388,33 @@ def summary(rows):
     one_cpu = get('imagenet_folder', 'train', 1, 'img_per_cpu_s')
     target = TARGETS['imagenet_train_per_worker']
     if one:
-        lines.append(f'imagenet train, 1 worker: {one:.0f} img/s wall, {one_cpu:.0f} img per '
-                     f'CPU-second (target >= {target:.0f}: wall {verdict(one, target)}, per '
-                     f'CPU-second {verdict(one_cpu, target)})')
+        lines.append(
+            f'imagenet train, 1 worker: {one:.0f} img/s wall, {one_cpu:.0f} img per '
+            f'CPU-second (target >= {target:.0f}: wall {verdict(one, target)}, per '
+            f'CPU-second {verdict(one_cpu, target)})'
+        )
     if one and two:
         target = TARGETS['imagenet_2_workers_speedup']
-        lines.append(f'imagenet train, 2 workers / 1 worker (wall): {two / one:.2f}x (target >= '
-                     f'{target}: {verdict(two / one, target)})')
+        lines.append(
+            f'imagenet train, 2 workers / 1 worker (wall): {two / one:.2f}x (target >= '
+            f'{target}: {verdict(two / one, target)})'
+        )
     cifar = [r for r in rows if r['dataset'] == 'cifar10' and r['path'] == 'train']
     if cifar:
         best = max(cifar, key=lambda r: r['img_per_s'])
         target = TARGETS['cifar_img_per_s']
-        lines.append(f"cifar10 train, best: {best['img_per_s']:.0f} img/s wall with "
-                     f"{best['workers']} workers (target >= {target:.0f}: "
-                     f"{verdict(best['img_per_s'], target)})")
+        lines.append(
+            f"cifar10 train, best: {best['img_per_s']:.0f} img/s wall with "
+            f"{best['workers']} workers (target >= {target:.0f}: "
+            f"{verdict(best['img_per_s'], target)})"
+        )
     for r in rows:
         if 'vs_bare' in r and 'prefetch 2' in r['path']:
             target = TARGETS['loop_vs_bare']
-            lines.append(f"{r['path']}: {r['vs_bare']:.3f} of the bare step (target >= "
-                         f"{target}: {verdict(r['vs_bare'], target)})")
+            lines.append(
+                f"{r['path']}: {r['vs_bare']:.3f} of the bare step (target >= "
+                f"{target}: {verdict(r['vs_bare'], target)})"
+            )
     return lines
 
 
@@ -322,13 +422,20 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--json', help='write the rows and provenance here')
-    p.add_argument('--only', action='append',
-                   choices=('cifar', 'imagenet', 'lenet', 'resnet32'),
-                   help='parts to run (repeatable; default: cifar, imagenet, lenet)')
+    p.add_argument(
+        '--only',
+        action='append',
+        choices=('cifar', 'imagenet', 'lenet', 'resnet32'),
+        help='parts to run (repeatable; default: cifar, imagenet, lenet)',
+    )
     p.add_argument('--seconds', type=float, default=10.0, help='timed seconds per cell')
     p.add_argument('--cifar-examples', type=int, default=20000)
-    p.add_argument('--imagenet-files', type=int, default=256,
-                   help='training JPEGs written (plus half as many for val/)')
+    p.add_argument(
+        '--imagenet-files',
+        type=int,
+        default=256,
+        help='training JPEGs written (plus half as many for val/)',
+    )
     p.add_argument('--lenet-train', type=int, default=4096)
     p.add_argument('--resnet32-train', type=int, default=45056)
     p.add_argument('--resnet32-batch', type=int, default=128)
@@ -343,11 +450,25 @@ def main(argv=None):
     if 'imagenet' in parts:
         bench_imagenet(args, rows)
     if 'lenet' in parts:
-        bench_loop(args, rows, name='lenet5', model='lenet5', dataset='fashion_mnist',
-                   n_train=args.lenet_train, batch=256)
+        bench_loop(
+            args,
+            rows,
+            name='lenet5',
+            model='lenet5',
+            dataset='fashion_mnist',
+            n_train=args.lenet_train,
+            batch=256,
+        )
     if 'resnet32' in parts:
-        bench_loop(args, rows, name='resnet32', model='resnet32', dataset='cifar10',
-                   n_train=args.resnet32_train, batch=args.resnet32_batch)
+        bench_loop(
+            args,
+            rows,
+            name='resnet32',
+            model='resnet32',
+            dataset='cifar10',
+            n_train=args.resnet32_train,
+            batch=args.resnet32_batch,
+        )
     info['seconds'] = round(time.time() - t0, 1)
     info['load_average_at_end'] = list(os.getloadavg())
     lines = summary(rows)

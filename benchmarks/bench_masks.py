@@ -12,9 +12,9 @@ mask computation over the whole tree -- every prunable layer, per-layer keep cou
   (a) ours:     `jackpot_jax.sparsity.masks_from_scores` (exact count, no sort) in its
                 layouts: "per_layer" (one 32-pass bisection `fori_loop` per layer, the CPU
                 default), "together" with 1 bit per pass (one unrolled 32-pass bisection over
-                all layers), "together" with `sparsity.RADIX_BITS` bits per pass (the radix
+                all layers), "together" with ``ComputeOptions.radix_bits`` bits per pass (the radix
                 search, the GPU/TPU default) and, on the CPU, "native" (the C++ radix select
-                of `jackpot_jax.topk_select`, the CPU default where it builds);
+                of `jackpot_jax.kernels.native.topk_select`, the CPU default where it builds);
   (b) lax.top_k: per layer `jax.lax.top_k` (values + indices), then scatter ones at the indices;
 
 on two kinds of scores: two-level (1.0 / 0.95, the official init: almost everything tied) and
@@ -46,24 +46,28 @@ import optax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jackpot_jax import sparsity as sp  # noqa: E402
-from jackpot_jax.models import get_model, input_shape  # noqa: E402
+from jackpot_jax import kernels
+from jackpot_jax import sparsity as sp
+from jackpot_jax.models import get_model, input_shape
 
 SPARSITY = 0.9
-MODELS = (("ResNet-20", "resnet20", {}), ("ResNet-32x2", "resnet32", {}),
-          ("ResNet-50", "resnet50", {}))
+MODELS = (
+    ("ResNet-20", "resnet20", {}),
+    ("ResNet-32x2", "resnet32", {}),
+    ("ResNet-50", "resnet50", {}),
+)
 STEP_MODEL = "resnet32"
 STEP_BATCH = 128
 TARGET_RATIO = 0.02
 # "together:1" is the unrolled bitwise bisection (32 passes), "together" the radix search
-# (sparsity.RADIX_BITS bits per pass), the default on GPUs and TPUs.
+# (``ComputeOptions.radix_bits`` bits per pass), the default on GPUs and TPUs.
 LAYOUTS = ("per_layer", "together:1", "together:2", "together")
-RADIX_DEFAULT = sp.RADIX_BITS
+RADIX_DEFAULT = kernels.ComputeOptions().radix_bits
 
 
 def AUTO_LAYOUT():
-    """The layout `MASK_LAYOUT = "auto"` picks on this backend."""
-    return sp.resolved_layout("auto")
+    """The layout ``ComputeOptions.mask_layout="auto"`` picks on this backend."""
+    return kernels.options.mask_layout(kernels.ComputeOptions())
 
 
 def layouts():
@@ -81,8 +85,7 @@ def param_shapes(name: str, options: dict):
     model = get_model(name, **options)
     h, w, c = input_shape(name)
     x = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
-    variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False),
-                               jax.random.key(0), x)
+    variables = jax.eval_shape(lambda r, x: model.init(r, x, train=False), jax.random.key(0), x)
     return model, variables["params"]
 
 
@@ -90,8 +93,12 @@ def random_params(shapes, seed: int):
     """Random normal weights of the given shapes (stand-ins for pre-trained weights)."""
     rng = np.random.default_rng(seed)
     return jax.tree.map(
-        lambda s: jnp.asarray(rng.standard_normal(s.shape, dtype=np.float32)
-                              / np.sqrt(max(1, int(np.prod(s.shape[:-1]))))), shapes)
+        lambda s: jnp.asarray(
+            rng.standard_normal(s.shape, dtype=np.float32)
+            / np.sqrt(max(1, int(np.prod(s.shape[:-1]))))
+        ),
+        shapes,
+    )
 
 
 def two_level_scores(params, budget):
@@ -106,6 +113,7 @@ def continuous_scores(params, seed: int):
 
 def lax_topk_masks(scores, budget, use_abs: bool = True):
     """Per-layer mask from `jax.lax.top_k`: indices of the k largest, then scatter ones."""
+
     def one(s, k):
         if s is None:
             return None
@@ -143,25 +151,27 @@ def bench_masks(repeats: int):
         _, shapes = param_shapes(name, options)
         params = random_params(shapes, seed=0)
         budget = sp.keep_counts(params, SPARSITY, "global_magnitude")
-        n_prunable = sum(int(np.size(x)) for x in sp.flatten_paths(sp.magnitude_scores(params)).values())
+        n_prunable = sum(
+            int(np.size(x)) for x in sp.flatten_paths(sp.magnitude_scores(params)).values()
+        )
         n_layers = len(sp.prunable_paths(params))
         n_keep = sum(sp.flatten_paths(budget).values())
 
         def ours_fn(layout, b=budget):
-            layout, radix = (layout.split(":") + [sp.RADIX_BITS])[:2]
+            layout, radix = (layout.split(":") + [RADIX_DEFAULT])[:2]
+
             def fn(s):
-                # Read when the jitted function is traced.
-                sp.MASK_LAYOUT, sp.RADIX_BITS = layout, int(radix)
-                try:
+                with kernels.use(mask_layout=layout, radix_bits=int(radix)):  # traced here
                     return sp.masks_from_scores(s, b)
-                finally:
-                    sp.MASK_LAYOUT, sp.RADIX_BITS = "auto", RADIX_DEFAULT
+
             return jax.jit(fn)
 
         ours = {layout: ours_fn(layout) for layout in layouts()}
         ref = jax.jit(lambda s, b=budget: lax_topk_masks(s, b))
-        kinds = (("two-level 1.0/0.95", two_level_scores(params, budget)),
-                 ("continuous U[0,1)", continuous_scores(params, seed=1)))
+        kinds = (
+            ("two-level 1.0/0.95", two_level_scores(params, budget)),
+            ("continuous U[0,1)", continuous_scores(params, seed=1)),
+        )
         for kind, scores in kinds:
             jax.block_until_ready(scores)
             ms = {layout: time_fn(fn, scores, repeats) for layout, fn in ours.items()}
@@ -176,12 +186,14 @@ def bench_masks(repeats: int):
             assert n_ones == n_keep, (label, kind, n_ones, n_keep)
             mm = mismatches(a, b)
             rows.append((label, n_prunable, n_layers, kind, ms, ms_ref, mm))
-            print(f"  measured {label:12s} {kind:20s} per_layer {ms['per_layer']:9.2f} ms  "
-                  f"together/bisection {ms['together:1']:9.2f} ms  together/radix-2 "
-                  f"{ms['together:2']:9.2f} ms  together/radix-{sp.RADIX_BITS} "
-                  f"{ms['together']:9.2f} ms  native {_cell(ms, 'native', '9.2f')} ms  "
-                  f"lax.top_k {ms_ref:9.2f} ms  mismatches {mm}",
-                  flush=True)
+            print(
+                f"  measured {label:12s} {kind:20s} per_layer {ms['per_layer']:9.2f} ms  "
+                f"together/bisection {ms['together:1']:9.2f} ms  together/radix-2 "
+                f"{ms['together:2']:9.2f} ms  together/radix-{RADIX_DEFAULT} "
+                f"{ms['together']:9.2f} ms  native {_cell(ms, 'native', '9.2f')} ms  "
+                f"lax.top_k {ms_ref:9.2f} ms  mismatches {mm}",
+                flush=True,
+            )
             if kind.startswith("two-level"):
                 ours_two_level[name] = ms[AUTO_LAYOUT()]
             del a, b
@@ -207,8 +219,9 @@ def bench_step(step_repeats: int) -> float:
 
     def loss_fn(scores, batch_stats, x, y):
         p = sp.masked_params(params, scores, budget)
-        logits, new_state = model.apply({"params": p, "batch_stats": batch_stats}, x,
-                                        train=True, mutable=["batch_stats"])
+        logits, new_state = model.apply(
+            {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, new_state["batch_stats"]
 
@@ -241,26 +254,34 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     print(f"date: {datetime.date.today().isoformat()}")
-    print(f"JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
-          f"CPU count {os.cpu_count()}, Python {platform.python_version()}, "
-          f"{platform.machine()}")
-    print(f"masks at {SPARSITY:.0%} sparsity, per-layer keep counts from 'global_magnitude' "
-          f"(random normal weights), median of {args.repeats} after warm-up")
+    print(
+        f"JAX {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}, "
+        f"CPU count {os.cpu_count()}, Python {platform.python_version()}, "
+        f"{platform.machine()}"
+    )
+    print(
+        f"masks at {SPARSITY:.0%} sparsity, per-layer keep counts from 'global_magnitude' "
+        f"(random normal weights), median of {args.repeats} after warm-up"
+    )
 
     rows, ours_two_level = bench_masks(args.repeats)
 
     print()
-    print(f"| model | prunable weights | layers | scores | ours, per_layer (ms) "
-          f"| ours, together, bisection (ms) | ours, together, radix 2 bits (ms) "
-          f"| ours, together, radix {sp.RADIX_BITS} bits (ms) | ours, native select (ms) "
-          f"| lax.top_k (ms) | top_k / ours ({AUTO_LAYOUT()}, the default here) "
-          f"| mismatches vs ours |")
+    print(
+        f"| model | prunable weights | layers | scores | ours, per_layer (ms) "
+        f"| ours, together, bisection (ms) | ours, together, radix 2 bits (ms) "
+        f"| ours, together, radix {RADIX_DEFAULT} bits (ms) | ours, native select (ms) "
+        f"| lax.top_k (ms) | top_k / ours ({AUTO_LAYOUT()}, the default here) "
+        f"| mismatches vs ours |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, n, layers, kind, ms, b, mm in rows:
-        print(f"| {label} | {n / 1e6:.2f}M | {layers} | {kind} | {ms['per_layer']:.2f} "
-              f"| {ms['together:1']:.2f} | {ms['together:2']:.2f} | {ms['together']:.2f} "
-              f"| {_cell(ms, 'native')} | {b:.2f} "
-              f"| {b / ms[AUTO_LAYOUT()]:.2f}x | {mm} |")
+        print(
+            f"| {label} | {n / 1e6:.2f}M | {layers} | {kind} | {ms['per_layer']:.2f} "
+            f"| {ms['together:1']:.2f} | {ms['together:2']:.2f} | {ms['together']:.2f} "
+            f"| {_cell(ms, 'native')} | {b:.2f} "
+            f"| {b / ms[AUTO_LAYOUT()]:.2f}x | {mm} |"
+        )
 
     if not args.skip_step:
         print()
@@ -272,9 +293,14 @@ def main(argv=None):
         print("|---|---:|")
         print(f"| full jitted step (median of {args.step_repeats}) | {step_ms:.0f} |")
         print(f"| mask computation, two-level scores (ours, {AUTO_LAYOUT()}) | {mask_ms:.2f} |")
-        print(f"| mask_ms / step_ms | {ratio:.3%} (target < {TARGET_RATIO:.0%}: "
-              f"{'met' if ratio < TARGET_RATIO else 'NOT met'}) |")
+        print(
+            f"| mask_ms / step_ms | {ratio:.3%} (target < {TARGET_RATIO:.0%}: "
+            f"{'met' if ratio < TARGET_RATIO else 'NOT met'}) |"
+        )
 
 
 if __name__ == "__main__":
+    from jackpot_jax import xla_flags
+
+    print(xla_flags.apply_recommended(), flush=True)  # before JAX starts its backend
     main()

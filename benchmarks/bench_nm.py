@@ -10,7 +10,7 @@ What it builds, on any machine: ResNet-50 (random weights: the speed of a 2:4 ma
 depend on the values; the classifier included in the pattern) and LeNet-300-100 (random, or the
 2:4 jackpot of a search run given with ``--lenet-jackpot``), 2:4 masks from
 `jackpot_jax.sparsity` (magnitude, `nm_budget`), exported to PyTorch with
-`jackpot_jax.torch_convert.export_to_torch_state_dict` (ResNet-50 loaded into torchvision's
+`jackpot_jax.interop.torch_convert.export_to_torch_state_dict` (ResNet-50 loaded into torchvision's
 `resnet50` with ``strict=True``). It checks, per exported weight that the benchmark uses:
 
 * the pattern: at most 2 non-zeros in every 4 consecutive weights along the input axis, zeros
@@ -43,18 +43,18 @@ import sys
 # JAX only builds the masks here; on a GPU machine it must not take the GPU's memory.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jackpot_jax import models  # noqa: E402
-from jackpot_jax import sparsity as sp  # noqa: E402
-from jackpot_jax import torch_convert  # noqa: E402
+from jackpot_jax import models
+from jackpot_jax import sparsity as sp
+from jackpot_jax.interop import torch_convert
 
 PATTERN = sp.NMPattern(2, 4)
-BATCH = 256          # --batch changes it
-DEVICE = "cuda"      # --device cpu: a dry run of the timing code (2:4 cells then say n/a)
+BATCH = 256  # --batch changes it
+DEVICE = "cuda"  # --device cpu: a dry run of the timing code (2:4 cells then say n/a)
 
 
 def jax_nm_support() -> str:
@@ -67,10 +67,16 @@ def jax_nm_support() -> str:
     if found:
         return f"JAX {jax.__version__}: " + "; ".join(found) + " (not benchmarked here)"
     mosaic = importlib.util.find_spec("jax.experimental.mosaic.gpu.tcgen05") is not None
-    return (f"JAX {jax.__version__}: no 2:4 sparse dot (no jax.experimental.sparse.nm, no "
-            "sparsity argument to lax.dot_general)"
-            + ("; only Mosaic GPU's low-level tcgen05 MMA has a sparse mode, and tcgen05 is "
-               "Blackwell (sm_100), not the H100/H200's Hopper" if mosaic else ""))
+    return (
+        f"JAX {jax.__version__}: no 2:4 sparse dot (no jax.experimental.sparse.nm, no "
+        "sparsity argument to lax.dot_general)"
+        + (
+            "; only Mosaic GPU's low-level tcgen05 MMA has a sparse mode, and tcgen05 is "
+            "Blackwell (sm_100), not the H100/H200's Hopper"
+            if mosaic
+            else ""
+        )
+    )
 
 
 def nm_jackpot(arch: str, variables=None):
@@ -79,7 +85,8 @@ def nm_jackpot(arch: str, variables=None):
     module = models.get_model(arch)
     if variables is None:
         variables = jax.jit(models.init_variables, static_argnums=(0, 2))(
-            module, jax.random.key(0), (1, *models.input_shape(arch)))
+            module, jax.random.key(0), (1, *models.input_shape(arch))
+        )
     params = variables["params"]
     every_kernel = sp.make_filter(exclude=())
     budget = sp.nm_budget(params, PATTERN, every_kernel)
@@ -90,7 +97,8 @@ def nm_jackpot(arch: str, variables=None):
 def check_weight(torch, name, w, mask_torch_layout) -> dict:
     """Pattern and CUTLASS round-trip checks of one exported (out, in[, h, w]) weight."""
     from torch.sparse import _semi_structured_conversions as conv
-    w2d = np.moveaxis(w.numpy(), 1, -1).reshape(-1, w.shape[1])      # rows, input axis last
+
+    w2d = np.moveaxis(w.numpy(), 1, -1).reshape(-1, w.shape[1])  # rows, input axis last
     nonzero = (w2d != 0).reshape(w2d.shape[0], -1, PATTERN.m).sum(-1)
     m2d = np.moveaxis(mask_torch_layout, 1, -1).reshape(w2d.shape)
     pattern_ok = bool(nonzero.max() <= PATTERN.n and np.all(w2d[m2d == 0] == 0))
@@ -101,10 +109,15 @@ def check_weight(torch, name, w, mask_torch_layout) -> dict:
         half = torch.from_numpy(np.ascontiguousarray(w2d)).half()
         padded = _pad_to(half, _ceil(half.shape[0], 32), _ceil(half.shape[1], 64))
         packed, meta = conv.sparse_semi_structured_from_dense_cutlass(padded)
-        roundtrip = bool(torch.equal(conv.sparse_semi_structured_to_dense_cutlass(packed, meta),
-                                     padded))
-    return {"name": name, "shape": tuple(w.shape), "pattern_ok": pattern_ok,
-            "cutlass_roundtrip": roundtrip}
+        roundtrip = bool(
+            torch.equal(conv.sparse_semi_structured_to_dense_cutlass(packed, meta), padded)
+        )
+    return {
+        "name": name,
+        "shape": tuple(w.shape),
+        "pattern_ok": pattern_ok,
+        "cutlass_roundtrip": roundtrip,
+    }
 
 
 def resnet50_layers(torch, torchvision, state_dict):
@@ -118,9 +131,13 @@ def resnet50_layers(torch, torchvision, state_dict):
     def hook(name):
         def record(mod, _, out):
             rows = BATCH * out.shape[2] * out.shape[3] if out.dim() == 4 else BATCH
-            key = (rows, mod.in_channels if out.dim() == 4 else mod.in_features,
-                   mod.out_channels if out.dim() == 4 else mod.out_features)
+            key = (
+                rows,
+                mod.in_channels if out.dim() == 4 else mod.in_features,
+                mod.out_channels if out.dim() == 4 else mod.out_features,
+            )
             shapes.setdefault(key, []).append(name + ".weight")
+
         return record
 
     for name, mod in net.named_modules():
@@ -135,7 +152,7 @@ def resnet50_layers(torch, torchvision, state_dict):
 
 def _pad_to(t, rows, cols):
     out = t.new_zeros(rows, cols)
-    out[:t.shape[0], :t.shape[1]] = t
+    out[: t.shape[0], : t.shape[1]] = t
     return out
 
 
@@ -149,6 +166,7 @@ def time_cuda(torch, fn, repeats: int) -> float:
         fn()
     if DEVICE == "cpu":
         import time
+
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -169,17 +187,25 @@ def time_cuda(torch, fn, repeats: int) -> float:
 
 def sparse_backends(torch):
     """{name: (convert dense -> 2:4 tensor, fp16 multiple its dims must be padded to)}."""
-    from torch.sparse import (SparseSemiStructuredTensor, SparseSemiStructuredTensorCUSPARSELT,
-                              SparseSemiStructuredTensorCUTLASS, to_sparse_semi_structured)
+    from torch.sparse import (
+        SparseSemiStructuredTensor,
+        SparseSemiStructuredTensorCUSPARSELT,
+        SparseSemiStructuredTensorCUTLASS,
+        to_sparse_semi_structured,
+    )
 
     def make(force_cutlass, cls):
         def convert(w):
             SparseSemiStructuredTensor._FORCE_CUTLASS = force_cutlass
             return to_sparse_semi_structured(w)
+
         c = cls._DTYPE_SHAPE_CONSTRAINTS[torch.half]
         return convert, max(c.sparse_min_rows, c.sparse_min_cols)
-    return {"cuSPARSELt": make(False, SparseSemiStructuredTensorCUSPARSELT),
-            "CUTLASS": make(True, SparseSemiStructuredTensorCUTLASS)}
+
+    return {
+        "cuSPARSELt": make(False, SparseSemiStructuredTensorCUSPARSELT),
+        "CUTLASS": make(True, SparseSemiStructuredTensorCUTLASS),
+    }
 
 
 def _failure(e: Exception) -> tuple:
@@ -192,13 +218,17 @@ def bench_matmuls(torch, shapes, state_dict, repeats):
     and the largest output difference (weights zero-padded to the backend's multiples; the
     padding adds zero rows/columns, the real outputs are compared)."""
     import torch.nn.functional as F
+
     rows_out = []
     for (m, k, n), names in shapes.items():
         w = state_dict[names[0]].reshape(n, k).half().to(DEVICE)
         x = torch.randn(m, k, dtype=torch.half, device=DEVICE)
         dense = F.linear(x, w)
-        row = {"shape": (m, k, n), "count": len(names),
-               "dense_ms": time_cuda(torch, lambda: F.linear(x, w), repeats)}
+        row = {
+            "shape": (m, k, n),
+            "count": len(names),
+            "dense_ms": time_cuda(torch, lambda: F.linear(x, w), repeats),  # noqa: F821
+        }
         for backend, (convert, step) in sparse_backends(torch).items():
             try:
                 kp = _ceil(k, step)
@@ -206,7 +236,7 @@ def bench_matmuls(torch, shapes, state_dict, repeats):
                 xp = x if kp == k else _pad_to(x, m, kp)
                 out = F.linear(xp, ws)[:, :n]
                 err = float((out - dense).abs().max() / dense.abs().max())
-                row[backend] = (time_cuda(torch, lambda: F.linear(xp, ws), repeats), err)
+                row[backend] = (time_cuda(torch, lambda: F.linear(xp, ws), repeats), err)  # noqa: F821
                 del ws, xp, out
             except Exception as e:  # noqa: BLE001
                 row[backend] = _failure(e)
@@ -221,6 +251,7 @@ def bench_lenet(torch, sd, repeats):
     """LeNet-300-100 forward at batch 256, dense against fc1/fc2 2:4-sparse (zero-padded to
     the backend's shape constraints; the padding keeps the outputs exact)."""
     import torch.nn.functional as F
+
     w = {k: v.half().to(DEVICE) for k, v in sd.items()}
     x = torch.randn(BATCH, 784, dtype=torch.half, device=DEVICE)
 
@@ -265,46 +296,66 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--batch", type=int, default=BATCH)
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                   help="default: cuda if available, else only the checks; cpu: a dry run of "
-                        "the timing code (use a small --batch)")
-    p.add_argument("--lenet-jackpot", default=None,
-                   help="a 2:4 search run's workdir (jackpot.npz + model/) for the LeNet forward")
+    p.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default=None,
+        help="default: cuda if available, else only the checks; cpu: a dry run of "
+        "the timing code (use a small --batch)",
+    )
+    p.add_argument(
+        "--lenet-jackpot",
+        default=None,
+        help="a 2:4 search run's workdir (jackpot.npz + model/) for the LeNet forward",
+    )
     args = p.parse_args(argv)
     import torch
     import torchvision
+
     cuda = torch.cuda.is_available()
     BATCH, DEVICE = args.batch, args.device or "cuda"
     print(f"# bench_nm {datetime.datetime.now().isoformat(timespec='seconds')}")
-    print(f"# python {platform.python_version()}, torch {torch.__version__}, JAX "
-          f"{jax.__version__} (masks on {jax.default_backend()}), {os.cpu_count()} CPU cores, "
-          f"device: {torch.cuda.get_device_name() if cuda else 'CPU only'}")
+    print(
+        f"# python {platform.python_version()}, torch {torch.__version__}, JAX "
+        f"{jax.__version__} (masks on {jax.default_backend()}), {os.cpu_count()} CPU cores, "
+        f"device: {torch.cuda.get_device_name() if cuda else 'CPU only'}"
+    )
     print(f"# {jax_nm_support()}")
 
     # ResNet-50 --------------------------------------------------------------------------
     variables, masks, budget = nm_jackpot("resnet50")
-    print(f"# ResNet-50: {PATTERN} on {sum(isinstance(b, sp.NMPattern) for b in jax.tree.leaves(budget))}"
-          f" kernels, kept dense: {sp.dense_kept(budget)}")
+    print(
+        f"# ResNet-50: {PATTERN} on {sum(isinstance(b, sp.NMPattern) for b in jax.tree.leaves(budget))}"
+        f" kernels, kept dense: {sp.dense_kept(budget)}"
+    )
     sd = torch_convert.export_to_torch_state_dict("resnet50", variables, masks)
     shapes = resnet50_layers(torch, torchvision, sd)
-    names = {torch_convert.torch_module_name("resnet50", p.split("/")[:-1]) + ".weight": p
-             for p in masks}
+    names = {
+        torch_convert.torch_module_name("resnet50", p.split("/")[:-1]) + ".weight": p for p in masks
+    }
     checks = []
-    for (m, k, n), keys in shapes.items():
+    for keys in shapes.values():
         for key in keys:
-            mask = torch_convert._to_torch("conv" if sd[key].dim() == 4 else "linear",
-                                           masks[names[key]])
+            mask = torch_convert._to_torch(
+                "conv" if sd[key].dim() == 4 else "linear", masks[names[key]]
+            )
             checks.append(check_weight(torch, key, sd[key], mask))
     # LeNet-300-100 ----------------------------------------------------------------------
     if args.lenet_jackpot:
-        from jackpot_jax import export
+        from jackpot_jax.pipeline import export
+
         jackpot = export.read_jackpot(args.lenet_jackpot)
         if jackpot["meta"].get("pattern") != str(PATTERN):
-            raise SystemExit(f"{args.lenet_jackpot}: pattern {jackpot['meta'].get('pattern')!r},"
-                             f" expected {PATTERN}")
+            raise SystemExit(
+                f"{args.lenet_jackpot}: pattern {jackpot['meta'].get('pattern')!r},"
+                f" expected {PATTERN}"
+            )
         out = os.path.join(os.path.abspath(args.lenet_jackpot), "bench_nm_export.pth")
-        torch_convert.export_checkpoint(os.path.join(args.lenet_jackpot, "model"), out,
-                                        os.path.join(args.lenet_jackpot, "jackpot.npz"))
+        torch_convert.export_checkpoint(
+            os.path.join(args.lenet_jackpot, "model"),
+            out,
+            os.path.join(args.lenet_jackpot, "jackpot.npz"),
+        )
         lenet_sd = torch.load(out, weights_only=True)
         lenet_masks = jackpot["masks"]
         source = f"the 2:4 jackpot in {args.lenet_jackpot}"
@@ -314,10 +365,18 @@ def main(argv=None):
         lenet_sd = torch_convert.export_to_torch_state_dict("lenet300_100", lv, lenet_masks)
         source = "random weights, magnitude 2:4 masks"
     for key in ("fc1", "fc2"):
-        checks.append(check_weight(torch, f"lenet300_100 {key}.weight", lenet_sd[f"{key}.weight"],
-                                   np.asarray(lenet_masks[f"{key}/kernel"]).T))
-    print(f"\n## Checks on the CPU: pattern and export ({len(checks)} exported weights; "
-          f"LeNet-300-100: {source})\n")
+        checks.append(
+            check_weight(
+                torch,
+                f"lenet300_100 {key}.weight",
+                lenet_sd[f"{key}.weight"],
+                np.asarray(lenet_masks[f"{key}/kernel"]).T,
+            )
+        )
+    print(
+        f"\n## Checks on the CPU: pattern and export ({len(checks)} exported weights; "
+        f"LeNet-300-100: {source})\n"
+    )
     print("| weight | torch shape | 2:4 pattern | CUTLASS compress round trip |")
     print("|---|---|---|---|")
     for c in checks:
@@ -333,31 +392,44 @@ def main(argv=None):
         return
     if DEVICE == "cpu":
         print("\n# DRY RUN on the CPU (--device cpu): these times are not the benchmark")
-    print(f"\n## ResNet-50 1x1 convolutions and classifier as matmuls, batch {BATCH}, fp16 "
-          f"(median of {args.repeats}; 'x' = dense time / sparse time; err = max |sparse - "
-          "dense| / max |dense|)\n")
+    print(
+        f"\n## ResNet-50 1x1 convolutions and classifier as matmuls, batch {BATCH}, fp16 "
+        f"(median of {args.repeats}; 'x' = dense time / sparse time; err = max |sparse - "
+        "dense| / max |dense|)\n"
+    )
     print("| rows x in -> out | layers | dense (ms) | cuSPARSELt | CUTLASS |")
     print("|---|---:|---:|---|---|")
     rows = bench_matmuls(torch, shapes, sd, args.repeats)
     totals = collections.Counter()
     for r in rows:
         m, k, n = r["shape"]
-        print(f"| {m} x {k} -> {n} | {r['count']} | {r['dense_ms']:.4f} | "
-              f"{_cell(r['cuSPARSELt'], r['dense_ms'])} | {_cell(r['CUTLASS'], r['dense_ms'])} |")
+        print(
+            f"| {m} x {k} -> {n} | {r['count']} | {r['dense_ms']:.4f} | "
+            f"{_cell(r['cuSPARSELt'], r['dense_ms'])} | {_cell(r['CUTLASS'], r['dense_ms'])} |"
+        )
         totals["dense"] += r["count"] * r["dense_ms"]
         for b in ("cuSPARSELt", "CUTLASS"):
             if r[b][0] is not None:
                 totals[b] += r["count"] * r[b][0]
             else:
                 totals[b] += float("nan")
-    print(f"\nsum over all {sum(r['count'] for r in rows)} layers: dense {totals['dense']:.3f} ms"
-          + "".join(f", {b} {totals[b]:.3f} ms (x{totals['dense'] / totals[b]:.2f})"
-                    for b in ("cuSPARSELt", "CUTLASS")))
+    print(
+        f"\nsum over all {sum(r['count'] for r in rows)} layers: dense {totals['dense']:.3f} ms"
+        + "".join(
+            f", {b} {totals[b]:.3f} ms (x{totals['dense'] / totals[b]:.2f})"
+            for b in ("cuSPARSELt", "CUTLASS")
+        )
+    )
     lenet = bench_lenet(torch, lenet_sd, args.repeats)
     print(f"\n## LeNet-300-100 forward, batch {BATCH}, fp16 ({source})\n")
-    print(f"dense {lenet['dense_ms']:.4f} ms; cuSPARSELt {_cell(lenet['cuSPARSELt'], lenet['dense_ms'])}; "
-          f"CUTLASS {_cell(lenet['CUTLASS'], lenet['dense_ms'])}")
+    print(
+        f"dense {lenet['dense_ms']:.4f} ms; cuSPARSELt {_cell(lenet['cuSPARSELt'], lenet['dense_ms'])}; "
+        f"CUTLASS {_cell(lenet['CUTLASS'], lenet['dense_ms'])}"
+    )
 
 
 if __name__ == "__main__":
+    from jackpot_jax import xla_flags
+
+    print(xla_flags.apply_recommended(), flush=True)  # before JAX starts its backend
     main()

@@ -8,7 +8,7 @@ For each model, batch size and mode (``search``, ``dense``) one process times, o
 data and after warm-up, steps of
 
 * **jackpot_jax**: the step the CLI runs, built by the same code (`engine.make_train_step`,
-  `engine.make_optimizer` with the config's SGD settings, budgets from `criteria.budget_for`,
+  `engine.make_optimizer` with the config's SGD settings, budgets from `pruning.budget_for`,
   scores from the magnitude mask, `engine.TrainState`, the batch sharded over a `Mesh`):
   ``search`` = frozen params, straight-through exact top-k masks, SGD on the scores;
   ``dense`` = plain SGD on all params (the pretraining step);
@@ -50,13 +50,14 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from jackpot_jax import config_base, criteria, engine, models, ops  # noqa: E402
-from jackpot_jax import sparsity as sp  # noqa: E402
-from jackpot_jax import utils  # noqa: E402
+from jackpot_jax import kernels, models, utils
+from jackpot_jax import sparsity as sp
+from jackpot_jax.pipeline import config as config_lib
+from jackpot_jax.pipeline import engine, pruning
 
 # benchmark name -> (registry name, options, classes)
 MODELS = {
@@ -69,7 +70,7 @@ MODELS = {
 CPU_DEFAULT = "lenet5,resnet20,resnet32x2,vgg19_cifar"
 GPU_DEFAULT = CPU_DEFAULT + ",resnet50"
 SPARSITY = 0.9
-TORCH_MASK = "topk"   # --torch-mask
+TORCH_MASK = "topk"  # --torch-mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +78,8 @@ TORCH_MASK = "topk"   # --torch-mask
 # ---------------------------------------------------------------------------------------------
 
 
-IMAGE_SIZE = 0   # --image-size
+IMAGE_SIZE = 0  # --image-size
+CONV_IMPL = None  # --conv (None: the library's default, 'auto')
 
 
 def input_shape(name: str) -> tuple:
@@ -86,7 +88,7 @@ def input_shape(name: str) -> tuple:
 
 
 def _config(name: str, batch: int, dtype: str):
-    c = config_base.base_config()
+    c = config_lib.base_config()
     c.model, c.batch_size, c.sparsity = MODELS[name][0], batch, SPARSITY
     # The learning rate does not change a step's cost; 0.01 keeps the dense steps' losses on
     # random data finite (lr 0.1 diverges to NaN within a few LeNet-5 steps).
@@ -99,12 +101,18 @@ def _config(name: str, batch: int, dtype: str):
 
 
 def _make_step(config, module, kind, tx, budget):
-    kw = {}
-    if "compute_dtype" in config:
-        kw["compute_dtype"] = config.compute_dtype
-    return engine.make_train_step(module, kind, tx, budget=budget,
-                                  use_abs=config.search.use_abs,
-                                  label_smoothing=config.label_smoothing, **kw)
+    options = kernels.ComputeOptions.from_config(config)
+    if CONV_IMPL:
+        options = options.replace(conv_impl=CONV_IMPL)
+    return engine.make_train_step(
+        module,
+        kind,
+        tx,
+        budget=budget,
+        use_abs=config.search.use_abs,
+        label_smoothing=config.label_smoothing,
+        options=options,
+    )
 
 
 def jax_setup(name: str, batch: int, dtype: str, seed: int = 0):
@@ -114,11 +122,12 @@ def jax_setup(name: str, batch: int, dtype: str, seed: int = 0):
     module = models.get_model(registry, num_classes=classes, **options)
     shape = input_shape(name)
     variables = jax.jit(models.init_variables, static_argnums=(0, 2))(
-        module, jax.random.key(seed), (1, *shape))
+        module, jax.random.key(seed), (1, *shape)
+    )
     config = _config(name, batch, dtype)
     params = variables["params"]
-    filter_fn = criteria.prune_filter(config)
-    budget = criteria.budget_for(config, params, filter_fn)
+    filter_fn = pruning.prune_filter(config)
+    budget = pruning.budget_for(config, params, filter_fn)
     mask = sp.criterion_mask(sp.magnitude_scores(params, filter_fn), budget)
     scores = sp.init_scores_from_mask(mask, config.search.score_kept, config.search.score_pruned)
     rng = np.random.default_rng(seed)
@@ -138,9 +147,13 @@ def jax_runner(name: str, batch: int, mode: str, dtype: str):
         opt_cfg, trainable, frozen, kind = config.pretrain, params, None, "dense"
     tx, _ = engine.make_optimizer(opt_cfg, opt_cfg.epochs, 100)
     step_fn = _make_step(config, module, kind, tx, budget if kind == "search" else None)
-    state = engine.TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                              opt_state=tx.init(trainable), batch_stats=batch_stats,
-                              rng=jax.random.key_data(jax.random.key(0)))
+    state = engine.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        trainable=trainable,
+        opt_state=tx.init(trainable),
+        batch_stats=batch_stats,
+        rng=jax.random.key_data(jax.random.key(0)),
+    )
     box = {"state": engine.replicate(mesh, utils.as_numpy(state))}
     frozen = engine.replicate(mesh, frozen)
     x, y = engine.shard_batch(mesh, (images, labels))
@@ -183,7 +196,7 @@ def torch_modules():
         ties), as the official code's mask function."""
         out = torch.ones_like(scores)
         _, idx = scores.flatten().sort()
-        out.view(-1)[idx[:int(prune_rate * scores.numel())]] = 0
+        out.view(-1)[idx[: int(prune_rate * scores.numel())]] = 0
         return out
 
     def topk_mask(scores, prune_rate):
@@ -216,8 +229,9 @@ def torch_modules():
 
         def forward(self, x):
             m = GetMask.apply(self.scores.abs(), self.prune_rate)
-            return F.conv2d(x, self.weight * m, self.bias, self.stride, self.padding,
-                            self.dilation, self.groups)
+            return F.conv2d(
+                x, self.weight * m, self.bias, self.stride, self.padding, self.dilation, self.groups
+            )
 
     class MaskedLinear(nn.Linear):
         setup_scores = MaskedConv2d.setup_scores
@@ -253,7 +267,7 @@ def torch_modules():
         def forward(self, x):
             y = F.relu(self.bn1(self.conv1(x)))
             y = self.bn2(self.conv2(y))
-            s = x[:, :, ::self.stride, ::self.stride] if self.stride != 1 else x
+            s = x[:, :, :: self.stride, :: self.stride] if self.stride != 1 else x
             if self.pad:
                 s = F.pad(s, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
             return F.relu(y + s)
@@ -283,8 +297,11 @@ def torch_modules():
                 if v == "M":
                     layers.append(nn.MaxPool2d(2))
                 else:
-                    layers += [conv(masked, cin, v, 3, 1, 1, bias=False), nn.BatchNorm2d(v),
-                               nn.ReLU(inplace=True)]
+                    layers += [
+                        conv(masked, cin, v, 3, 1, 1, bias=False),
+                        nn.BatchNorm2d(v),
+                        nn.ReLU(inplace=True),
+                    ]
                     cin = v
             self.features = nn.Sequential(*layers)
             self.classifier = nn.Linear(512, classes)
@@ -294,14 +311,20 @@ def torch_modules():
 
     def resnet50(masked, classes):
         import torchvision
+
         net = torchvision.models.resnet50(num_classes=classes)
         if masked:  # every conv becomes a masked conv with the same weights
             for parent in list(net.modules()):
                 for key, child in list(parent.named_children()):
                     if type(child) is nn.Conv2d:
-                        new = MaskedConv2d(child.in_channels, child.out_channels,
-                                           child.kernel_size, child.stride, child.padding,
-                                           bias=False)
+                        new = MaskedConv2d(
+                            child.in_channels,
+                            child.out_channels,
+                            child.kernel_size,
+                            child.stride,
+                            child.padding,
+                            bias=False,
+                        )
                         new.weight.data.copy_(child.weight.data)
                         setattr(parent, key, new)
         return net
@@ -327,7 +350,7 @@ def torch_runner(name: str, batch: int, mode: str, dtype: str, device: str):
     y = torch.randint(0, classes, (batch,), device=device)
     cfg = _config(name, batch, "float32")
     if mode == "search":
-        for p in net.parameters():   # weights, biases and BatchNorm affine frozen
+        for p in net.parameters():  # weights, biases and BatchNorm affine frozen
             p.requires_grad_(False)
         for mod in net.modules():
             if isinstance(mod, masked_types):
@@ -340,10 +363,12 @@ def torch_runner(name: str, batch: int, mode: str, dtype: str, device: str):
     else:
         trainable = list(net.parameters())
         opt_cfg = cfg.pretrain
-    opt = torch.optim.SGD(trainable, lr=opt_cfg.lr, momentum=opt_cfg.momentum,
-                          weight_decay=opt_cfg.weight_decay)
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
-                              enabled=dtype == "bfloat16")
+    opt = torch.optim.SGD(
+        trainable, lr=opt_cfg.lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay
+    )
+    autocast = torch.autocast(
+        device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bfloat16"
+    )
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def run():
@@ -383,8 +408,13 @@ def time_pair(runners: dict, steps: int, warmup: int, rounds: int) -> dict:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -405,25 +435,48 @@ def device_name() -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default=None,
-                    help=f"comma-separated, of {','.join(MODELS)} (default {CPU_DEFAULT}, "
-                         f"plus resnet50 on a GPU)")
+    ap.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated, of {','.join(MODELS)} (default {CPU_DEFAULT}, "
+        f"plus resnet50 on a GPU)",
+    )
     ap.add_argument("--batch", type=int, action="append", help="batch size (repeatable; 128)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--modes", default="search,dense", help="search,dense or one of them")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds of --steps steps per side, the sides in turn (median of all)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of --steps steps per side, the sides in turn (median of all)",
+    )
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="torch CPU threads (XLA:CPU uses every core it sees)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch CPU threads (XLA:CPU uses every core it sees)",
+    )
     ap.add_argument("--no-torch", action="store_true", help="time the JAX side only")
-    ap.add_argument("--torch-mask", default="topk", choices=("topk", "sort"),
-                    help="PyTorch mask: topk (default, faster) or the official code's sort")
-    ap.add_argument("--conv", default=None, choices=ops.IMPLS,
-                    help="jackpot_jax.ops implementation (default: the library's, 'auto')")
-    ap.add_argument("--image-size", type=int, default=0,
-                    help="override the input height/width (e.g. a small ResNet-50 smoke run)")
+    ap.add_argument(
+        "--torch-mask",
+        default="topk",
+        choices=("topk", "sort"),
+        help="PyTorch mask: topk (default, faster) or the official code's sort",
+    )
+    ap.add_argument(
+        "--conv",
+        default=None,
+        choices=kernels.options.CONV_IMPLS,
+        help="jackpot_jax.kernels implementation (default: the library's, 'auto')",
+    )
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=0,
+        help="override the input height/width (e.g. a small ResNet-50 smoke run)",
+    )
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = ap.parse_args(argv)
 
@@ -436,31 +489,39 @@ def main(argv=None):
     if not set(run_modes) <= {"search", "dense"} or not run_modes:
         raise SystemExit(f"--modes={args.modes!r}; expected search, dense or search,dense")
     batches = args.batch or [128]
-    global TORCH_MASK, IMAGE_SIZE
-    TORCH_MASK, IMAGE_SIZE = args.torch_mask, args.image_size
-    if args.conv:
-        ops.set_impl(args.conv)
+    global TORCH_MASK, IMAGE_SIZE, CONV_IMPL
+    TORCH_MASK, IMAGE_SIZE, CONV_IMPL = args.torch_mask, args.image_size, args.conv
     if args.image_size and set(names) - {"resnet50"}:
-        raise SystemExit("--image-size applies to resnet50 only (the others have fixed-size "
-                         "classifiers or are meant for 32x32 / 28x28 inputs)")
+        raise SystemExit(
+            "--image-size applies to resnet50 only (the others have fixed-size "
+            "classifiers or are meant for 32x32 / 28x28 inputs)"
+        )
+    opts = kernels.ComputeOptions(conv_impl=args.conv or "auto", compute_dtype=args.dtype)
     device = device_name()
     torch_device = "cuda" if gpu else "cpu"
     if not args.no_torch:
         import torch
+
         torch.set_num_threads(args.threads)
     print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}, commit {_commit()}")
-    print(f"device: {device}; JAX {jax.__version__} ({jax.default_backend()}), "
-          + ("" if args.no_torch else f"torch {torch.__version__} ({args.threads} threads), ")
-          + f"Python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(
+        f"device: {device}; JAX {jax.__version__} ({jax.default_backend()}), "
+        + ("" if args.no_torch else f"torch {torch.__version__} ({args.threads} threads), ")
+        + f"Python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    )
     print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
-    print(f"median of {args.rounds} rounds x {args.steps} steps per side (sides in turn) after "
-          f"{args.warmup} warm-up steps, synthetic data, "
-          f"dtype {args.dtype}, {SPARSITY:.0%} sparsity; jackpot_jax.ops: {ops.get_impl()} "
-          f"(-> {ops.resolved_impl()}); {ops.describe(args.dtype)}; {sp.describe_masks()}; "
-          f"torch mask: {TORCH_MASK}; threads: XLA:CPU "
-          f"{os.cpu_count()} (every core), torch {args.threads} (OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')}); "
-          f"load average {_load()}", flush=True)
+    print(
+        f"median of {args.rounds} rounds x {args.steps} steps per side (sides in turn) after "
+        f"{args.warmup} warm-up steps, synthetic data, "
+        f"dtype {args.dtype}, {SPARSITY:.0%} sparsity; jackpot_jax.kernels: {opts.conv_impl} "
+        f"(-> {kernels.options.conv_impl(opts)}); {kernels.describe_convolutions(opts)}; "
+        f"{kernels.describe_masks(opts)}; "
+        f"torch mask: {TORCH_MASK}; threads: XLA:CPU "
+        f"{os.cpu_count()} (every core), torch {args.threads} (OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY')}); "
+        f"load average {_load()}",
+        flush=True,
+    )
 
     rows = []
     for name in names:
@@ -469,38 +530,57 @@ def main(argv=None):
             for mode in run_modes:
                 runners = {"jax": jax_runner(name, batch, mode, args.dtype)}
                 if not args.no_torch:
-                    runners["torch"] = torch_runner(name, batch, mode, args.dtype,
-                                                    torch_device)
+                    runners["torch"] = torch_runner(name, batch, mode, args.dtype, torch_device)
                 res = time_pair(runners, args.steps, args.warmup, args.rounds)
                 if mode == "search" and mask_ms is None:
                     mask_ms = time_mask(name, batch, args.dtype, args.steps * args.rounds)
                 jax_ms, jax_min, jl = res["jax"]
                 torch_ms, torch_min, tl = res.get("torch", (None, None, None))
-                row = {"model": name, "batch": batch, "device": device, "mode": mode,
-                       "dtype": args.dtype, "jax_ms": jax_ms, "torch_ms": torch_ms,
-                       "mask_ms": mask_ms if mode == "search" else None,
-                       "jax_ms_min": jax_min, "torch_ms_min": torch_min}
+                row = {
+                    "model": name,
+                    "batch": batch,
+                    "device": device,
+                    "mode": mode,
+                    "dtype": args.dtype,
+                    "jax_ms": jax_ms,
+                    "torch_ms": torch_ms,
+                    "mask_ms": mask_ms if mode == "search" else None,
+                    "jax_ms_min": jax_min,
+                    "torch_ms_min": torch_min,
+                }
                 rows.append(row)
-                print(f"  {name} batch {batch} {mode}: jax median {jax_ms:.1f} ms, min "
-                      f"{jax_min:.1f} ms (loss {jl:.3f})"
-                      + ("" if torch_ms is None else f"; torch median {torch_ms:.1f} ms, min "
-                         f"{torch_min:.1f} ms (loss {tl:.3f})"), flush=True)
+                print(
+                    f"  {name} batch {batch} {mode}: jax median {jax_ms:.1f} ms, min "
+                    f"{jax_min:.1f} ms (loss {jl:.3f})"
+                    + (
+                        ""
+                        if torch_ms is None
+                        else f"; torch median {torch_ms:.1f} ms, min "
+                        f"{torch_min:.1f} ms (loss {tl:.3f})"
+                    ),
+                    flush=True,
+                )
     print(f"load average at the end: {_load()}")
     print()
-    print("| model | batch | mode | dtype | jax img/s | torch img/s | jax/torch "
-          "| jax/torch (minima) | mask ms | mask share |")
+    print(
+        "| model | batch | mode | dtype | jax img/s | torch img/s | jax/torch "
+        "| jax/torch (minima) | mask ms | mask share |"
+    )
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         jis = r["batch"] / r["jax_ms"] * 1e3
         tis = "" if r["torch_ms"] is None else f"{r['batch'] / r['torch_ms'] * 1e3:.0f}"
         ratio = "" if r["torch_ms"] is None else f"{r['torch_ms'] / r['jax_ms']:.2f}x"
-        ratio_min = ("" if r["torch_ms_min"] is None
-                     else f"{r['torch_ms_min'] / r['jax_ms_min']:.2f}x")
+        ratio_min = (
+            "" if r["torch_ms_min"] is None else f"{r['torch_ms_min'] / r['jax_ms_min']:.2f}x"
+        )
         mask = share = ""
         if r["mask_ms"] is not None:
             mask, share = f"{r['mask_ms']:.2f}", f"{r['mask_ms'] / r['jax_ms']:.1%}"
-        print(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {jis:.0f} | {tis} "
-              f"| {ratio} | {ratio_min} | {mask} | {share} |")
+        print(
+            f"| {r['model']} | {r['batch']} | {r['mode']} | {r['dtype']} | {jis:.0f} | {tis} "
+            f"| {ratio} | {ratio_min} | {mask} | {share} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -508,4 +588,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from jackpot_jax import xla_flags
+
+    print(xla_flags.apply_recommended(), flush=True)  # before JAX starts its backend
     main()

@@ -18,7 +18,7 @@ scores 1.0 / 0.95, top-k masks). The Fashion-MNIST configs use a recipe selected
 on Fashion-MNIST (docs/results/fashion_mnist/efficiency/); it is not carried over here.
 """
 
-from jackpot_jax.config_base import cifar_config
+from jackpot_jax.pipeline.config import cifar_config
 
 
 def get_config():

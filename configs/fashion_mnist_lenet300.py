@@ -9,7 +9,7 @@ Run:
   python -m jackpot_jax.main --config configs/fashion_mnist_lenet300.py --workdir runs/fmnist_lenet300
 """
 
-from jackpot_jax.config_base import base_config
+from jackpot_jax.pipeline.config import base_config
 
 
 def get_config():

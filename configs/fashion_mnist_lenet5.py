@@ -13,7 +13,7 @@ search epochs it was 0.65 points above the official recipe (batch 256, lr 0.1, c
 epoch) on 3 fresh seeds. README.md quotes the default run's measured figures.
 """
 
-from jackpot_jax.config_base import base_config
+from jackpot_jax.pipeline.config import base_config
 
 
 def get_config():

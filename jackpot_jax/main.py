@@ -11,11 +11,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jackpot_jax import train
+from jackpot_jax import utils, xla_flags
 from jackpot_jax.errors import JackpotError
+from jackpot_jax.pipeline import train
 
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -24,6 +26,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    utils.log(xla_flags.apply_recommended())  # before JAX starts its backend
     try:
         train.run(flags.FLAGS.config, flags.FLAGS.workdir)
     except JackpotError as e:

@@ -22,6 +22,7 @@ def sync(name: str) -> None:
     """Barrier over all processes (nothing to do in a one-process run)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 

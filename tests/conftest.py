@@ -11,20 +11,25 @@ import tempfile
 import pytest
 
 _HOME = tempfile.mkdtemp(prefix="jackpot_jax_tests_")
-os.environ.update({
-    "XDG_CACHE_HOME": os.path.join(_HOME, "cache"),   # data.py's download cache
-    "MPLCONFIGDIR": os.path.join(_HOME, "matplotlib"),
-    "TORCH_HOME": os.path.join(_HOME, "torch"),
-    "JAX_PLATFORMS": "cpu",
-    # One compilation cache for the session, subprocesses included: the same small programs
-    # are compiled by many tests (each run builds its own jitted step).
-    "JAX_COMPILATION_CACHE_DIR": os.path.join(_HOME, "jax_cache"),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-    "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
-})
+os.environ.update(
+    {
+        "XDG_CACHE_HOME": os.path.join(_HOME, "cache"),  # data.py's download cache
+        "MPLCONFIGDIR": os.path.join(_HOME, "matplotlib"),
+        "TORCH_HOME": os.path.join(_HOME, "torch"),
+        "JAX_PLATFORMS": "cpu",
+        # One compilation cache for the session, subprocesses included: the same small programs
+        # are compiled by many tests (each run builds its own jitted step).
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(_HOME, "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "no_proxy": "127.0.0.1,localhost",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+)
 os.environ.pop("JACKPOT_DATA_DIR", None)
 os.environ.pop("JACKPOT_JAX_KILL_AT", None)
 
@@ -46,6 +51,7 @@ def _no_network(monkeypatch):
 
 def pytest_unconfigure(config):
     import shutil
+
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
@@ -57,6 +63,7 @@ _CPU_LOG = os.environ.get("JACKPOT_TEST_CPU_TIMES")
 
 def _cpu_seconds():
     import resource
+
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
@@ -67,7 +74,20 @@ def pytest_runtest_protocol(item, nextitem):
         yield
         return
     import time
+
     t0, w0 = _cpu_seconds(), time.time()
     yield
     with open(_CPU_LOG, "a") as f:
         f.write(f"{_cpu_seconds() - t0:8.1f} cpu {time.time() - w0:8.1f} wall  {item.nodeid}\n")
+
+
+@pytest.fixture
+def compute():
+    """``compute(mask_layout='native', ...)`` traces the rest of the test with those
+    `ComputeOptions` fields changed (undone at the end of the test)."""
+    import contextlib
+
+    from jackpot_jax import kernels
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(kernels.use(**changes))

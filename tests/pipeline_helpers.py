@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from jackpot_jax import checkpoint as ckpt_lib
-from jackpot_jax import data as data_lib
-from jackpot_jax import modes
+from jackpot_jax.data import datasets as data_lib
+from jackpot_jax.pipeline import checkpoint as ckpt_lib
+from jackpot_jax.pipeline import modes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,17 +26,25 @@ def _fashion_mnist_available():
 # Tests on the real Fashion-MNIST files: skipped without them, except in CI (which installs them).
 needs_fmnist = pytest.mark.skipif(
     not _fashion_mnist_available() and not os.environ.get("CI"),
-    reason="Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)")
+    reason="Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)",
+)
 
 
 def cli(workdir, config, *overrides, check=True, env=None, **kw):
     """Runs `python -m jackpot_jax.main` (this tree's copy) and returns the CompletedProcess."""
-    cmd = [sys.executable, "-m", "jackpot_jax.main", "--config", config, "--workdir",
-           str(workdir), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jackpot_jax.main",
+        "--config",
+        config,
+        "--workdir",
+        str(workdir),
+        *overrides,
+    ]
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=check, env=env,
-                          **kw)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=check, env=env, **kw)
 
 
 def python_script(source: str, env_update=None, **kw):
@@ -46,8 +54,9 @@ def python_script(source: str, env_update=None, **kw):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(env_update or {})
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", source], cwd=ROOT, capture_output=True,
-                          text=True, env=env, **kw)
+    return subprocess.run(
+        [sys.executable, "-c", source], cwd=ROOT, capture_output=True, text=True, env=env, **kw
+    )
 
 
 def load_config(path):
@@ -57,10 +66,18 @@ def load_config(path):
     return mod.get_config()
 
 
-TINY = {"train_subset": 256, "test_subset": 32, "val_examples": 16, "batch_size": 32,
-        "eval_batch_size": 16, "pretrain.epochs": 1,
-        # a config's own per-mode batches (the LeNet-300-100 search's 64) give way to 32
-        "pretrain.batch_size": 0, "search.batch_size": 0, "finetune.batch_size": 0}
+TINY = {
+    "train_subset": 256,
+    "test_subset": 32,
+    "val_examples": 16,
+    "batch_size": 32,
+    "eval_batch_size": 16,
+    "pretrain.epochs": 1,
+    # a config's own per-mode batches (the LeNet-300-100 search's 64) give way to 32
+    "pretrain.batch_size": 0,
+    "search.batch_size": 0,
+    "finetune.batch_size": 0,
+}
 
 
 def tiny_config(base="fashion_mnist_lenet300.py", **over):
@@ -86,5 +103,6 @@ def pretrained_dir(tmp_path, config, name="init_dense"):
     """A dense checkpoint of `config.model` (random init, seed 123) to search in."""
     ds = modes.load_data(config)
     module, variables, opts = modes.init_model(config, ds, seed=123)
-    return ckpt_lib.save_variables(os.path.join(tmp_path, name), variables, arch=config.model,
-                                   model_options=opts)
+    return ckpt_lib.save_variables(
+        os.path.join(tmp_path, name), variables, arch=config.model, model_options=opts
+    )

@@ -1,4 +1,4 @@
-"""Tests of the datasets and their files (jackpot_jax.data, jackpot_jax.data_files): IDX,
+"""Tests of the datasets and their files (jackpot_jax.data.datasets, jackpot_jax.data.files): IDX,
 Fashion-MNIST and CIFAR found or downloaded, checksums, the restricted unpickler, splits."""
 
 import codecs
@@ -18,10 +18,10 @@ import types
 import numpy as np
 import pytest
 
-from jackpot_jax import augment as aug
-from jackpot_jax import data as d
-from jackpot_jax import data_files as files
-from jackpot_jax import input_pipeline as ip
+from jackpot_jax.data import augment as aug
+from jackpot_jax.data import datasets as d
+from jackpot_jax.data import files
+from jackpot_jax.data import input_pipeline as ip
 
 # --------------------------------------------------------------------------------------
 # helpers
@@ -78,7 +78,8 @@ def http_dir(tmp_path):
     root = tmp_path / 'www'
     root.mkdir()
     server = http.server.ThreadingHTTPServer(
-        ('127.0.0.1', 0), functools.partial(_QuietHandler, directory=str(root)))
+        ('127.0.0.1', 0), functools.partial(_QuietHandler, directory=str(root))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -93,8 +94,13 @@ def http_dir(tmp_path):
 
 
 def test_read_idx_hand_written_bytes_plain_and_gz(tmp_path):
-    raw = (b'\x00\x00\x08\x03' + b'\x00\x00\x00\x02' + b'\x00\x00\x00\x02' + b'\x00\x00\x00\x03'
-           + bytes(range(12)))
+    raw = (
+        b'\x00\x00\x08\x03'
+        + b'\x00\x00\x00\x02'
+        + b'\x00\x00\x00\x02'
+        + b'\x00\x00\x00\x03'
+        + bytes(range(12))
+    )
     (tmp_path / 'a').write_bytes(raw)
     (tmp_path / 'a.gz').write_bytes(gzip.compress(raw))
     expected = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
@@ -111,12 +117,15 @@ def test_parse_idx_big_endian_int32():
     np.testing.assert_array_equal(got, [256, -2])
 
 
-@pytest.mark.parametrize('raw, message', [
-    (b'\x01\x00\x08\x01\x00\x00\x00\x01\x07', 'magic'),
-    (b'\x00\x00\x07\x01\x00\x00\x00\x01\x07', 'type code'),
-    (b'\x00\x00\x08\x01\x00\x00\x00\x03\x07', 'should hold 3 data bytes, has 1'),
-    (b'\x00\x00\x08\x02\x00\x00', 'truncated'),
-])
+@pytest.mark.parametrize(
+    'raw, message',
+    [
+        (b'\x01\x00\x08\x01\x00\x00\x00\x01\x07', 'magic'),
+        (b'\x00\x00\x07\x01\x00\x00\x00\x01\x07', 'type code'),
+        (b'\x00\x00\x08\x01\x00\x00\x00\x03\x07', 'should hold 3 data bytes, has 1'),
+        (b'\x00\x00\x08\x02\x00\x00', 'truncated'),
+    ],
+)
 def test_parse_idx_rejects_bad_files(raw, message):
     with pytest.raises(ValueError, match=message):
         files.parse_idx(raw)
@@ -161,14 +170,17 @@ def test_real_fashion_mnist_val_is_disjoint_held_out_subset(fashion):
     train_idx, val_idx = d.train_val_indices(60000, 5000, 0)
     assert len(np.intersect1d(train_idx, val_idx)) == 0
     assert len(train_idx) + len(val_idx) == 60000
-    full = files.read_idx(os.path.join(files.FASHION_MNIST_SYSTEM_DIR, 'train-images-idx3-ubyte.gz'))
+    full = files.read_idx(
+        os.path.join(files.FASHION_MNIST_SYSTEM_DIR, 'train-images-idx3-ubyte.gz')
+    )
     np.testing.assert_array_equal(fashion.val.images[..., 0], full[val_idx])
     np.testing.assert_array_equal(fashion.train.images[..., 0], full[train_idx])
 
 
 def test_real_fashion_mnist_subsets(fashion):
-    small = d.load_dataset('fashion_mnist', download=False, val_examples=100,
-                           train_subset=200, test_subset=50)
+    small = d.load_dataset(
+        'fashion_mnist', download=False, val_examples=100, train_subset=200, test_subset=50
+    )
     assert (len(small.train), len(small.val), len(small.test)) == (200, 100, 50)
     np.testing.assert_array_equal(small.test.labels, fashion.test.labels[:50])
 
@@ -188,17 +200,19 @@ def test_train_val_indices_disjoint_deterministic_seeded():
     assert not np.array_equal(val, other_val)
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(val_examples=6), 'val_examples=6'),
-    (dict(val_examples=-1), 'val_examples=-1'),
-    (dict(val_examples=2, train_subset=5), 'train_subset=5'),
-    (dict(val_examples=2, test_subset=4), 'test_subset=4'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        (dict(val_examples=6), 'val_examples=6'),
+        (dict(val_examples=-1), 'val_examples=-1'),
+        (dict(val_examples=2, train_subset=5), 'train_subset=5'),
+        (dict(val_examples=2, test_subset=4), 'test_subset=4'),
+    ],
+)
 def test_bad_split_sizes_name_the_value(isolated, kwargs, message):
     write_fashion_files(isolated / 'data', n_train=6, n_test=3)
     with pytest.raises(ValueError, match=message):
-        d.load_dataset('fashion_mnist', data_dir=str(isolated / 'data'), download=False,
-                       **kwargs)
+        d.load_dataset('fashion_mnist', data_dir=str(isolated / 'data'), download=False, **kwargs)
 
 
 # --------------------------------------------------------------------------------------
@@ -207,8 +221,9 @@ def test_bad_split_sizes_name_the_value(isolated, kwargs, message):
 
 def test_loads_plain_idx_from_data_dir_subfolder(isolated):
     tx, ty, sx, sy = write_fashion_files(isolated / 'data' / 'fashion_mnist', gz=False)
-    ds = d.load_dataset('fashion_mnist', data_dir=str(isolated / 'data'), val_examples=2,
-                        download=False)
+    ds = d.load_dataset(
+        'fashion_mnist', data_dir=str(isolated / 'data'), val_examples=2, download=False
+    )
     np.testing.assert_array_equal(ds.test.images[..., 0], sx)
     np.testing.assert_array_equal(ds.test.labels, sy)
     train_idx, val_idx = d.train_val_indices(6, 2, 0)
@@ -227,8 +242,12 @@ def test_missing_dataset_error_lists_every_place(isolated):
     with pytest.raises(FileNotFoundError) as info:
         d.load_dataset('fashion_mnist', data_dir=str(isolated / 'mine'), download=False)
     message = str(info.value)
-    for place in (isolated / 'mine', isolated / 'mine' / 'fashion_mnist',
-                  isolated / 'no_system_copy', isolated / 'cache' / 'jackpot_jax' / 'fashion_mnist'):
+    for place in (
+        isolated / 'mine',
+        isolated / 'mine' / 'fashion_mnist',
+        isolated / 'no_system_copy',
+        isolated / 'cache' / 'jackpot_jax' / 'fashion_mnist',
+    ):
         assert str(place) in message
     assert 'apt-get install dataset-fashion-mnist' in message
     assert '--config.data_dir' in message and 'download' in message
@@ -244,8 +263,10 @@ def test_failed_download_is_reported(isolated):
 
 def _serve_fake_fashion(root, monkeypatch):
     arrays = write_fashion_files(root, n_train=6, n_test=3)
-    md5s = {name: hashlib.md5((root / name).read_bytes()).hexdigest()
-            for name in files.FASHION_MNIST_MD5}
+    md5s = {
+        name: hashlib.md5((root / name).read_bytes()).hexdigest()
+        for name in files.FASHION_MNIST_MD5
+    }
     monkeypatch.setattr(files, 'FASHION_MNIST_MD5', md5s)
     return arrays
 
@@ -279,8 +300,12 @@ def test_download_refuses_checksum_mismatch(isolated, http_dir, monkeypatch):
 
 def test_official_checksums_and_url():
     assert files.FASHION_MNIST_URL == 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
-    assert files.FASHION_MNIST_MD5['train-images-idx3-ubyte.gz'] == '8d4fb7e6c68d591d4c3dfef9ec88bf0d'
-    assert files.FASHION_MNIST_MD5['t10k-labels-idx1-ubyte.gz'] == 'bb300cfdad3c16e7a12a480ee83cd310'
+    assert (
+        files.FASHION_MNIST_MD5['train-images-idx3-ubyte.gz'] == '8d4fb7e6c68d591d4c3dfef9ec88bf0d'
+    )
+    assert (
+        files.FASHION_MNIST_MD5['t10k-labels-idx1-ubyte.gz'] == 'bb300cfdad3c16e7a12a480ee83cd310'
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +315,12 @@ def test_official_checksums_and_url():
 def _cifar_batch(n, label_key, num_classes, rng):
     data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, num_classes, n)]  # python ints, as the official files
-    batch = {b'batch_label': b'fake batch', label_key: labels,
-             b'data': data, b'filenames': [b'img%d.png' % i for i in range(n)]}
+    batch = {
+        b'batch_label': b'fake batch',
+        label_key: labels,
+        b'data': data,
+        b'filenames': [b'img%d.png' % i for i in range(n)],
+    }
     if label_key == b'fine_labels':
         batch[b'coarse_labels'] = [0] * n
     return batch
@@ -335,7 +364,8 @@ def test_cifar_loader_official_format(isolated, name, as_archive):
     all_x = np.concatenate([batches[f][b'data'] for f in spec['train']])
     train_idx, _ = d.train_val_indices(n_train, 3, 0)
     np.testing.assert_array_equal(
-        ds.train.images, all_x[train_idx].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ds.train.images, all_x[train_idx].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    )
 
 
 def test_cifar_missing_lists_places(isolated):
@@ -480,13 +510,19 @@ def test_synthetic_names():
 
 def _fake_source(sizes, num_classes, seed):
     rng = np.random.default_rng(seed)
-    return [{'image': rng.integers(0, 256, (hh, ww, 3), dtype=np.uint8),
-             'label': np.int64(i % num_classes)} for i, (hh, ww) in enumerate(sizes)]
+    return [
+        {
+            'image': rng.integers(0, 256, (hh, ww, 3), dtype=np.uint8),
+            'label': np.int64(i % num_classes),
+        }
+        for i, (hh, ww) in enumerate(sizes)
+    ]
 
 
 def test_center_crop_of_an_array_by_hand():
-    image = np.broadcast_to(np.linspace(0, 255, 400).astype(np.uint8)[None, :, None],
-                            (300, 400, 3)).copy()
+    image = np.broadcast_to(
+        np.linspace(0, 255, 400).astype(np.uint8)[None, :, None], (300, 400, 3)
+    ).copy()
     out = aug.center_crop(image, (224, 224))
     assert out.shape == (224, 224, 3)
     # 300x400 -> 256x341, centre crop columns 58..281 of 341: the middle column is the
@@ -546,8 +582,9 @@ class _BatchedSource:
 
 def test_source_batched_reads():
     src = _BatchedSource(_fake_source([(20, 24), (24, 20)] * 4, 2, seed=3))
-    ds = d.dataset_from_sources('fake', src, src, num_classes=2, image_shape=(16, 16, 3),
-                                val_examples=2)
+    ds = d.dataset_from_sources(
+        'fake', src, src, num_classes=2, image_shape=(16, 16, 3), val_examples=2
+    )
     batches = _collect(ds, 'val', 4, train=False)
     assert src.batched_reads == 1
     np.testing.assert_array_equal(batches[0][1], [src.records[i]['label'] for i in ds.val.indices])
@@ -555,8 +592,9 @@ def test_source_batched_reads():
 
 def test_source_balanced_batch_reads_labels_from_records():
     src = _fake_source([(20, 24)] * 12, 3, seed=2)
-    ds = d.dataset_from_sources('fake', src, src[:3], num_classes=3, image_shape=(16, 16, 3),
-                                val_examples=0)
+    ds = d.dataset_from_sources(
+        'fake', src, src[:3], num_classes=3, image_shape=(16, 16, 3), val_examples=0
+    )
     x, y = ip.balanced_batch(ds, 'train', per_class=2, seed=0)
     assert x.shape == (6, 16, 16, 3)
     np.testing.assert_array_equal(y, [0, 0, 1, 1, 2, 2])

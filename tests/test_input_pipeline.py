@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jackpot_jax import augment as aug
-from jackpot_jax import data as d
-from jackpot_jax import input_pipeline as ip
+from jackpot_jax.data import augment as aug
+from jackpot_jax.data import datasets as d
+from jackpot_jax.data import input_pipeline as ip
 
 # --------------------------------------------------------------------------------------
 # helpers
@@ -26,8 +26,10 @@ def photo(h, w, seed):
     """A photo-like RGB image: smooth colour fields, an edge, mild noise (uint8)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    channels = [128 + 70 * np.sin(x / (7 + 5 * c + seed % 5) + c) * np.cos(y / (9 + 3 * c))
-                for c in range(3)]
+    channels = [
+        128 + 70 * np.sin(x / (7 + 5 * c + seed % 5) + c) * np.cos(y / (9 + 3 * c))
+        for c in range(3)
+    ]
     image = np.stack(channels, -1) + 40 * (x > w * 0.6)[..., None]
     image += rng.normal(0, 6, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
@@ -58,8 +60,11 @@ def write_tree(root, layout, seed=0, size=(40, 52)):
 
 
 TREE = {
-    'train': {'n02': ['b.JPEG', 'a.jpeg', 'c.PNG', 'notes.txt'], 'n01': ['z.jpg', 'y.JPEG'],
-              'n03': ['sub/k.JPEG', 'j.bmp', 'i.JPEG']},
+    'train': {
+        'n02': ['b.JPEG', 'a.jpeg', 'c.PNG', 'notes.txt'],
+        'n01': ['z.jpg', 'y.JPEG'],
+        'n03': ['sub/k.JPEG', 'j.bmp', 'i.JPEG'],
+    },
     'val': {'n01': ['v2.JPEG', 'v1.JPEG'], 'n02': ['v3.JPEG'], 'n03': ['v5.JPEG', 'v4.png']},
 }
 
@@ -73,8 +78,7 @@ def tree(tmp_path):
 
 def index_dataset(n, batch, augment='none'):
     """In-memory data whose image i is filled with i (so a batch tells which examples it holds)."""
-    images = (np.arange(n, dtype=np.uint8)[:, None, None, None]
-              * np.ones((1, 4, 4, 1), np.uint8))
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
     split = d.Split(images, np.arange(n, dtype=np.int32))
     return d.Dataset('index', n, (4, 4, 1), split, split, split, (0.0,), (1 / 255,), augment)
 
@@ -96,8 +100,9 @@ def test_epoch_orders_are_not_seed_plus_epoch():
         batches = ip.split_batches(ds, 'train', 8, train=True, seed=seed, epoch=epoch)
         order[seed, epoch] = np.concatenate([example_ids(b) for b in batches])
         # The documented order: numpy's permutation seeded with [seed, epoch].
-        np.testing.assert_array_equal(order[seed, epoch],
-                                      np.random.default_rng([seed, epoch]).permutation(64))
+        np.testing.assert_array_equal(
+            order[seed, epoch], np.random.default_rng([seed, epoch]).permutation(64)
+        )
     assert len({tuple(v) for v in order.values()}) == 4
 
 
@@ -115,7 +120,9 @@ def test_train_order_is_a_seeded_permutation_and_resumable():
         np.testing.assert_array_equal(xa, xr)
         np.testing.assert_array_equal(ya, yr)
     other = list(ip.iterate_batches(ds, 'train', 8, train=True, seed=1, epoch=3))
-    assert not np.array_equal(np.concatenate([x for x, _ in a]), np.concatenate([x for x, _ in other]))
+    assert not np.array_equal(
+        np.concatenate([x for x, _ in a]), np.concatenate([x for x, _ in other])
+    )
     with pytest.raises(ValueError, match='start_batch=6'):
         next(ip.iterate_batches(ds, 'train', 8, train=True, start_batch=6))
 
@@ -143,9 +150,20 @@ def test_crop_flip_is_shifted_or_flipped_copy_with_zero_fill():
     padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
     counts = {}
     for o in out:
-        matches = [(oy, ox, flip) for oy in range(9) for ox in range(9) for flip in (0, 1)
-                   if np.array_equal(o, (padded[oy:oy + h, ox:ox + w][:, ::-1] if flip
-                                         else padded[oy:oy + h, ox:ox + w]))]
+        matches = [
+            (oy, ox, flip)
+            for oy in range(9)
+            for ox in range(9)
+            for flip in (0, 1)
+            if np.array_equal(
+                o,
+                (
+                    padded[oy : oy + h, ox : ox + w][:, ::-1]
+                    if flip
+                    else padded[oy : oy + h, ox : ox + w]
+                ),
+            )
+        ]
         assert matches, 'output is not a padded crop (optionally flipped) of the input'
         counts[matches[0]] = counts.get(matches[0], 0) + 1
     flips = sum(v for k, v in counts.items() if k[2])
@@ -178,8 +196,10 @@ def test_two_processes_read_disjoint_shards_that_make_the_one_process_batches(tr
     ds = index_dataset(37, 8)
     kwargs = dict(train=train, seed=3, epoch=4, pad=not train)
     one = list(ip.split_batches(ds, 'train', 8, **kwargs))
-    shards = [list(ip.split_batches(ds, 'train', 8, process_index=p, process_count=2, **kwargs))
-              for p in (0, 1)]
+    shards = [
+        list(ip.split_batches(ds, 'train', 8, process_index=p, process_count=2, **kwargs))
+        for p in (0, 1)
+    ]
     seen = [np.concatenate([example_ids(b) for b in shard]) for shard in shards]
     assert len(np.intersect1d(seen[0], seen[1])) == 0
     covered = np.sort(np.concatenate(seen))
@@ -206,20 +226,33 @@ def test_resolve_workers():
 # parity with torchvision
 
 
-@pytest.mark.parametrize('shape, box, size', [
-    ((375, 500), (0, 0, 375, 500), (112, 112)),     # whole image to 112: DCT scale 1/2
-    ((375, 500), (40, 100, 300, 260), (64, 64)),    # a box 4x the output: DCT scale 1/4
-    ((375, 500), (100, 37, 150, 213), (224, 224)),  # upsampling: full-size decode
-    ((333, 251), (5, 9, 270, 200), (96, 80)),       # odd sizes, non-square output
-])
+@pytest.mark.parametrize(
+    'shape, box, size',
+    [
+        ((375, 500), (0, 0, 375, 500), (112, 112)),  # whole image to 112: DCT scale 1/2
+        ((375, 500), (40, 100, 300, 260), (64, 64)),  # a box 4x the output: DCT scale 1/4
+        ((375, 500), (100, 37, 150, 213), (224, 224)),  # upsampling: full-size decode
+        ((333, 251), (5, 9, 270, 200), (96, 80)),  # odd sizes, non-square output
+    ],
+)
 def test_resized_crop_matches_torchvision(shape, box, size):
     torchvision = pytest.importorskip('torchvision')
     F = torchvision.transforms.functional
     image = photo(*shape, seed=sum(box))
     data = jpeg_bytes(image)
     top, left, h, w = box
-    want = np.asarray(F.resized_crop(Image.open(io.BytesIO(data)).convert('RGB'), top, left, h, w,
-                                     list(size), F.InterpolationMode.BILINEAR, antialias=True))
+    want = np.asarray(
+        F.resized_crop(
+            Image.open(io.BytesIO(data)).convert('RGB'),
+            top,
+            left,
+            h,
+            w,
+            list(size),
+            F.InterpolationMode.BILINEAR,
+            antialias=True,
+        )
+    )
     got = aug.resized_crop(data, box, size)
     assert got.shape == want.shape == (*size, 3)
     mad = np.abs(got.astype(float) - want).mean()
@@ -287,8 +320,12 @@ def test_imagenet_folder_order_labels_and_eval_pixels(tree):
     np.testing.assert_array_equal(y, [t for _, t in ref_val.samples])
     mean, std = np.asarray(d.IMAGENET_MEAN), np.asarray(d.IMAGENET_STD)
     for i, (path, _) in enumerate(ref_val.samples):
-        want = np.asarray(T.Compose([T.Resize(256), T.CenterCrop(224)])(
-            Image.open(path).convert('RGB'))) / 255.0
+        want = (
+            np.asarray(
+                T.Compose([T.Resize(256), T.CenterCrop(224)])(Image.open(path).convert('RGB'))
+            )
+            / 255.0
+        )
         got = x[i] * std + mean
         assert np.abs(got - want).mean() <= 2 / 255, path
     assert x.shape == (5, 224, 224, 3) and x.dtype == np.float32
@@ -313,10 +350,14 @@ def test_imagenet_folder_errors_name_the_path(tmp_path):
     root = write_tree(tmp_path / 'b', {'train': {'n01': ['x.JPEG']}, 'val': {'n01': ['y.JPEG']}})
     (root / 'train' / 'n02').mkdir()
     (root / 'train' / 'n02' / 'readme.txt').write_text('no images here')
-    with pytest.raises(FileNotFoundError, match=f"class folder {root / 'train' / 'n02'} has no image"):
+    with pytest.raises(
+        FileNotFoundError, match=f"class folder {root / 'train' / 'n02'} has no image"
+    ):
         d.load_dataset('imagenet_folder', data_dir=str(root), val_examples=0)
-    root = write_tree(tmp_path / 'c', {'train': {'n01': ['x.JPEG']},
-                                       'val': {'n01': ['y.JPEG'], 'n09': ['z.JPEG']}})
+    root = write_tree(
+        tmp_path / 'c',
+        {'train': {'n01': ['x.JPEG']}, 'val': {'n01': ['y.JPEG'], 'n09': ['z.JPEG']}},
+    )
     with pytest.raises(ValueError, match='n09'):
         d.load_dataset('imagenet_folder', data_dir=str(root), val_examples=0)
 
@@ -328,7 +369,7 @@ def test_imagenet_folder_skips_a_corrupt_file_with_one_warning(tree, caplog):
     truncated.write_bytes(truncated.read_bytes()[:300])
     ip._warned.clear()
     ds = d.load_dataset('imagenet_folder', data_dir=str(tree), val_examples=0)
-    with caplog.at_level(logging.WARNING, logger='jackpot_jax.input_pipeline'):
+    with caplog.at_level(logging.WARNING, logger='jackpot_jax.data.input_pipeline'):
         test = list(ip.iterate_batches(ds, 'test', 2, train=False))
         again = list(ip.iterate_batches(ds, 'test', 2, train=False))
     # val/ order: n01/v1 (corrupt), n01/v2, n02/v3, n03/v4.png, n03/v5: the first is left out.
@@ -348,7 +389,8 @@ def test_imagenet_folder_skips_a_corrupt_file_with_one_warning(tree, caplog):
 
 
 def test_engine_normalises_uint8_batches_on_the_mesh_as_the_host_does():
-    from jackpot_jax import engine
+    from jackpot_jax.pipeline import engine
+
     ds = d.synthetic_dataset(image_shape=(6, 6, 3), n_train=8, augment='crop_flip')
     ds = d.dataclasses.replace(ds, mean=d.CIFAR_MEAN, std=d.CIFAR_STD)
     raw = next(iter(ip.split_batches(ds, 'train', 8, train=True, normalize=False)))
@@ -370,7 +412,10 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
                            process_id=int(sys.argv[2]))
 import numpy as np
 from jax.experimental import multihost_utils
-from jackpot_jax import data as d, engine, input_pipeline as ip, models
+from jackpot_jax.data import datasets as d
+from jackpot_jax.pipeline import engine
+from jackpot_jax.data import input_pipeline as ip
+from jackpot_jax import models
 
 ds = d.load_dataset('synthetic:cifar10', train_subset=20, val_examples=16, test_subset=10)
 mesh = engine.make_mesh()
@@ -401,17 +446,28 @@ def test_two_jax_processes_feed_their_rows_and_evaluate_as_one():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
     env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')
-    procs = [subprocess.Popen([sys.executable, '-c', TWO_PROCESSES, f'127.0.0.1:{port}', str(i)],
-                              cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, '-c', TWO_PROCESSES, f'127.0.0.1:{port}', str(i)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out.split('RESULT ', 1)[1]) for out, _ in outs]
     assert results[0] == results[1]
     # One process on one device gives the same evaluation.
     import jax
-    from jackpot_jax import engine, models
+
+    from jackpot_jax import models
+    from jackpot_jax.pipeline import engine
+
     ds = d.load_dataset('synthetic:cifar10', train_subset=20, val_examples=16, test_subset=10)
     module = models.get_model('lenet300_100', num_classes=10)
     variables = models.init_variables(module, jax.random.key(0), (1, 32, 32, 3))

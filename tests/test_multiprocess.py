@@ -9,13 +9,21 @@ import subprocess
 import sys
 
 import numpy as np
-
-from jackpot_jax import train, utils
 from pipeline_helpers import ROOT, needs_fmnist, tiny_config
 
-SUBSET = {"dataset": "fashion_mnist", "train_subset": 2048, "val_examples": 256,
-          "test_subset": 1000, "batch_size": 128, "eval_batch_size": 250,
-          "pretrain.epochs": 1, "search.epochs": 2}
+from jackpot_jax import utils
+from jackpot_jax.pipeline import train
+
+SUBSET = {
+    "dataset": "fashion_mnist",
+    "train_subset": 2048,
+    "val_examples": 256,
+    "test_subset": 1000,
+    "batch_size": 128,
+    "eval_batch_size": 250,
+    "pretrain.epochs": 1,
+    "search.epochs": 2,
+}
 
 
 def _free_port():
@@ -26,7 +34,7 @@ def _free_port():
 
 def _masks(workdir):
     with np.load(os.path.join(workdir, "jackpot.npz")) as z:
-        return {k[len("masks/"):]: z[k] for k in z.files if k.startswith("masks/")}
+        return {k[len("masks/") :]: z[k] for k in z.files if k.startswith("masks/")}
 
 
 @needs_fmnist
@@ -34,23 +42,49 @@ def test_two_processes_match_one_process(tmp_path):
     pre = tiny_config(**{**SUBSET, "mode": "pretrain"})
     train.run(pre, str(tmp_path / "dense"))
     args = [f"--config.{k}={v}" for k, v in SUBSET.items()]
-    args += [f"--config.pretrained={tmp_path / 'dense' / 'model'}",
-             "--config.search.score_pruned=0.99"]
-    cmd = [sys.executable, "-m", "jackpot_jax.main", "--config",
-           os.path.join(ROOT, "configs", "fashion_mnist_lenet300.py"), *args]
+    args += [
+        f"--config.pretrained={tmp_path / 'dense' / 'model'}",
+        "--config.search.score_pruned=0.99",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jackpot_jax.main",
+        "--config",
+        os.path.join(ROOT, "configs", "fashion_mnist_lenet300.py"),
+        *args,
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("XLA_FLAGS", None)
     # One process, two CPU devices: the mesh the two processes build together.
-    one = subprocess.run(cmd + ["--workdir", str(tmp_path / "one")], cwd=ROOT, text=True,
-                         capture_output=True, env=dict(env, JAX_NUM_CPU_DEVICES="2"),
-                         timeout=600)
+    one = subprocess.run(
+        cmd + ["--workdir", str(tmp_path / "one")],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        env=dict(env, JAX_NUM_CPU_DEVICES="2"),
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     port = _free_port()
-    procs = [subprocess.Popen(
-        cmd + ["--workdir", str(tmp_path / "two"), f"--config.coordinator_address=127.0.0.1:{port}",
-               "--config.num_processes=2", f"--config.process_id={i}"],
-        cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd
+            + [
+                "--workdir",
+                str(tmp_path / "two"),
+                f"--config.coordinator_address=127.0.0.1:{port}",
+                "--config.num_processes=2",
+                f"--config.process_id={i}",
+            ],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=600) for p in procs]
     finally:
@@ -72,10 +106,16 @@ def test_two_processes_match_one_process(tmp_path):
     s1 = json.load(open(tmp_path / "one" / "summary.json"))
     s2 = json.load(open(tmp_path / "two" / "summary.json"))
     assert s2["num_devices"] == s1["num_devices"] == 2
-    for key in ("test_accuracy", "dense_test_accuracy", "init_mask_test_accuracy",
-                "sparsity_achieved", "overlap_with_init", "final_val_accuracy"):
+    for key in (
+        "test_accuracy",
+        "dense_test_accuracy",
+        "init_mask_test_accuracy",
+        "sparsity_achieved",
+        "overlap_with_init",
+        "final_val_accuracy",
+    ):
         assert s2[key] == s1[key], key
-    assert s2["overlap_with_init"] < 1.0                          # the search moved the masks
+    assert s2["overlap_with_init"] < 1.0  # the search moved the masks
     # Only process 0 wrote: one metrics line per epoch, no temporary files left behind.
     assert [json.loads(x)["epoch"] for x in open(tmp_path / "two" / "metrics.jsonl")] == [1, 2]
     leftovers = [f for _, _, fs in os.walk(tmp_path / "two") for f in fs if ".tmp" in f]

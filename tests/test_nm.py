@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jackpot_jax import checkpoint as ckpt_lib
-from jackpot_jax import criteria, export, study, train
-from jackpot_jax.errors import ConfigError
 from jackpot_jax import sparsity as sp
+from jackpot_jax.errors import ConfigError
+from jackpot_jax.experiments import study
+from jackpot_jax.pipeline import checkpoint as ckpt_lib
+from jackpot_jax.pipeline import export, pruning, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +30,7 @@ def reference_nm(x: np.ndarray, n: int, m: int) -> np.ndarray:
         *pre, col = idx
         column = x[tuple(pre)][:, col]
         for g in range(0, column.size, m):
-            group = column[g:g + m]
+            group = column[g : g + m]
             order = np.lexsort((np.arange(m), -group))
             out[tuple(pre) + (g + order[:n], col)] = 1
     return out
@@ -45,15 +46,20 @@ def test_nm_hand_computed():
     # Dense kernel (in=4, out=2). Column 0: 3 and the first of two 2.0s; column 1: 5 and the
     # first of two 2.0s (index 1 beats index 3).
     x = jnp.array([[3.0, 1.0], [2.0, 2.0], [2.0, 5.0], [0.0, 2.0]])
-    chex.assert_trees_all_equal(sp.nm_mask(x, 2, 4),
-                                jnp.array([[1, 0], [1, 1], [0, 1], [0, 0]], jnp.float32))
-    chex.assert_trees_all_equal(sp.nm_mask(x, 1, 2),
-                                jnp.array([[1, 0], [0, 1], [1, 1], [0, 0]], jnp.float32))
+    chex.assert_trees_all_equal(
+        sp.nm_mask(x, 2, 4), jnp.array([[1, 0], [1, 1], [0, 1], [0, 0]], jnp.float32)
+    )
+    chex.assert_trees_all_equal(
+        sp.nm_mask(x, 1, 2), jnp.array([[1, 0], [0, 1], [1, 1], [0, 0]], jnp.float32)
+    )
 
 
 @pytest.mark.parametrize("n,m", [(1, 2), (2, 4), (4, 8)])
-@pytest.mark.parametrize("shape", [(16, 3), (24, 10), (3, 3, 8, 5), (1, 1, 16, 4)],
-                         ids=["dense", "dense_wide", "conv3x3", "conv1x1"])
+@pytest.mark.parametrize(
+    "shape",
+    [(16, 3), (24, 10), (3, 3, 8, 5), (1, 1, 16, 4)],
+    ids=["dense", "dense_wide", "conv3x3", "conv1x1"],
+)
 def test_nm_matches_reference_with_ties(n, m, shape):
     rng = np.random.default_rng(sum(shape) + 10 * m)
     # Integer quarters in [-1, 1): every group has ties; also -0.0, +0.0, infinities and NaN
@@ -77,18 +83,22 @@ def test_nm_straight_through_gradient_is_the_identity(use_abs):
     c = jnp.asarray(rng.normal(size=(8, 6)).astype(np.float32))
     value = sp.nm_ste_mask(s, 2, 4, use_abs=use_abs)
     ranked = jnp.abs(s) if use_abs else s
-    chex.assert_trees_all_equal(value, sp.nm_mask(ranked, 2, 4))   # bit for bit
+    chex.assert_trees_all_equal(value, sp.nm_mask(ranked, 2, 4))  # bit for bit
     g = jax.grad(lambda t: jnp.sum(c * sp.nm_ste_mask(t, 2, 4, use_abs=use_abs)))(s)
     np.testing.assert_array_equal(np.asarray(g), np.asarray(c * jnp.sign(s) if use_abs else c))
 
 
 def _params():
     rng = np.random.default_rng(1)
-    return {"conv1": {"kernel": rng.normal(size=(5, 5, 1, 6)).astype(np.float32),
-                      "bias": np.zeros(6, np.float32)},
-            "conv2": {"kernel": rng.normal(size=(3, 3, 8, 4)).astype(np.float32)},
-            "fc1": {"kernel": rng.normal(size=(20, 7)).astype(np.float32)},
-            "classifier": {"kernel": rng.normal(size=(7, 3)).astype(np.float32)}}
+    return {
+        "conv1": {
+            "kernel": rng.normal(size=(5, 5, 1, 6)).astype(np.float32),
+            "bias": np.zeros(6, np.float32),
+        },
+        "conv2": {"kernel": rng.normal(size=(3, 3, 8, 4)).astype(np.float32)},
+        "fc1": {"kernel": rng.normal(size=(20, 7)).astype(np.float32)},
+        "classifier": {"kernel": rng.normal(size=(7, 3)).astype(np.float32)},
+    }
 
 
 def test_nm_budget_through_masks_criteria_and_masked_params():
@@ -96,8 +106,11 @@ def test_nm_budget_through_masks_criteria_and_masked_params():
     pattern = sp.NMPattern(2, 4)
     budget = sp.nm_budget(params, pattern)
     # conv1 (1 input channel) stays dense; the classifier is not prunable (default filter).
-    assert sp.flatten_paths(budget) == {"conv1/kernel": 150, "conv2/kernel": pattern,
-                                        "fc1/kernel": pattern}
+    assert sp.flatten_paths(budget) == {
+        "conv1/kernel": 150,
+        "conv2/kernel": pattern,
+        "fc1/kernel": pattern,
+    }
     assert sp.dense_kept(budget) == ["conv1/kernel"]
     importance = sp.magnitude_scores(params)
     masks = sp.criterion_mask(importance, budget)
@@ -119,8 +132,10 @@ def test_nm_budget_through_masks_criteria_and_masked_params():
     assert summary["sparsity_all_masked"] == pytest.approx(0.5 * n_pat / (n_pat + 150))
     # Random and a criterion on data go through the same budget.
     rand = sp.criterion_mask(sp.random_scores(jax.random.key(0), params), budget)
-    assert all(sp.satisfies_pattern(sp.flatten_paths(rand)[p], pattern)
-               for p in ("conv2/kernel", "fc1/kernel"))
+    assert all(
+        sp.satisfies_pattern(sp.flatten_paths(rand)[p], pattern)
+        for p in ("conv2/kernel", "fc1/kernel")
+    )
     # STE through masked_params: dL/ds = dL/d(w*m) * w * sign(s), pruned weights included.
     scores = jax.tree.map(lambda x: x - 0.5, importance)
     loss = lambda s: jnp.sum(sp.masked_params(params, s, budget)["fc1"]["kernel"] ** 2)
@@ -130,8 +145,9 @@ def test_nm_budget_through_masks_criteria_and_masked_params():
     np.testing.assert_allclose(g, 2 * w * m * w * jnp.sign(s), rtol=1e-6)
     # A single pattern as the budget applies to every layer, and must fit each one.
     only = {"fc1": {"kernel": importance["fc1"]["kernel"]}}
-    np.testing.assert_array_equal(sp.masks_from_scores(only, pattern)["fc1"]["kernel"],
-                                  flat["fc1/kernel"])
+    np.testing.assert_array_equal(
+        sp.masks_from_scores(only, pattern)["fc1"]["kernel"], flat["fc1/kernel"]
+    )
     with pytest.raises(ValueError, match=r"conv1/kernel.*divisible by 4"):
         sp.criterion_mask(importance, pattern)
 
@@ -153,14 +169,24 @@ def nm_search(tmp_path_factory):
     """A 2:4 search from the CLI on tiny synthetic data, LeNet-5 (its first conv has one
     input channel: kept dense), with a score gap small enough that masks change."""
     from pipeline_helpers import TINY, cli, pretrained_dir, tiny_config
+
     tmp = tmp_path_factory.mktemp("nm")
     config = tiny_config("fashion_mnist_lenet5.py")
     pretrained = pretrained_dir(tmp, config)
-    overrides = {**TINY, "dataset": config.dataset, "search.epochs": 2,
-                 "search.score_pruned": 0.999, "search.lr": 0.5, "search.pattern": "2:4",
-                 "pretrained": pretrained}
-    cli(tmp / "search", os.path.join(ROOT, "configs", "fashion_mnist_lenet5.py"),
-        *[f"--config.{k}={v}" for k, v in overrides.items()])
+    overrides = {
+        **TINY,
+        "dataset": config.dataset,
+        "search.epochs": 2,
+        "search.score_pruned": 0.999,
+        "search.lr": 0.5,
+        "search.pattern": "2:4",
+        "pretrained": pretrained,
+    }
+    cli(
+        tmp / "search",
+        os.path.join(ROOT, "configs", "fashion_mnist_lenet5.py"),
+        *[f"--config.{k}={v}" for k, v in overrides.items()],
+    )
     return tmp / "search", pretrained
 
 
@@ -171,7 +197,7 @@ def test_pipeline_2of4_masks_and_kept_weights(nm_search):
     assert summary["sparsity_target"] == summary["sparsity_achieved"] == 0.5
     assert summary["dense_kept"] == ["conv1/kernel"]
     assert summary["patterned_layers"] == ["conv2/kernel", "fc1/kernel"]
-    assert summary["overlap_with_init"] < 1.0          # the search moved the mask
+    assert summary["overlap_with_init"] < 1.0  # the search moved the mask
     jackpot = export.read_jackpot(workdir)
     assert jackpot["meta"]["pattern"] == "2:4"
     dense = sp.flatten_paths(ckpt_lib.load_variables(pretrained)["params"])
@@ -179,30 +205,32 @@ def test_pipeline_2of4_masks_and_kept_weights(nm_search):
     np.testing.assert_array_equal(masks["conv1/kernel"], 1)
     for path in ("conv2/kernel", "fc1/kernel"):
         assert np.all(_groups_of(masks[path], 4) == 2), path
-    for path, m in masks.items():   # kept weights bit-equal to the pre-trained ones, others 0
+    for path, m in masks.items():  # kept weights bit-equal to the pre-trained ones, others 0
         np.testing.assert_array_equal(params[path][m == 1], dense[path][m == 1])
         assert np.all(params[path][m == 0] == 0)
 
 
 def test_torch_export_keeps_the_2of4_pattern(nm_search, tmp_path):
     torch = pytest.importorskip("torch")
-    from jackpot_jax import torch_convert
+    from jackpot_jax.interop import torch_convert
+
     workdir, _ = nm_search
-    out = torch_convert.export_checkpoint(workdir / "model", tmp_path / "nm.pth",
-                                          workdir / "jackpot.npz")
+    out = torch_convert.export_checkpoint(
+        workdir / "model", tmp_path / "nm.pth", workdir / "jackpot.npz"
+    )
     sd = torch.load(out, weights_only=True)
-    for key in ("fc1.weight", "conv2.weight"):    # Linear (out, in); conv (O, I, H, W)
+    for key in ("fc1.weight", "conv2.weight"):  # Linear (out, in); conv (O, I, H, W)
         w = sd[key].numpy()
-        w2d = np.moveaxis(w, 1, -1).reshape(-1, w.shape[1])     # rows, input axis last
+        w2d = np.moveaxis(w, 1, -1).reshape(-1, w.shape[1])  # rows, input axis last
         nonzero = (w2d != 0).reshape(w2d.shape[0], -1, 4).sum(-1)
         assert nonzero.max() <= 2, key
     # torch's own 2:4 compressor (the CUTLASS layout `to_sparse_semi_structured` uses; it
     # runs on the CPU, the sparse matmul does not) must round-trip the Linear weight exactly.
     conv = pytest.importorskip("torch.sparse._semi_structured_conversions")
     w = sd["fc1.weight"].half()
-    rows = -(-w.shape[0] // 32) * 32                     # CUTLASS wants rows % 32 == 0
+    rows = -(-w.shape[0] // 32) * 32  # CUTLASS wants rows % 32 == 0
     padded = torch.zeros(rows, w.shape[1], dtype=w.dtype)
-    padded[:w.shape[0]] = w
+    padded[: w.shape[0]] = w
     packed, meta = conv.sparse_semi_structured_from_dense_cutlass(padded)
     assert packed.shape == (rows, w.shape[1] // 2)
     back = conv.sparse_semi_structured_to_dense_cutlass(packed, meta)
@@ -210,24 +238,34 @@ def test_torch_export_keeps_the_2of4_pattern(nm_search, tmp_path):
     # The round trip can fail: a weight with 3 non-zeros in some group of 4 loses one.
     dense = padded.clone()
     dense[0, :4] = 1.0
-    assert not torch.equal(conv.sparse_semi_structured_to_dense_cutlass(
-        *conv.sparse_semi_structured_from_dense_cutlass(dense)), dense)
+    assert not torch.equal(
+        conv.sparse_semi_structured_to_dense_cutlass(
+            *conv.sparse_semi_structured_from_dense_cutlass(dense)
+        ),
+        dense,
+    )
 
 
 def test_study_2of4_rows(tmp_path):
     from test_study import _tiny_config
+
     c = _tiny_config()
     c.seeds, c.experiments = (0,), ("nm",)
     c.base.train_subset, c.base.val_examples = 64, 16
     res = study.run_study(c, str(tmp_path))
     rows = {(r["structure"], r["method"]): r for r in res["nm"]}
-    assert set(rows) == {("dense", "dense"), ("2:4", "magnitude"), ("2:4", "jackpot"),
-                         ("2:4", "magnitude+finetune"), ("unstructured", "magnitude"),
-                         ("unstructured", "jackpot")}
+    assert set(rows) == {
+        ("dense", "dense"),
+        ("2:4", "magnitude"),
+        ("2:4", "jackpot"),
+        ("2:4", "magnitude+finetune"),
+        ("unstructured", "magnitude"),
+        ("unstructured", "jackpot"),
+    }
     assert all(r["seeds"] == 1 and 0 <= r["test_acc_mean"] <= 1 for r in rows.values())
     assert rows[("2:4", "jackpot")]["pattern_satisfied"] is True
     assert rows[("2:4", "magnitude+finetune")]["pattern_satisfied"] is True
-    assert rows[("2:4", "jackpot")]["dense_kept"] == []   # LeNet-300-100: 784 and 300 inputs
+    assert rows[("2:4", "jackpot")]["dense_kept"] == []  # LeNet-300-100: 784 and 300 inputs
     piece = tmp_path / "lenet300_100" / "seed0"
     search = json.load(open(piece / "search_pretrained_magnitude_nm2of4_e1" / "summary.json"))
     assert rows[("2:4", "jackpot")]["test_acc_mean"] == search["test_accuracy"]
@@ -244,17 +282,19 @@ def test_study_2of4_rows(tmp_path):
 
 
 def test_budget_for_reads_the_config():
-    from jackpot_jax.config_base import base_config
+    from jackpot_jax.pipeline.config import base_config
+
     c = base_config()
     c.search.distribution = "uniform"
     params = _params()
-    assert sp.flatten_paths(criteria.budget_for(c, params, criteria.prune_filter(c)))[
-        "fc1/kernel"] == 14    # unstructured: 90% of 140 pruned
+    assert (
+        sp.flatten_paths(pruning.budget_for(c, params, pruning.prune_filter(c)))["fc1/kernel"] == 14
+    )  # unstructured: 90% of 140 pruned
     c.search.pattern = "1:2"
-    b = sp.flatten_paths(criteria.budget_for(c, params, criteria.prune_filter(c)))
+    b = sp.flatten_paths(pruning.budget_for(c, params, pruning.prune_filter(c)))
     assert b["fc1/kernel"] == sp.NMPattern(1, 2) and b["conv2/kernel"] == sp.NMPattern(1, 2)
     c.search.pattern = "2of4"
     with pytest.raises(ValueError, match="pattern='2of4'"):
-        criteria.budget_for(c, params, criteria.prune_filter(c))
+        pruning.budget_for(c, params, pruning.prune_filter(c))
     with pytest.raises(ConfigError, match=r"search\.pattern='2of4'"):
-        train.check_config(c)       # the CLI stops before anything runs
+        train.check_config(c)  # the CLI stops before anything runs

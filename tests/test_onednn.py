@@ -1,4 +1,4 @@
-"""jackpot_jax.onednn: oneDNN's convolutions as XLA custom calls, against float64 numpy."""
+"""jackpot_jax.kernels.native.onednn: oneDNN's convolutions as XLA custom calls, against float64 numpy."""
 
 import importlib.metadata
 
@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-
-from jackpot_jax import native, onednn, ops
-
 from pipeline_helpers import python_script
+
+from jackpot_jax import kernels
+from jackpot_jax.kernels import native
+from jackpot_jax.kernels.native import onednn
 
 
 def _installed() -> bool:
@@ -24,11 +25,14 @@ def _installed() -> bool:
 # The handlers are registered for the CPU platform (a GPU machine runs XLA's convolutions).
 needs_onednn = pytest.mark.skipif(
     jax.default_backend() != "cpu" or not onednn.available(),
-    reason=f"oneDNN convolutions: {onednn.unavailable_reason() or 'not the CPU backend'}")
+    reason=f"oneDNN convolutions: {onednn.unavailable_reason() or 'not the CPU backend'}",
+)
 
 
-@pytest.mark.skipif(not (_installed() and native.compiler()),
-                    reason="oneDNN (the [onednn] extra) or a C++ compiler not installed")
+@pytest.mark.skipif(
+    not (_installed() and native.compiler()),
+    reason="oneDNN (the [onednn] extra) or a C++ compiler not installed",
+)
 def test_available_when_installed():
     # With the extra and a compiler present, a failed build must fail here, not skip.
     assert onednn.available(), onednn.unavailable_reason()
@@ -38,8 +42,15 @@ def _taps(kh, kw, ho, wo, strides):
     """Index windows of the zero-padded input that each kernel tap (i, j) sees."""
     for i in range(kh):
         for j in range(kw):
-            yield i, j, (slice(None), slice(i, i + (ho - 1) * strides[0] + 1, strides[0]),
-                         slice(j, j + (wo - 1) * strides[1] + 1, strides[1]))
+            yield (
+                i,
+                j,
+                (
+                    slice(None),
+                    slice(i, i + (ho - 1) * strides[0] + 1, strides[0]),
+                    slice(j, j + (wo - 1) * strides[1] + 1, strides[1]),
+                ),
+            )
 
 
 def _padded(x, pads):
@@ -71,19 +82,22 @@ def _reference_input_grad(g, w, x_shape, strides, pads):
     dx = np.zeros((n, h + sum(pads[0]), wd + sum(pads[1]), c))
     for i, j, window in _taps(*w.shape[:2], *g.shape[1:3], strides):
         dx[window] += np.einsum("nhwo,co->nhwc", g, w[i, j])
-    return dx[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + wd]
+    return dx[:, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + wd]
 
 
 @needs_onednn
-@pytest.mark.parametrize("n,h,w,c,o,k,strides,pads", [
-    (1, 9, 9, 40, 8, (3, 3), (1, 1), ((1, 1), (1, 1))),     # SAME
-    (3, 10, 7, 33, 16, (3, 3), (2, 2), ((0, 1), (1, 1))),   # SAME at stride 2 (asymmetric)
-    (3, 12, 12, 8, 12, (5, 5), (1, 1), ((0, 0), (0, 0))),   # VALID, 5x5
-    (1, 11, 9, 36, 5, (5, 5), (2, 1), ((2, 1), (0, 3))),    # explicit, uneven strides
-    (3, 8, 8, 64, 32, (1, 1), (2, 2), ((0, 0), (0, 0))),    # 1x1, stride 2
-    (2, 10, 10, 3, 6, (3, 3), (1, 1), ((1, 1), (1, 1))),    # 3 input channels (first layers)
-    (3, 9, 8, 1, 4, (5, 5), (1, 1), ((0, 0), (0, 0))),      # 1 input channel, 5x5 VALID
-])
+@pytest.mark.parametrize(
+    "n,h,w,c,o,k,strides,pads",
+    [
+        (1, 9, 9, 40, 8, (3, 3), (1, 1), ((1, 1), (1, 1))),  # SAME
+        (3, 10, 7, 33, 16, (3, 3), (2, 2), ((0, 1), (1, 1))),  # SAME at stride 2 (asymmetric)
+        (3, 12, 12, 8, 12, (5, 5), (1, 1), ((0, 0), (0, 0))),  # VALID, 5x5
+        (1, 11, 9, 36, 5, (5, 5), (2, 1), ((2, 1), (0, 3))),  # explicit, uneven strides
+        (3, 8, 8, 64, 32, (1, 1), (2, 2), ((0, 0), (0, 0))),  # 1x1, stride 2
+        (2, 10, 10, 3, 6, (3, 3), (1, 1), ((1, 1), (1, 1))),  # 3 input channels (first layers)
+        (3, 9, 8, 1, 4, (5, 5), (1, 1), ((0, 0), (0, 0))),  # 1 input channel, 5x5 VALID
+    ],
+)
 def test_convolutions_match_float64(n, h, w, c, o, k, strides, pads):
     rng = np.random.default_rng(n * 100 + c)
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
@@ -92,17 +106,23 @@ def test_convolutions_match_float64(n, h, w, c, o, k, strides, pads):
     wo = (w + sum(pads[1]) - k[1]) // strides[1] + 1
     assert onednn.output_shape(x.shape, kernel.shape, strides, pads) == (n, ho, wo, o)
     g = rng.standard_normal((n, ho, wo, o)).astype(np.float32)
-    got = jax.jit(lambda x, kernel, g: (
-        onednn.forward(x, kernel, strides, pads),
-        onednn.input_grad(g, kernel, x.shape, strides, pads),
-        onednn.weight_grad(x, g, kernel.shape, strides, pads)))(x, kernel, g)
-    wants = (_reference_forward(x, kernel, ho, wo, strides, pads),
-             _reference_input_grad(g, kernel, x.shape, strides, pads),
-             _reference(x, g, *k, strides, pads))
+    got = jax.jit(
+        lambda x, kernel, g: (
+            onednn.forward(x, kernel, strides, pads),
+            onednn.input_grad(g, kernel, x.shape, strides, pads),
+            onednn.weight_grad(x, g, kernel.shape, strides, pads),
+        )
+    )(x, kernel, g)
+    wants = (
+        _reference_forward(x, kernel, ho, wo, strides, pads),
+        _reference_input_grad(g, kernel, x.shape, strides, pads),
+        _reference(x, g, *k, strides, pads),
+    )
     for name, value, want in zip(("forward", "input gradient", "weight gradient"), got, wants):
         assert value.shape == want.shape, name
-        np.testing.assert_allclose(np.asarray(value), want, rtol=1e-5,
-                                   atol=1e-5 * np.abs(want).max(), err_msg=name)
+        np.testing.assert_allclose(
+            np.asarray(value), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=name
+        )
 
 
 @needs_onednn
@@ -112,24 +132,24 @@ def test_explicit_conv_uses_it_and_the_switch_turns_it_off():
     w = jnp.asarray(rng.standard_normal((3, 3, 40, 8)) * 0.1, jnp.float32)
 
     def loss(w, x):
-        return jnp.sum(jnp.sin(ops.conv2d(x, w, (2, 2), ((1, 1), (1, 1)))))
+        return jnp.sum(jnp.sin(kernels.conv2d(x, w, (2, 2), ((1, 1), (1, 1)))))
 
     results, hlo = {}, {}
     for mode in ("auto", "off"):
-        with ops.use_impl("explicit"), ops.use_onednn(mode):
-            fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))   # switch read at trace
+        with kernels.use(conv_impl="explicit"), kernels.use(onednn=mode):
+            fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))  # switch read at trace
             hlo[mode] = fn.lower(w, x).compile().as_text()
             results[mode] = jax.tree.map(np.asarray, fn(w, x))
-            assert ops.onednn_used() == (mode == "auto")
-    for target in onednn.TARGETS:    # forward, input and weight gradients: all three
+            assert kernels.onednn_used() == (mode == "auto")
+    for target in onednn.TARGETS:  # forward, input and weight gradients: all three
         assert target in hlo["auto"] and target not in hlo["off"], target
-    with ops.use_impl("xla"):
+    with kernels.use(conv_impl="xla"):
         want = jax.tree.map(np.asarray, jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(w, x))
     for mode in ("auto", "off"):
         for got, ref in zip(jax.tree.leaves(results[mode]), jax.tree.leaves(want)):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-    assert onednn.last_implementation()          # oneDNN names the kernel it chose
-    assert ops.describe() == "convolutions: oneDNN's (cpu, float32)"
+    assert onednn.last_implementation()  # oneDNN names the kernel it chose
+    assert kernels.describe_convolutions() == "convolutions: oneDNN's (cpu, float32)"
 
 
 @needs_onednn
@@ -145,25 +165,33 @@ def test_negative_padding_keeps_xla_kernels_and_matches_lax():
         return (y, *vjp(jnp.ones_like(y)))
 
     def ours(x, w):
-        with ops.use_impl("explicit"):
-            return ops.conv2d(x, w, (1, 1), pads)
+        with kernels.use(conv_impl="explicit"):
+            return kernels.conv2d(x, w, (1, 1), pads)
 
     hlo = jax.jit(lambda x, w: run(ours)).lower(x, w).as_text()
     assert not any(target in hlo for target in onednn.TARGETS)
     got = jax.jit(lambda x, w: run(ours))(x, w)
-    want = run(lambda x, w: lax.conv_general_dilated(
-        x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=lax.Precision.HIGHEST))
+    want = run(
+        lambda x, w: lax.conv_general_dilated(
+            x,
+            w,
+            (1, 1),
+            pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=lax.Precision.HIGHEST,
+        )
+    )
     for a, b in zip(got, want):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                   atol=1e-5 * float(np.abs(b).max()))
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5 * float(np.abs(b).max())
+        )
 
 
 @needs_onednn
 def test_empty_batch_keeps_xla_kernels():
     x, w = jnp.zeros((0, 5, 5, 3), jnp.float32), jnp.ones((3, 3, 3, 4), jnp.float32)
-    with ops.use_impl("explicit"):
-        fn = jax.jit(lambda x, w: ops.conv2d(x, w, (1, 1), ((1, 1), (1, 1))))
+    with kernels.use(conv_impl="explicit"):
+        fn = jax.jit(lambda x, w: kernels.conv2d(x, w, (1, 1), ((1, 1), (1, 1))))
         assert fn(x, w).shape == (0, 5, 5, 4)
         assert not any(target in fn.lower(x, w).as_text() for target in onednn.TARGETS)
 
@@ -174,21 +202,23 @@ def test_bad_shapes_and_padding_are_named():
     w = jnp.zeros((3, 3, 3, 4), jnp.float32)
     with pytest.raises(ValueError, match=r"padding \(\(-1, 0\), \(0, 0\)\); expected"):
         onednn.forward(x, w, (1, 1), ((-1, 0), (0, 0)))
-    with pytest.raises(ValueError, match=r"-> \(2, -1, -1, 4\)"):   # a 3x3 kernel on 1x1
+    with pytest.raises(ValueError, match=r"-> \(2, -1, -1, 4\)"):  # a 3x3 kernel on 1x1
         onednn.forward(x[:, :1, :1], w, (1, 1), ((0, 0), (0, 0)))
 
 
 def test_not_for_bfloat16_and_bad_mode():
-    assert not ops.onednn_used(jnp.bfloat16)
-    assert ops.describe(jnp.bfloat16) == (
-        "convolutions: XLA's (cpu, bfloat16; oneDNN: used on the CPU in float32 only)")
-    with ops.use_onednn("off"):
-        assert ops.describe() == (
-            "convolutions: XLA's (cpu, float32; oneDNN: switched off (ops.set_onednn))")
-    with ops.use_impl("xla"):
-        assert ops.describe() == "convolutions: XLA's (cpu, float32)"
+    assert not kernels.onednn_used(jnp.bfloat16)
+    assert kernels.describe_convolutions(kernels.ComputeOptions(compute_dtype="bfloat16")) == (
+        "convolutions: XLA's (cpu, bfloat16; oneDNN: used on the CPU in float32 only)"
+    )
+    with kernels.use(onednn="off"):
+        assert kernels.describe_convolutions() == (
+            "convolutions: XLA's (cpu, float32; oneDNN: switched off (ComputeOptions.onednn='off'))"
+        )
+    with kernels.use(conv_impl="xla"):
+        assert kernels.describe_convolutions() == "convolutions: XLA's (cpu, float32)"
     with pytest.raises(ValueError, match="oneDNN mode 'on'; expected one of"):
-        ops.set_onednn("on")
+        kernels.ComputeOptions(onednn="on")
 
 
 def test_not_used_with_several_devices():
@@ -198,27 +228,29 @@ def test_not_used_with_several_devices():
         "import os\n"
         "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
         "import jax\n"
-        "from jackpot_jax import ops\n"
-        "print(jax.device_count(), ops.onednn_used())\n")
+        "from jackpot_jax import kernels\n"
+        "print(jax.device_count(), kernels.onednn_used())\n"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-2:] == ["2", "False"]
 
 
 def test_opt_out_is_reported():
     proc = python_script(
-        "from jackpot_jax import onednn\n"
-        "from jackpot_jax import ops\n"
+        "from jackpot_jax.kernels.native import onednn\n"
+        "from jackpot_jax import kernels\n"
         "print(onednn.available(), '|', onednn.unavailable_reason())\n"
-        "print(ops.describe())\n"
+        "print(kernels.describe_convolutions())\n"
         "try:\n"
         "    onednn.weight_grad(None, None, (1, 1, 1, 1), (1, 1), ((0, 0), (0, 0)))\n"
         "except RuntimeError as err:\n"
         "    print('raised', err)\n",
-        env_update={"JACKPOT_JAX_ONEDNN": "0"})
+        env_update={"JACKPOT_JAX_ONEDNN": "0"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "False | JACKPOT_JAX_ONEDNN=0" in proc.stdout
     assert "convolutions: XLA's (cpu, float32; oneDNN: JACKPOT_JAX_ONEDNN=0)" in proc.stdout
-    assert "raised jackpot_jax.onednn: JACKPOT_JAX_ONEDNN=0" in proc.stdout
+    assert "raised jackpot_jax.kernels.native.onednn: JACKPOT_JAX_ONEDNN=0" in proc.stdout
 
 
 def test_lax_reference_agrees_with_the_helper():
@@ -229,11 +261,18 @@ def test_lax_reference_agrees_with_the_helper():
     w = np.zeros((3, 3, 3, 4), np.float32)
     g = rng.standard_normal((2, 4, 3, 4)).astype(np.float32)
     pads = ((1, 1), (0, 1))
-    dw = jax.vjp(lambda v: lax.conv_general_dilated(
-        x, v, (2, 2), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=lax.Precision.HIGHEST), w)[1](g)[0]
+    dw = jax.vjp(
+        lambda v: lax.conv_general_dilated(
+            x,
+            v,
+            (2, 2),
+            pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=lax.Precision.HIGHEST,
+        ),
+        w,
+    )[1](g)[0]
     np.testing.assert_allclose(_reference(x, g, 3, 3, (2, 2), pads), dw, rtol=1e-5, atol=1e-5)
-
 
 
 @needs_onednn
@@ -242,20 +281,28 @@ def test_concurrent_calls_from_several_threads():
     # a jitted function from several threads too. Every result must still be exact: oneDNN's
     # scratchpads are per calling thread here, never shared by two running primitives.
     import concurrent.futures
+
     rng = np.random.default_rng(5)
-    shapes = [((8, 16, 16, 32), (3, 3, 32, 32)), ((8, 8, 8, 64), (3, 3, 64, 48)),
-              ((8, 16, 16, 32), (3, 3, 32, 32)), ((4, 12, 12, 20), (5, 5, 20, 50))]
+    shapes = [
+        ((8, 16, 16, 32), (3, 3, 32, 32)),
+        ((8, 8, 8, 64), (3, 3, 64, 48)),
+        ((8, 16, 16, 32), (3, 3, 32, 32)),
+        ((4, 12, 12, 20), (5, 5, 20, 50)),
+    ]
     xs = [jnp.asarray(rng.standard_normal(xs_), jnp.float32) for xs_, _ in shapes]
     ws = [jnp.asarray(rng.standard_normal(ws_) * 0.1, jnp.float32) for _, ws_ in shapes]
     pads = ((1, 1), (1, 1))
 
-    def many(xs, ws):   # independent forward, input and weight gradients of every layer
+    def many(xs, ws):  # independent forward, input and weight gradients of every layer
         out = []
         for x, w in zip(xs, ws):
             p = pads if w.shape[0] == 3 else ((0, 0), (0, 0))
             y = onednn.forward(x, w, (1, 1), p)
-            out += [y, onednn.input_grad(y, w, x.shape, (1, 1), p),
-                    onednn.weight_grad(x, y, w.shape, (1, 1), p)]
+            out += [
+                y,
+                onednn.input_grad(y, w, x.shape, (1, 1), p),
+                onednn.weight_grad(x, y, w.shape, (1, 1), p),
+            ]
         return out
 
     def reference(xs, ws):
@@ -263,8 +310,13 @@ def test_concurrent_calls_from_several_threads():
         for x, w in zip(xs, ws):
             p = pads if w.shape[0] == 3 else ((0, 0), (0, 0))
             fn = lambda x, w: lax.conv_general_dilated(  # noqa: E731
-                x, w, (1, 1), p, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                precision=lax.Precision.HIGHEST)
+                x,
+                w,
+                (1, 1),
+                p,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=lax.Precision.HIGHEST,
+            )
             y, vjp = jax.vjp(fn, x, w)
             out += [y, *vjp(y)]
         return out

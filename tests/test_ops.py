@@ -1,4 +1,4 @@
-"""The explicit-gradient convolution and max-pool (`jackpot_jax.ops`) against XLA's own, the
+"""The explicit-gradient convolution and max-pool (`jackpot_jax.kernels`) against XLA's own, the
 search step with and without them, and the bfloat16 training step."""
 
 import flax.linen as nn
@@ -9,8 +9,10 @@ import optax
 import pytest
 from jax import lax
 
-from jackpot_jax import engine, models, onednn, ops
+import jackpot_jax
+from jackpot_jax import kernels, models
 from jackpot_jax import sparsity as sp
+from jackpot_jax.pipeline import engine
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -25,20 +27,28 @@ def _value_and_grads(fn, x, w, ct):
     return (y,) + vjp(ct)
 
 
-CASES = [(kernel, stride, padding)
-         for kernel in (1, 5) for stride in (1, 2)
-         for padding in ("SAME", "VALID", ((2, 1), (0, 2)))]
+CASES = [
+    (kernel, stride, padding)
+    for kernel in (1, 5)
+    for stride in (1, 2)
+    for padding in ("SAME", "VALID", ((2, 1), (0, 2)))
+]
 
 # The explicit path with oneDNN's convolutions ('auto', where it is installed) and without.
-ONEDNN_MODES = ["off", pytest.param("auto", marks=pytest.mark.skipif(
-    not ops.onednn_used(), reason=ops.describe()))]
+ONEDNN_MODES = [
+    "off",
+    pytest.param(
+        "auto",
+        marks=pytest.mark.skipif(not kernels.onednn_used(), reason=kernels.describe_convolutions()),
+    ),
+]
 
 
 @pytest.mark.parametrize("onednn_mode", ONEDNN_MODES)
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_explicit_conv_equals_lax_in_value_and_both_gradients(case, onednn_mode):
     kernel, stride, padding = CASES[case]
-    batch = (1, 3)[case % 2]   # each kernel/stride/padding with one batch size, both covered
+    batch = (1, 3)[case % 2]  # each kernel/stride/padding with one batch size, both covered
     # 1 and 4 input channels: the im2col weight gradient for every kernel here but 5x5x4,
     # which (like 40 channels) takes XLA's weight-gradient convolution.
     cin = (1, 4, 40)[case % 3]
@@ -52,9 +62,10 @@ def test_explicit_conv_equals_lax_in_value_and_both_gradients(case, onednn_mode)
         return lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DN)
 
     def ours(x, k):
-        with ops.use_impl("explicit"), ops.use_onednn(onednn_mode):
-            return ops.conv_general_dilated(x, k, (stride, stride), padding,
-                                            dimension_numbers=DN)
+        with kernels.use(conv_impl="explicit"), kernels.use(onednn=onednn_mode):
+            return kernels.conv_general_dilated(
+                x, k, (stride, stride), padding, dimension_numbers=DN
+            )
 
     ct = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
     expected = _value_and_grads(ref, x, k, ct)
@@ -68,8 +79,8 @@ def test_explicit_conv_equals_lax_in_value_and_both_gradients(case, onednn_mode)
 def test_weight_gradient_on_batch_chunks_equals_lax(monkeypatch, stride):
     # Thresholds lowered so this small layer (3x3x40 patches, batch 6) is split: 6 chunks
     # of one example at this chunk size.
-    monkeypatch.setattr(ops, "WGRAD_SPLIT_BYTES", 0)
-    monkeypatch.setattr(ops, "WGRAD_CHUNK_BYTES", 3 * 3 * 40 * 7 * 7 * 4)
+    monkeypatch.setattr(kernels.conv, "WGRAD_SPLIT_BYTES", 0)
+    monkeypatch.setattr(kernels.conv, "WGRAD_CHUNK_BYTES", 3 * 3 * 40 * 7 * 7 * 4)
     rng = np.random.default_rng(stride)
     x = jnp.asarray(rng.standard_normal((6, 13, 13, 40)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, 40, 5)), jnp.float32)
@@ -78,9 +89,9 @@ def test_weight_gradient_on_batch_chunks_equals_lax(monkeypatch, stride):
     def ref(x, k):
         return lax.conv_general_dilated(x, k, (stride, stride), pad, dimension_numbers=DN)
 
-    def ours(x, k):   # XLA's weight gradient (the path without oneDNN) is the one chunked
-        with ops.use_impl("explicit"), ops.use_onednn("off"):
-            return ops.conv_general_dilated(x, k, (stride, stride), pad, dimension_numbers=DN)
+    def ours(x, k):  # XLA's weight gradient (the path without oneDNN) is the one chunked
+        with kernels.use(conv_impl="explicit"), kernels.use(onednn="off"):
+            return kernels.conv_general_dilated(x, k, (stride, stride), pad, dimension_numbers=DN)
 
     ct = jnp.asarray(rng.standard_normal(ref(x, k).shape), jnp.float32)
     hlo = jax.jit(lambda x, k, ct: jax.vjp(ours, x, k)[1](ct)).lower(x, k, ct).compile().as_text()
@@ -98,50 +109,59 @@ def test_flax_conv_layer_takes_the_explicit_path_and_keeps_its_params():
     assert jax.tree.map(np.shape, params) == {"params": {"kernel": (3, 3, 3, 4), "bias": (4,)}}
     # The explicit path defines no forward-mode rule: jvp fails there and works with 'xla',
     # which shows which implementation each switch value traces.
-    with ops.use_impl("explicit"):
+    with kernels.use(conv_impl="explicit"):
         with pytest.raises(TypeError, match="custom_vjp"):
             jax.jvp(lambda v: layer.apply(params, v), (x,), (x,))
-    with ops.use_impl("xla"):
+    with kernels.use(conv_impl="xla"):
         jax.jvp(lambda v: layer.apply(params, v), (x,), (x,))
 
 
 def test_max_pool_first_maximum_takes_the_gradient():
-    x = jnp.asarray([[1.0, 3.0, 2.0, 2.0, 9.0],
-                     [3.0, 0.0, 2.0, 2.0, 9.0],
-                     [5.0, 5.0, 0.0, -1.0, 9.0],
-                     [5.0, 5.0, -1.0, 0.0, 9.0]]).reshape(1, 4, 5, 1)
+    x = jnp.asarray(
+        [
+            [1.0, 3.0, 2.0, 2.0, 9.0],
+            [3.0, 0.0, 2.0, 2.0, 9.0],
+            [5.0, 5.0, 0.0, -1.0, 9.0],
+            [5.0, 5.0, -1.0, 0.0, 9.0],
+        ]
+    ).reshape(1, 4, 5, 1)
     # Row-major window order: the first of tied maxima gets the whole gradient (as XLA's
     # select_and_scatter); the fifth column is dropped by the 2x2 VALID windows.
-    expected = np.array([[0, 1, 1, 0, 0],
-                         [0, 0, 0, 0, 0],
-                         [1, 0, 1, 0, 0],
-                         [0, 0, 0, 0, 0]], np.float32).reshape(1, 4, 5, 1)
+    expected = np.array(
+        [[0, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], np.float32
+    ).reshape(1, 4, 5, 1)
     for impl in ("explicit", "xla"):
-        with ops.use_impl(impl):
-            y, vjp = jax.vjp(lambda v: ops.max_pool(v, (2, 2), (2, 2)), x)
+        with kernels.use(conv_impl=impl):
+            y, vjp = jax.vjp(lambda v: kernels.max_pool(v, (2, 2), (2, 2)), x)
         np.testing.assert_array_equal(np.asarray(y).ravel(), [3, 2, 5, 0])
         np.testing.assert_array_equal(vjp(jnp.ones_like(y))[0], expected, err_msg=impl)
 
 
 def test_max_pool_matches_flax_on_random_input():
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.integers(-3, 3, (3, 9, 8, 4)), jnp.float32)   # many ties
+    x = jnp.asarray(rng.integers(-3, 3, (3, 9, 8, 4)), jnp.float32)  # many ties
     ref, ref_vjp = jax.vjp(lambda v: nn.max_pool(v, (2, 2), (2, 2)), x)
-    with ops.use_impl("explicit"):
-        got, vjp = jax.vjp(lambda v: ops.max_pool(v, (2, 2), (2, 2)), x)
+    with kernels.use(conv_impl="explicit"):
+        got, vjp = jax.vjp(lambda v: kernels.max_pool(v, (2, 2), (2, 2)), x)
     ct = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
     np.testing.assert_array_equal(got, ref)
     np.testing.assert_array_equal(vjp(ct)[0], ref_vjp(ct)[0])
 
 
-def test_switch():
-    assert ops.get_impl() == "auto"
-    assert ops.resolved_impl() == ops.AUTO[jax.default_backend()]
-    with ops.use_impl("xla"):
-        assert ops.resolved_impl() == "xla"
-    assert ops.get_impl() == "auto"
+def test_options_are_scoped_values():
+    assert kernels.options.current() == kernels.ComputeOptions()
+    assert kernels.options.conv_impl() == kernels.AUTO[jax.default_backend()]
+    with kernels.use(conv_impl="xla") as opts:
+        assert opts == kernels.ComputeOptions(conv_impl="xla")
+        assert kernels.options.conv_impl() == "xla"
+        with kernels.use(onednn="off"):  # nested: the other fields are kept
+            assert kernels.options.current() == kernels.ComputeOptions(
+                conv_impl="xla", onednn="off"
+            )
+    assert kernels.options.current() == kernels.ComputeOptions()
+    assert hash(kernels.ComputeOptions()) == hash(kernels.ComputeOptions())
     with pytest.raises(ValueError, match="'cudnn'; expected one of"):
-        ops.set_impl("cudnn")
+        kernels.ComputeOptions(conv_impl="cudnn")
 
 
 @pytest.mark.parametrize("rows,channels", [(75, 4), (128, 16), (4096, 32), (6000, 48), (12, 5000)])
@@ -149,13 +169,15 @@ def test_channel_sums_equal_numpy(rows, channels):
     # Folded rows (4096 x 32 becomes one row of 128 x 32 partial sums), rows with few
     # factors of two (75, 6000), and more channels than SUM_WIDTH.
     x = np.random.default_rng(rows).standard_normal((rows, channels)).astype(np.float32)
-    got = jax.jit(ops._channel_sums)(jnp.asarray(x))
+    got = jax.jit(kernels.norm._channel_sums)(jnp.asarray(x))
     assert got.dtype == jnp.float32 and got.shape == (channels,)
     np.testing.assert_allclose(got, x.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape,dtype", [((3, 5, 5, 4), "float32"), ((2, 8, 8, 16), "float32"),
-                                         ((4, 3, 3, 8), "bfloat16")])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((3, 5, 5, 4), "float32"), ((2, 8, 8, 16), "float32"), ((4, 3, 3, 8), "bfloat16")],
+)
 def test_explicit_batch_norm_equals_flax_in_value_gradients_and_running_stats(shape, dtype):
     """`models.common.BatchNorm` (channel sums as products) against Flax's `nn.BatchNorm`:
     output, the gradients for the input, scale and bias, and the updated running averages, in
@@ -163,10 +185,16 @@ def test_explicit_batch_norm_equals_flax_in_value_gradients_and_running_stats(sh
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, dtype)
     c = shape[-1]
-    variables = {"params": {"scale": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32),
-                            "bias": jnp.asarray(rng.standard_normal(c), jnp.float32)},
-                 "batch_stats": {"mean": jnp.asarray(rng.standard_normal(c), jnp.float32),
-                                 "var": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32)}}
+    variables = {
+        "params": {
+            "scale": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32),
+            "bias": jnp.asarray(rng.standard_normal(c), jnp.float32),
+        },
+        "batch_stats": {
+            "mean": jnp.asarray(rng.standard_normal(c), jnp.float32),
+            "var": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32),
+        },
+    }
     ct = jnp.asarray(rng.standard_normal(shape), jnp.float32)
     tol = 1e-5 if dtype == "float32" else 1e-2
     for train in (True, False):
@@ -176,6 +204,7 @@ def test_explicit_batch_norm_equals_flax_in_value_gradients_and_running_stats(sh
         def run(module):
             def f(x, params):
                 return module.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+
             y, pull, upd = jax.vjp(f, x, variables["params"], has_aux=True)
             return y, upd["batch_stats"], pull(ct.astype(y.dtype))
 
@@ -187,14 +216,14 @@ def test_explicit_batch_norm_equals_flax_in_value_gradients_and_running_stats(sh
             assert _rel(gp[k], gp0[k]) < tol, (k, _rel(gp[k], gp0[k]))
         for k in ("mean", "var"):
             assert _rel(stats[k], stats0[k]) < tol, (k, _rel(stats[k], stats0[k]))
-        if train:   # the running averages moved, by Flax's rule
+        if train:  # the running averages moved, by Flax's rule
             assert _rel(stats["mean"], variables["batch_stats"]["mean"]) > 1e-3
 
 
 def test_batch_norm_follows_the_switch():
-    with ops.use_impl("explicit"):
+    with kernels.use(conv_impl="explicit"):
         assert isinstance(models.common.batch_norm(True, "bn"), models.common.BatchNorm)
-    with ops.use_impl("xla"):
+    with kernels.use(conv_impl="xla"):
         assert type(models.common.batch_norm(True, "bn")) is nn.BatchNorm
 
 
@@ -210,7 +239,7 @@ def _search_update(name, impl, compute_dtype="float32", onednn_mode="auto"):
     old - new is the score gradient. Cached: each (network, switches, dtype) compiles once."""
     key = (name, impl, compute_dtype, onednn_mode)
     if key not in _STEPS:
-        with ops.use_onednn(onednn_mode):
+        with kernels.use(onednn=onednn_mode):
             _STEPS[key] = _run_search_step(name, impl, compute_dtype)
     return _STEPS[key]
 
@@ -224,19 +253,26 @@ def _run_search_step(name, impl, compute_dtype):
     scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
     rng = np.random.default_rng(0)
     # Scores spread a little, so the gradient's sign(s) and the mask are not all ties.
-    scores = jax.tree.map(lambda s: s + jnp.asarray(rng.uniform(0, 0.01, s.shape), s.dtype),
-                          scores)
+    scores = jax.tree.map(lambda s: s + jnp.asarray(rng.uniform(0, 0.01, s.shape), s.dtype), scores)
     images = jnp.asarray(rng.standard_normal((4, *shape)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 10, 4), jnp.int32)
     tx = optax.sgd(1.0)
-    with ops.use_impl(impl):
-        step = engine.make_train_step(module, "search", tx, budget=budget,
-                                      compute_dtype=compute_dtype)
+    with kernels.use(conv_impl=impl):
+        step = engine.make_train_step(
+            module,
+            "search",
+            tx,
+            budget=budget,
+            options=kernels.options.current().replace(compute_dtype=compute_dtype),
+        )
         # The step donates its state: give it copies, the caller keeps ``scores``.
-        state = engine.TrainState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.copy, scores),
-                                  tx.init(scores),
-                                  variables.get("batch_stats"),
-                                  jax.random.key_data(jax.random.key(0)))
+        state = engine.TrainState(
+            jnp.zeros((), jnp.int32),
+            jax.tree.map(jnp.copy, scores),
+            tx.init(scores),
+            variables.get("batch_stats"),
+            jax.random.key_data(jax.random.key(0)),
+        )
         new, metrics = step(state, params, images, labels)
     return scores, new, metrics
 
@@ -264,31 +300,47 @@ def test_bfloat16_search_step_runs_and_keeps_float32_state():
     assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
     assert abs(float(metrics["loss"]) - float(ref_metrics["loss"])) < 0.05
     # Scores moved, and in the same direction as in float32 (bfloat16 rounding aside).
-    g = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(old),
-                                                        jax.tree.leaves(new.trainable))])
-    g_ref = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(old),
-                                                            jax.tree.leaves(ref.trainable))])
+    g = np.concatenate(
+        [np.ravel(a - b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new.trainable))]
+    )
+    g_ref = np.concatenate(
+        [np.ravel(a - b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(ref.trainable))]
+    )
     assert np.corrcoef(g, g_ref)[0, 1] > 0.95
 
 
 def test_bad_compute_dtype():
     with pytest.raises(ValueError, match="compute_dtype='float16'; expected one of"):
-        engine.make_train_step(models.get_model("lenet5"), "dense", optax.sgd(0.1),
-                               compute_dtype="float16")
+        engine.make_train_step(
+            models.get_model("lenet5"),
+            "dense",
+            optax.sgd(0.1),
+            options=kernels.ComputeOptions(compute_dtype="float16"),
+        )
 
 
-def test_default_xla_flags_never_override_the_user(monkeypatch):
-    import jackpot_jax
-    monkeypatch.setattr(jackpot_jax, "_jaxlib_version", lambda: (0, 10))
+def test_xla_flags_are_added_by_launchers_never_over_the_user(monkeypatch):
+    from jackpot_jax import xla_flags
+
+    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: (0, 10))
     flag = "--xla_cpu_experimental_ynn_fusion_type="
-    assert jackpot_jax.default_xla_flags({}) == flag
-    assert jackpot_jax.default_xla_flags({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) \
-        == "--xla_cpu_enable_fast_math=false " + flag
+    assert jackpot_jax.recommended_xla_flags() == [flag]
+    env = {}
+    assert xla_flags.apply_recommended(env).startswith(f"XLA flags: added {flag}")
+    assert env == {"XLA_FLAGS": flag}
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    xla_flags.apply_recommended(env)
+    assert env["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false " + flag
     user = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
-    assert jackpot_jax.default_xla_flags({"XLA_FLAGS": user}) is None
-    assert jackpot_jax.default_xla_flags({"JACKPOT_JAX_XLA_FLAGS": "0"}) is None
-    monkeypatch.setattr(jackpot_jax, "_jaxlib_version", lambda: (0, 99))   # flag unknown
-    assert jackpot_jax.default_xla_flags({}) is None
+    env = {"XLA_FLAGS": user}
+    assert "already sets them" in xla_flags.apply_recommended(env) and env["XLA_FLAGS"] == user
+    env = {"JACKPOT_JAX_XLA_FLAGS": "0"}
+    assert "JACKPOT_JAX_XLA_FLAGS=0" in xla_flags.apply_recommended(env)
+    assert "XLA_FLAGS" not in env
+    monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: (0, 99))  # flag unknown
+    assert jackpot_jax.recommended_xla_flags() == []
+    env = {}
+    assert "none recommended" in xla_flags.apply_recommended(env) and env == {}
 
 
 # --- fusion barrier ---------------------------------------------------------------------------
@@ -298,7 +350,7 @@ def _chain(x, key, barrier):
     """An elementwise chain with the barrier between its halves and two consumers."""
     y = jnp.maximum(x * 1.5 - 0.25, 0.0)
     if barrier:
-        y = ops.fusion_barrier(y, key)
+        y = kernels.fusion_barrier(y, key)
     return jnp.sin(y) + y[::-1]
 
 
@@ -308,7 +360,7 @@ def test_fusion_barrier_is_the_identity_in_value_and_gradient(dtype):
     x = jnp.asarray(rng.standard_normal((3, 4, 4, 5)), dtype)
     key = jnp.asarray(rng.standard_normal((3, 3, 5, 5)), jnp.float32)
     ct = jnp.asarray(rng.standard_normal((3, 4, 4, 5)), dtype)
-    with ops.use_impl("explicit"):
+    with kernels.use(conv_impl="explicit"):
         got = _value_and_grads(jax.jit(lambda x, k: _chain(x, k, True)), x, key, ct)
     expected = _value_and_grads(jax.jit(lambda x, k: _chain(x, k, False)), x, key, ct)
     np.testing.assert_array_equal(np.float32(got[0]), np.float32(expected[0]))
@@ -318,8 +370,8 @@ def test_fusion_barrier_is_the_identity_in_value_and_gradient(dtype):
     # Whatever the key's first element (signs, zeros, infinities, NaN), the value is ``x``.
     for first in (-0.0, 0.0, -3.0, np.inf, -np.inf, np.nan):
         k = key.at[0, 0, 0, 0].set(first)
-        with ops.use_impl("explicit"):
-            np.testing.assert_array_equal(jax.jit(ops.fusion_barrier)(x, k), x)
+        with kernels.use(conv_impl="explicit"):
+            np.testing.assert_array_equal(jax.jit(kernels.fusion_barrier)(x, k), x)
 
 
 def test_fusion_barrier_survives_xla_and_follows_the_switch():
@@ -327,9 +379,13 @@ def test_fusion_barrier_survives_xla_and_follows_the_switch():
     key = jnp.ones((3, 3, 6, 6))
 
     def compiled(impl, barrier):
-        with ops.use_impl(impl):
-            return jax.jit(jax.grad(lambda x, k: _chain(x, k, barrier).sum())).lower(x, key) \
-                .compile().as_text()
+        with kernels.use(conv_impl=impl):
+            return (
+                jax.jit(jax.grad(lambda x, k: _chain(x, k, barrier).sum()))
+                .lower(x, key)
+                .compile()
+                .as_text()
+            )
 
     # Forward and backward each keep their conditional through XLA's optimisations; without
     # the barrier, or with the 'xla' switch, there is none. (The key is an argument, as the
@@ -344,14 +400,15 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-from jackpot_jax import engine, ops
+from jackpot_jax.pipeline import engine
+from jackpot_jax import kernels
 mesh = engine.make_mesh(2)
 x = jax.device_put(jnp.ones((8, 4, 4, 6)), NamedSharding(mesh, P("data")))
 kernel = jax.device_put(jnp.ones((3, 3, 6, 6)), NamedSharding(mesh, P()))
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")
 def hlo(key_of):
-    f = lambda x, k: jnp.sin(ops.fusion_barrier(jnp.maximum(x, 0.0), key_of(x, k)))
-    with ops.use_impl("explicit"):
+    f = lambda x, k: jnp.sin(kernels.fusion_barrier(jnp.maximum(x, 0.0), key_of(x, k)))
+    with kernels.use(conv_impl="explicit"):
         return jax.jit(jax.grad(lambda x, k: f(x, k).sum())).lower(x, kernel).compile().as_text()
 replicated_key = hlo(lambda x, k: k)
 sharded_key = hlo(lambda x, k: x)
@@ -362,6 +419,7 @@ print(sum(replicated_key.count(c) for c in COLLECTIVES), sum(sharded_key.count(c
 
 def test_fusion_barrier_adds_no_collective_under_data_parallelism():
     from pipeline_helpers import python_script
+
     out = python_script(TWO_DEVICE_BARRIER, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     with_replicated_key, with_sharded_key = map(int, out.stdout.split()[-2:])

@@ -12,45 +12,80 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pipeline_helpers import (
+    ROOT,
+    cli,
+    load_config,
+    needs_fmnist,
+    pretrained_dir,
+    python_script,
+    tiny_config,
+)
 
-from jackpot_jax import checkpoint as ckpt_lib
-from jackpot_jax import export, input_pipeline, models, modes, train
+from jackpot_jax import models
 from jackpot_jax import sparsity as sp
-from pipeline_helpers import (ROOT, cli, load_config, needs_fmnist, pretrained_dir,
-                              python_script, tiny_config)
+from jackpot_jax.data import input_pipeline
+from jackpot_jax.pipeline import checkpoint as ckpt_lib
+from jackpot_jax.pipeline import export, modes, train
 
 # Pipeline configs; study and sweep configs (configs/study_*.py, configs/sweep_*.py) are
 # exercised by tests/test_study.py and tests/test_sweep.py.
-CONFIGS = sorted(c for c in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if not os.path.basename(c).startswith(("study_", "sweep_")))
+CONFIGS = sorted(
+    c
+    for c in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+    if not os.path.basename(c).startswith(("study_", "sweep_"))
+)
 
 
 @needs_fmnist
 def test_cli_pretrain_search_eval_on_real_fashion_mnist(tmp_path):
     cfg = os.path.join(ROOT, "configs", "fashion_mnist_lenet5.py")
-    small = ["--config.train_subset=4096", "--config.val_examples=1000",
-             "--config.test_subset=2000", "--config.pretrain.epochs=2"]
+    small = [
+        "--config.train_subset=4096",
+        "--config.val_examples=1000",
+        "--config.test_subset=2000",
+        "--config.pretrain.epochs=2",
+    ]
     cli(tmp_path / "dense", cfg, "--config.mode=pretrain", *small)
     dense_dir = tmp_path / "dense" / "model"
-    out = cli(tmp_path / "search", cfg, "--config.mode=search", f"--config.pretrained={dense_dir}",
-               "--config.search.epochs=2", "--config.search.distribution=uniform", *small)
-    assert "test_accuracy" in out.stdout   # the closing table
+    out = cli(
+        tmp_path / "search",
+        cfg,
+        "--config.mode=search",
+        f"--config.pretrained={dense_dir}",
+        "--config.search.epochs=2",
+        "--config.search.distribution=uniform",
+        *small,
+    )
+    assert "test_accuracy" in out.stdout  # the closing table
     # Its first two lines say which convolutions and which top-k masks the steps run.
     first = out.stdout.splitlines()[:2]
     assert first[0].startswith("convolutions: ") and first[1].startswith("masks: "), first
     summary = json.load(open(tmp_path / "search" / "summary.json"))
-    for key in ["mode", "model", "dataset", "sparsity_target", "sparsity_achieved",
-                "pretrained_checkpoint", "per_layer_sparsity", "dense_test_accuracy",
-                "init_mask_test_accuracy", "test_accuracy", "overlap_with_init", "epochs", "seed",
-                "wall_seconds"]:
+    for key in [
+        "mode",
+        "model",
+        "dataset",
+        "sparsity_target",
+        "sparsity_achieved",
+        "pretrained_checkpoint",
+        "per_layer_sparsity",
+        "dense_test_accuracy",
+        "init_mask_test_accuracy",
+        "test_accuracy",
+        "overlap_with_init",
+        "epochs",
+        "seed",
+        "wall_seconds",
+    ]:
         assert summary[key] is not None, key
     assert summary["mode"] == "search" and summary["sparsity_target"] == 0.9
     # Uniform budget: every layer prunes floor(0.9 n) of its n weights.
     dense = ckpt_lib.load_variables(dense_dir)
     flat_dense = sp.flatten_paths(dense["params"])
     with np.load(tmp_path / "search" / "jackpot.npz") as z:
-        masks = {k[len("masks/"):]: z[k] for k in z.files if k.startswith("masks/")}
-        exported = {k[len("params/"):]: z[k] for k in z.files if k.startswith("params/")}
+        masks = {k[len("masks/") :]: z[k] for k in z.files if k.startswith("masks/")}
+        exported = {k[len("params/") :]: z[k] for k in z.files if k.startswith("params/")}
     assert sorted(masks) == ["conv1/kernel", "conv2/kernel", "fc1/kernel"]
     assert sorted(exported) == sorted(flat_dense)
     for path, m in masks.items():
@@ -60,18 +95,23 @@ def test_cli_pretrain_search_eval_on_real_fashion_mnist(tmp_path):
         # The jackpot's weights are the pre-trained ones, bit for bit, on kept entries.
         np.testing.assert_array_equal(exported[path][m == 1], flat_dense[path][m == 1])
         assert np.all(exported[path][m == 0] == 0)
-    for path in set(exported) - set(masks):   # biases and the classifier: untouched
+    for path in set(exported) - set(masks):  # biases and the classifier: untouched
         np.testing.assert_array_equal(exported[path], flat_dense[path])
     total = sum(m.size for m in masks.values())
     assert summary["sparsity_achieved"] == pytest.approx(0.9, abs=len(masks) / total)
     assert summary["pretrained_checkpoint"] == str(dense_dir)
-    assert summary["test_accuracy"] > 0.5    # chance is 0.1
+    assert summary["test_accuracy"] > 0.5  # chance is 0.1
     lines = [json.loads(x) for x in open(tmp_path / "search" / "metrics.jsonl")]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert all(0 < r["overlap_with_init"] <= 1 and r["mask_flips"] >= 0 for r in lines)
     # eval of the exported jackpot reproduces the search's test accuracy.
-    cli(tmp_path / "eval", cfg, "--config.mode=eval",
-         f"--config.checkpoint={tmp_path / 'search'}", *small)
+    cli(
+        tmp_path / "eval",
+        cfg,
+        "--config.mode=eval",
+        f"--config.checkpoint={tmp_path / 'search'}",
+        *small,
+    )
     ev = json.load(open(tmp_path / "eval" / "summary.json"))
     assert ev["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
     assert ev["sparsity_achieved"] == pytest.approx(summary["sparsity_achieved"])
@@ -81,8 +121,10 @@ TWO_DEVICES = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import json, jax, jax.numpy as jnp, numpy as np
-    from jackpot_jax import engine, models, sparsity as sp
-    from jackpot_jax.config_base import base_config
+    from jackpot_jax.pipeline import engine
+    from jackpot_jax import models
+    from jackpot_jax import sparsity as sp
+    from jackpot_jax.pipeline.config import base_config
     assert jax.device_count() == 2, jax.devices()
     # The CIFAR ResNet with one block a stage (BatchNorm included): a third of ResNet-20's compile.
     module = models.CifarResNet(num_blocks=1, num_classes=10, width=1)
@@ -133,8 +175,9 @@ def test_two_devices_match_one_device():
 TINY_NETWORKS = {
     "resnet50": functools.partial(models.ResNet, block=models.Bottleneck, layers=(1, 1, 1, 1)),
     "resnet32": functools.partial(models.CifarResNet, num_blocks=1),
-    "vgg19_cifar": functools.partial(models.VGGCifar,
-                                     cfg=(8, "M", 8, "M", 16, "M", 16, "M", 16, "M")),
+    "vgg19_cifar": functools.partial(
+        models.VGGCifar, cfg=(8, "M", 8, "M", 16, "M", 16, "M", 16, "M")
+    ),
 }
 
 
@@ -151,10 +194,10 @@ def test_every_config_runs_one_step_on_synthetic_data(tmp_path, config_path, mon
     c.train_subset, c.test_subset, c.val_examples = 2, 2, 2
     c.batch_size = c.eval_batch_size = 2
     for mode in ("pretrain", "search", "finetune"):
-        c[mode].batch_size = 0           # a config's own per-mode batch: the tiny one here
+        c[mode].batch_size = 0  # a config's own per-mode batch: the tiny one here
     c.search.epochs = 1
     if c.dataset.startswith("synthetic:imagenet"):
-        c.image_size = 32   # the same graph as 224 (global pooling)
+        c.image_size = 32  # the same graph as 224 (global pooling)
     c.pretrained = pretrained_dir(tmp_path, c)
     summary = train.run(c, str(tmp_path / "run"))
     assert summary["epochs"] == 1 and summary["model"] == c.model
@@ -164,6 +207,7 @@ def test_every_config_runs_one_step_on_synthetic_data(tmp_path, config_path, mon
 
 def _load_doc(path):
     import ast
+
     return ast.get_docstring(ast.parse(open(path).read()))
 
 
@@ -179,8 +223,10 @@ def test_finetune_keeps_the_mask_and_changes_weights(tmp_path):
         w = sp.flatten_paths(params)[path]
         assert np.all(w[np.asarray(m) == 0] == 0)
     dense = ckpt_lib.load_variables(config.pretrained)["params"]
-    assert not np.array_equal(sp.flatten_paths(params)["fc1/kernel"],
-                              sp.flatten_paths(dense)["fc1/kernel"] * sp.flatten_paths(masks)["fc1/kernel"])
+    assert not np.array_equal(
+        sp.flatten_paths(params)["fc1/kernel"],
+        sp.flatten_paths(dense)["fc1/kernel"] * sp.flatten_paths(masks)["fc1/kernel"],
+    )
 
 
 def _run_zero_epochs(tmp_path, name, **over):
@@ -198,7 +244,7 @@ def _topk_numpy(importance: dict, counts: dict) -> dict:
     for path, x in importance.items():
         order = np.argsort(-np.asarray(x, np.float64).ravel(), kind="stable")
         m = np.zeros(x.size, np.float32)
-        m[order[:counts[path]]] = 1
+        m[order[: counts[path]]] = 1
         out[path] = m.reshape(x.shape)
     return out
 
@@ -218,8 +264,10 @@ def test_warm_up_masks_are_the_criteria_masks(tmp_path):
     """Each init criterion gives its own mask (0-epoch searches): magnitude and SNIP equal
     numpy references on the same weights and batch; GraSP and random differ from both."""
     config, _, magnitude = _run_zero_epochs(tmp_path / "m", "run")
-    dense = {p: np.asarray(v) for p, v in
-             sp.flatten_paths(ckpt_lib.load_variables(config.pretrained)["params"]).items()}
+    dense = {
+        p: np.asarray(v)
+        for p, v in sp.flatten_paths(ckpt_lib.load_variables(config.pretrained)["params"]).items()
+    }
     counts = _magnitude_counts(dense, 0.8)
     ref = _topk_numpy({p: np.abs(dense[p]) for p in counts}, counts)
     assert magnitude.keys() == ref.keys()
@@ -228,8 +276,11 @@ def test_warm_up_masks_are_the_criteria_masks(tmp_path):
     # SNIP: |w * dL/dw| of the mean cross-entropy on the first training batch it draws.
     _, _, snip = _run_zero_epochs(tmp_path / "s", "run", **{"search.init": "snip"})
     ds = modes.load_data(config)
-    x, y = next(input_pipeline.iterate_batches(ds, "train", config.batch_size, train=True,
-                                               seed=config.seed, epoch=10_000))
+    x, y = next(
+        input_pipeline.iterate_batches(
+            ds, "train", config.batch_size, train=True, seed=config.seed, epoch=10_000
+        )
+    )
     module = models.get_model(config.model, num_classes=10)
     params = ckpt_lib.load_variables(config.pretrained)["params"]
 
@@ -241,12 +292,13 @@ def test_warm_up_masks_are_the_criteria_masks(tmp_path):
     ref_snip = _topk_numpy({p: np.abs(dense[p] * np.asarray(g[p])) for p in counts}, counts)
     for p in ref_snip:
         agree = float(np.mean(snip[p] == ref_snip[p]))
-        assert agree > 0.999, (p, agree)      # float summation order may swap a tied pair
-    _, _, grasp = _run_zero_epochs(tmp_path / "g", "run", **{"search.init": "grasp",
-                                                             "criteria.grasp_per_class": 2})
+        assert agree > 0.999, (p, agree)  # float summation order may swap a tied pair
+    _, _, grasp = _run_zero_epochs(
+        tmp_path / "g", "run", **{"search.init": "grasp", "criteria.grasp_per_class": 2}
+    )
     _, _, rnd = _run_zero_epochs(tmp_path / "r", "run", **{"search.init": "random"})
     for name, m in (("snip", snip), ("grasp", grasp), ("random", rnd)):
-        for p in counts:                       # every criterion keeps the same counts ...
+        for p in counts:  # every criterion keeps the same counts ...
             assert int(m[p].sum()) == counts[p], (name, p)
         # ... but its own weights: far from the magnitude mask (identical would be 1.0).
         assert float(sp.overlap(m, magnitude)) < 0.9, name
@@ -264,20 +316,24 @@ def test_kaiming_scores_start_the_search_without_a_warm_up_mask(tmp_path):
     scores = ckpt_lib.load_scores(tmp_path / "run" / "model")
     for path, fan_in in (("fc1/kernel", 784), ("fc2/kernel", 300)):
         s = scores[path]
-        bound = 1.0 / np.sqrt(fan_in)                # edge-popup: kaiming uniform, a=sqrt(5)
+        bound = 1.0 / np.sqrt(fan_in)  # edge-popup: kaiming uniform, a=sqrt(5)
         assert np.abs(s).max() <= bound and np.abs(s).max() > 0.99 * bound
-        assert abs(float(np.mean(s))) < 0.02 * bound and abs(np.std(s) - bound / np.sqrt(3)) \
-            < 0.02 * bound                           # uniform on [-b, b]: std b / sqrt(3)
+        assert (
+            abs(float(np.mean(s))) < 0.02 * bound
+            and abs(np.std(s) - bound / np.sqrt(3)) < 0.02 * bound
+        )  # uniform on [-b, b]: std b / sqrt(3)
         # The mask keeps the largest |scores| (not the weights' magnitudes).
         counts = int(masks[path].sum())
-        np.testing.assert_array_equal(masks[path], _topk_numpy({path: np.abs(s)},
-                                                               {path: counts})[path])
+        np.testing.assert_array_equal(
+            masks[path], _topk_numpy({path: np.abs(s)}, {path: counts})[path]
+        )
 
 
 @pytest.mark.parametrize("distribution", ["global", "erk"])
 def test_global_and_erk_budgets_in_the_pipeline(tmp_path, distribution):
-    config = tiny_config(**{"search.epochs": 1, "search.distribution": distribution,
-                            "search.score_pruned": 0.999})
+    config = tiny_config(
+        **{"search.epochs": 1, "search.distribution": distribution, "search.score_pruned": 0.999}
+    )
     config.pretrained = pretrained_dir(tmp_path, config)
     summary = train.run(config, str(tmp_path / "run"))
     _, masks, _, _ = export.load_jackpot(str(tmp_path / "run"))
@@ -287,14 +343,16 @@ def test_global_and_erk_budgets_in_the_pipeline(tmp_path, distribution):
     total = sum(sizes.values())
     target = total - int(np.floor(0.9 * total))
     if distribution == "erk":
-        assert abs(sum(kept.values()) - target) <= len(sizes)     # rounded per layer
+        assert abs(sum(kept.values()) - target) <= len(sizes)  # rounded per layer
         # RigL's Erdos-Renyi: density ~ (fan_in + fan_out) / (fan_in * fan_out), by hand.
-        raw = {p: sum(d) / np.prod(d) for p, d in (("fc1/kernel", (784, 300)),
-                                                    ("fc2/kernel", (300, 100)))}
+        raw = {
+            p: sum(d) / np.prod(d)
+            for p, d in (("fc1/kernel", (784, 300)), ("fc2/kernel", (300, 100)))
+        }
         eps = 0.1 * total / sum(raw[p] * sizes[p] for p in sizes)
         for p in sizes:
             assert kept[p] == round(eps * raw[p] * sizes[p]), p
-    else:       # one top-k over both layers: the per-layer split is free to move
+    else:  # one top-k over both layers: the per-layer split is free to move
         assert sum(kept.values()) == target and summary["distribution"] == "global"
         assert summary["sparsity_achieved"] == pytest.approx(0.9, abs=1 / total)
 

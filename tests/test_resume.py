@@ -11,9 +11,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from jackpot_jax import errors, resume, train
 from pipeline_helpers import ROOT, cli_overrides, pretrained_dir, tiny_config
+
+from jackpot_jax import errors
+from jackpot_jax.pipeline import resume, train
 
 # Scores 1.0 / 0.999: masks flip in every epoch of these tiny searches, so equal final masks
 # say something (with 0.95 a random-init LeNet-300-100 keeps its initial mask).
@@ -60,8 +61,11 @@ def test_another_config_is_refused_and_resume_false_moves_the_run_aside(referenc
     config, ref = reference
     work = tmp_path / "run"
     shutil.copytree(ref, work)
-    before = {p: open(p, "rb").read() for p in glob.glob(f"{work}/**", recursive=True)
-              if os.path.isfile(p)}
+    before = {
+        p: open(p, "rb").read()
+        for p in glob.glob(f"{work}/**", recursive=True)
+        if os.path.isfile(p)
+    }
     lr = config.search.lr
     changed = tiny_config(**{**SEARCH, "search.lr": 2 * lr, "search.epochs": 4})
     changed.pretrained = config.pretrained
@@ -70,13 +74,16 @@ def test_another_config_is_refused_and_resume_false_moves_the_run_aside(referenc
     msg = str(e.value)
     assert "search.epochs: 3 -> 4" in msg and f"search.lr: {lr} -> {2 * lr}" in msg
     assert "resume=False" in msg and "sparsity" not in msg
-    after = {p: open(p, "rb").read() for p in glob.glob(f"{work}/**", recursive=True)
-             if os.path.isfile(p)}
-    assert after == before                       # refused before touching anything
+    after = {
+        p: open(p, "rb").read()
+        for p in glob.glob(f"{work}/**", recursive=True)
+        if os.path.isfile(p)
+    }
+    assert after == before  # refused before touching anything
     changed.resume = False
     summary = train.run(changed, str(work))
     assert summary["epochs"] == 4 and _epochs(work) == [1, 2, 3, 4]
-    aside = tmp_path / "run.old-1"               # the old run, whole, beside the new one
+    aside = tmp_path / "run.old-1"  # the old run, whole, beside the new one
     assert json.load(open(aside / "config.json"))["search"]["epochs"] == 3
     assert _epochs(aside) == [1, 2, 3]
     _assert_same_masks(aside, ref)
@@ -100,10 +107,13 @@ def test_damaged_config_json_is_named_and_resume_false_moves_it_aside(reference,
 
 
 def test_launch_options_are_not_compared():
-    saved = {"search": {"lr": 0.1}, "process_id": 0, "coordinator_address": "a:1",
-             "data_workers": -1}
-    new = {"search": {"lr": 0.1}, "process_id": 1, "coordinator_address": "b:2",
-           "data_workers": 2}
+    saved = {
+        "search": {"lr": 0.1},
+        "process_id": 0,
+        "coordinator_address": "a:1",
+        "data_workers": -1,
+    }
+    new = {"search": {"lr": 0.1}, "process_id": 1, "coordinator_address": "b:2", "data_workers": 2}
     assert resume.config_differences(saved, new) == []
     assert resume.config_differences(saved, {**new, "seed": 1}) == ["seed: '<unset>' -> 1"]
 
@@ -122,22 +132,21 @@ def test_workdir_holding_files_of_no_run_is_refused(tmp_path):
 
 
 def _damage_data(step_dir):
-    shutil.rmtree(os.path.join(step_dir, "default", "d"))      # as a half-finished delete
+    shutil.rmtree(os.path.join(step_dir, "default", "d"))  # as a half-finished delete
 
 
 def _damage_manifest(step_dir):
     with open(os.path.join(step_dir, "default", "manifest.ocdbt"), "r+b") as f:
-        f.truncate(20)                                         # cut short
+        f.truncate(20)  # cut short
 
 
 def _damage_metadata(step_dir):
     with open(os.path.join(step_dir, "default", "_METADATA"), "w") as f:
-        f.write('{"tree_metadata": {"0"')                      # JSON cut short
+        f.write('{"tree_metadata": {"0"')  # JSON cut short
 
 
 @pytest.mark.parametrize("damage", [_damage_data, _damage_manifest, _damage_metadata])
-def test_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, tmp_path, damage,
-                                                                capfd):
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, tmp_path, damage, capfd):
     config, ref = reference
     work = tmp_path / "run"
     shutil.copytree(ref, work)
@@ -160,7 +169,9 @@ def test_every_checkpoint_damaged_is_an_error(reference, tmp_path):
     shutil.copytree(ref, work)
     for step in ("2", "3"):
         _damage_data(str(work / "checkpoints" / step))
-    with pytest.raises(errors.InputError, match=r"every checkpoint .* is damaged \(steps \[2, 3\]\)"):
+    with pytest.raises(
+        errors.InputError, match=r"every checkpoint .* is damaged \(steps \[2, 3\]\)"
+    ):
         train.run(config, str(work))
 
 
@@ -172,7 +183,7 @@ def test_checkpoint_of_other_shapes_is_a_clear_error(reference, tmp_path):
     work = tmp_path / "cifar"
     train.run(other, str(work))
     shutil.rmtree(work / "checkpoints")
-    shutil.copytree(ref / "checkpoints", work / "checkpoints")   # the 28x28x1 run's state
+    shutil.copytree(ref / "checkpoints", work / "checkpoints")  # the 28x28x1 run's state
     with pytest.raises(errors.InputError) as e:
         train.run(other, str(work))
     msg = str(e.value)
@@ -188,7 +199,7 @@ def test_cut_short_metrics_line_is_dropped_and_resume_works(reference, tmp_path,
     shutil.rmtree(work / "checkpoints" / "3")
     text = open(work / "metrics.jsonl").read()
     with open(work / "metrics.jsonl", "w") as f:
-        f.write(text[:-25])                                    # epoch 3's line, cut
+        f.write(text[:-25])  # epoch 3's line, cut
     capfd.readouterr()
     train.run(config, str(work))
     out = capfd.readouterr().out
@@ -213,30 +224,62 @@ def test_bad_metrics_line_in_the_middle_names_file_and_line(reference, tmp_path)
 # 3 epochs x 8 steps: kills during steps (first, mid-epoch, after a save, the last step),
 # right after each checkpoint save is issued (its async write in flight) and around the
 # final export (before jackpot.npz, between it and model/, before summary.json).
-KILLS = ["step:1", "step:5", "step:13", "step:24", "save:1", "save:2", "save:3",
-         "export:1", "export:2", "export:3"]
+KILLS = [
+    "step:1",
+    "step:5",
+    "step:13",
+    "step:24",
+    "save:1",
+    "save:2",
+    "save:3",
+    "export:1",
+    "export:2",
+    "export:3",
+]
 
 
 @pytest.mark.parametrize("kill_at", KILLS)
 def test_killed_search_resumes_to_the_same_masks(reference, tmp_path, kill_at, capfd):
     config, ref = reference
     work = tmp_path / "run"
-    args = cli_overrides(config, ["dataset", "train_subset", "test_subset", "val_examples",
-                                  "batch_size", "search.batch_size", "eval_batch_size",
-                                  "pretrain.epochs",
-                                  "search.epochs", "search.score_pruned", "pretrained"])
-    cmd = [sys.executable, "-m", "jackpot_jax.main", "--config",
-           os.path.join(ROOT, "configs", "fashion_mnist_lenet300.py"), "--workdir", str(work),
-           *args]
-    env = dict(os.environ, JACKPOT_JAX_KILL_AT=kill_at,
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = cli_overrides(
+        config,
+        [
+            "dataset",
+            "train_subset",
+            "test_subset",
+            "val_examples",
+            "batch_size",
+            "search.batch_size",
+            "eval_batch_size",
+            "pretrain.epochs",
+            "search.epochs",
+            "search.score_pruned",
+            "pretrained",
+        ],
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "jackpot_jax.main",
+        "--config",
+        os.path.join(ROOT, "configs", "fashion_mnist_lenet300.py"),
+        "--workdir",
+        str(work),
+        *args,
+    ]
+    env = dict(
+        os.environ,
+        JACKPOT_JAX_KILL_AT=kill_at,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -9, killed.stderr[-2000:]       # SIGKILL, where asked
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL, where asked
     assert not (work / "summary.json").exists()
     capfd.readouterr()
-    summary = train.run(config, str(work))                     # the same config, rerun
+    summary = train.run(config, str(work))  # the same config, rerun
     out = capfd.readouterr().out
-    if kill_at.startswith("export"):       # training had finished: nothing is trained again
+    if kill_at.startswith("export"):  # training had finished: nothing is trained again
         assert f"resuming {work} from epoch 3" in out
     _assert_same_masks(work, ref)
     assert _epochs(work) == [1, 2, 3]

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jackpot_jax import checkpoint as ckpt_lib
-from jackpot_jax import engine, train
 from jackpot_jax import sparsity as sp
-from jackpot_jax.config_base import base_config
+from jackpot_jax.pipeline import checkpoint as ckpt_lib
+from jackpot_jax.pipeline import engine, train
+from jackpot_jax.pipeline.config import base_config
 
 
 def reference_swap(scores, mask, keep, rate, use_abs=False):
@@ -34,8 +34,8 @@ def reference_swap(scores, mask, keep, rate, use_abs=False):
     num = len(pop0)
     if num > 1:
         num = int(np.ceil(np.float32(num) * np.float32(rate)))
-    up = pop0[np.lexsort((pop0, -m[pop0]))][:num]        # highest first, lower index first
-    down = pop1[np.lexsort((-pop1, m[pop1]))][:num]      # lowest first, higher index first
+    up = pop0[np.lexsort((pop0, -m[pop0]))][:num]  # highest first, lower index first
+    down = pop1[np.lexsort((-pop1, m[pop1]))][:num]  # lowest first, higher index first
     b[up], b[down] = 1, 0
     return b.reshape(np.shape(mask)), num, True
 
@@ -46,8 +46,10 @@ def reference_swap(scores, mask, keep, rate, use_abs=False):
 def test_swap_by_hand():
     s = jnp.array([0.9, 0.2, 0.5, 0.7, 0.1, 0.6])
     m = jnp.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
-    budget, run = {"w": 3}, lambda r, sc=s, mk=m: np.asarray(
-        sp.swap_masks({"w": sc}, {"w": mk}, budget, r)["w"])
+    budget, run = (
+        {"w": 3},
+        lambda r, sc=s, mk=m: np.asarray(sp.swap_masks({"w": sc}, {"w": mk}, budget, r)["w"]),
+    )
     # cut = 3rd smallest = 0.5; risers: 0.7 (3), 0.6 (5); fallers: 0.2 (1), 0.1 (4): balanced
     np.testing.assert_array_equal(run(1.0), [1, 0, 0, 1, 0, 1])
     # rate 0.4: ceil(0.8) = 1 pair, the highest riser (0.7) for the lowest faller (0.1)
@@ -59,56 +61,65 @@ def test_swap_by_hand():
     # Raw scores (default) against |scores|: -0.9 is the lowest raw score, the highest |s|.
     s3, m3 = jnp.array([-0.9, 0.3, 0.2, 0.1]), jnp.array([1.0, 0, 1, 0])
     np.testing.assert_array_equal(
-        np.asarray(sp.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0)["w"]), [0, 1, 1, 0])
+        np.asarray(sp.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0)["w"]), [0, 1, 1, 0]
+    )
     np.testing.assert_array_equal(
         np.asarray(sp.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0, use_abs=True)["w"]),
-        [1, 1, 0, 0])
+        [1, 1, 0, 0],
+    )
 
 
 @pytest.mark.parametrize("layout", ["per_layer", "native"])
-def test_swap_matches_the_numpy_transcription_over_many_steps(layout, monkeypatch):
+def test_swap_matches_the_numpy_transcription_over_many_steps(layout, monkeypatch, compute):
     """Several layers, scores moved by random steps quantised so that ties straddle the cut
     now and then, masks carried from step to step, rates below and at 1, raw and |s|; the
     thresholds by the counting search and by the native select (`sparsity.MASK_LAYOUT`; "f"
     is above the select's small-array size, 2**14)."""
     if layout == "native":
-        from jackpot_jax import topk_select
+        from jackpot_jax.kernels.native import topk_select
+
         if jax.default_backend() != "cpu" or not topk_select.available():
             pytest.skip(f"native select: {topk_select.unavailable_reason() or 'CPU only'}")
-    monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
+    compute(mask_layout=layout)
     rng = np.random.default_rng(0)
-    shapes = {"a": (7, 5), "b": (3, 3, 2, 4), "c": (50,), "d": (4, 4), "e": (6,),
-              "f": (150, 120)}
-    keeps = {"a": 9, "b": 30, "c": 5, "d": 16, "e": 0,       # d: all kept, e: none kept
-             "f": 1800}
+    shapes = {"a": (7, 5), "b": (3, 3, 2, 4), "c": (50,), "d": (4, 4), "e": (6,), "f": (150, 120)}
+    keeps = {
+        "a": 9,
+        "b": 30,
+        "c": 5,
+        "d": 16,
+        "e": 0,  # d: all kept, e: none kept
+        "f": 1800,
+    }
     for use_abs in (False, True):
         swap = jax.jit(lambda s, m, r: sp.swap_masks(s, m, keeps, r, use_abs=use_abs))
         masks, scores = {}, {}
         for p, shape in shapes.items():
             n = int(np.prod(shape))
             masks[p] = np.zeros(n, np.float32)
-            masks[p][rng.permutation(n)[:keeps[p]]] = 1
+            masks[p][rng.permutation(n)[: keeps[p]]] = 1
             masks[p] = masks[p].reshape(shape)
             scores[p] = np.where(masks[p] > 0, 1.0, 0.95).astype(np.float32)
         seen = {"partial": 0, "all": 0, "unbalanced": 0}
         for step in range(12):
             rate = [1.0, 0.5, 0.3, 0.75][step % 4]
-            scores = {p: (s + np.round(rng.normal(0, 4, s.shape)) * 0.01).astype(np.float32)
-                      for p, s in scores.items()}
-            if use_abs:   # negative scores, where raw and |s| ranks differ
+            scores = {
+                p: (s + np.round(rng.normal(0, 4, s.shape)) * 0.01).astype(np.float32)
+                for p, s in scores.items()
+            }
+            if use_abs:  # negative scores, where raw and |s| ranks differ
                 scores["c"][:10] = -np.abs(scores["c"][:10]) - 0.5
             new = jax.device_get(swap(scores, masks, rate))
             for p in shapes:
-                ref, pairs, balanced = reference_swap(scores[p], masks[p], keeps[p], rate,
-                                                      use_abs)
+                ref, pairs, balanced = reference_swap(scores[p], masks[p], keeps[p], rate, use_abs)
                 np.testing.assert_array_equal(new[p], ref, err_msg=f"{p} step {step} {use_abs}")
-                assert new[p].sum() == keeps[p]                         # counts never change
-                assert int((new[p] != masks[p]).sum()) == 2 * pairs     # pairs only
+                assert new[p].sum() == keeps[p]  # counts never change
+                assert int((new[p] != masks[p]).sum()) == 2 * pairs  # pairs only
                 seen["unbalanced"] += not balanced
                 if pairs:
                     seen["all" if rate == 1.0 else "partial"] += 1
             masks = {p: np.asarray(v) for p, v in new.items()}
-        assert all(seen.values()), seen     # every branch of the rule was exercised
+        assert all(seen.values()), seen  # every branch of the rule was exercised
 
 
 def test_swap_rate_respected_and_highest_risers_first():
@@ -118,28 +129,32 @@ def test_swap_rate_respected_and_highest_risers_first():
     mask = np.zeros(n, np.float32)
     mask[:30] = 1
     s = np.empty(n, np.float32)
-    s[:10] = 5 + np.arange(10)                 # kept, stay high
-    s[10:30] = np.linspace(0.0, 0.19, 20)      # kept, fallen below the cut
-    s[30:50] = np.linspace(1.0, 2.9, 20)       # pruned, risen above
-    s[50:] = -1 - np.arange(10)                # pruned, stay low
+    s[:10] = 5 + np.arange(10)  # kept, stay high
+    s[10:30] = np.linspace(0.0, 0.19, 20)  # kept, fallen below the cut
+    s[30:50] = np.linspace(1.0, 2.9, 20)  # pruned, risen above
+    s[50:] = -1 - np.arange(10)  # pruned, stay low
     for rate, pairs in [(1.0, 20), (0.5, 10), (0.26, 6), (0.01, 1)]:
         got = np.asarray(sp.swap_masks({"w": s}, {"w": mask}, {"w": keep}, rate)["w"])
         assert got.sum() == keep
-        risen, fallen = np.nonzero((got > 0) & (mask == 0))[0], np.nonzero((got == 0) & (mask > 0))[0]
+        risen, fallen = (
+            np.nonzero((got > 0) & (mask == 0))[0],
+            np.nonzero((got == 0) & (mask > 0))[0],
+        )
         assert len(risen) == len(fallen) == pairs
-        np.testing.assert_array_equal(risen, np.arange(50 - pairs, 50))    # highest scores
-        np.testing.assert_array_equal(fallen, np.arange(10, 10 + pairs))   # lowest scores
+        np.testing.assert_array_equal(risen, np.arange(50 - pairs, 50))  # highest scores
+        np.testing.assert_array_equal(fallen, np.arange(10, 10 + pairs))  # lowest scores
 
 
 def test_swap_rate_schedules():
     E = 10
     official = [float(sp.swap_rate(e, E)) for e in range(E)]
-    assert official == [1.0] * E        # ceil((1 - e/E)^4) = 1 within the run
+    assert official == [1.0] * E  # ceil((1 - e/E)^4) = 1 within the run
     poly = [float(sp.swap_rate(e, E, "poly", rate=0.5, power=2.0)) for e in (0, 5, 9)]
     np.testing.assert_allclose(poly, [0.5, 0.5 * 0.25, 0.5 * 0.01], rtol=1e-6)
     traced = jax.jit(lambda step: sp.swap_rate(step // 3, 4, "poly", 1.0, 1.0))
-    np.testing.assert_allclose([float(traced(jnp.int32(t))) for t in (0, 3, 11)],
-                               [1.0, 0.75, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(traced(jnp.int32(t))) for t in (0, 3, 11)], [1.0, 0.75, 0.25], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="swap schedule 'cubic'"):
         sp.swap_rate(0, E, "cubic")
     with pytest.raises(ValueError, match="swap rate=1.5"):
@@ -158,9 +173,9 @@ def test_persistent_mask_gradient_is_straight_through():
         p = sp.masked_params_from_masks(w, scores, m, use_abs=use_abs)
         return jnp.sum(p["w"] * x)
 
-    assert float(loss(s, False)) == pytest.approx(2.0 - 3.0)       # value: the mask
-    np.testing.assert_allclose(jax.grad(loss)(s, False)["w"], [2.0, -3.0, 4.0])   # dL/dm * w
-    np.testing.assert_allclose(jax.grad(loss)(s, True)["w"], [2.0, 3.0, 4.0])     # * sign(s)
+    assert float(loss(s, False)) == pytest.approx(2.0 - 3.0)  # value: the mask
+    np.testing.assert_allclose(jax.grad(loss)(s, False)["w"], [2.0, -3.0, 4.0])  # dL/dm * w
+    np.testing.assert_allclose(jax.grad(loss)(s, True)["w"], [2.0, 3.0, 4.0])  # * sign(s)
 
 
 # --- the per-step cosine ----------------------------------------------------------------------
@@ -181,10 +196,11 @@ def test_cosine_per_step_learning_rates_by_hand():
         upd, state = tx.update(jnp.ones(()), state, p)
         moves.append(-float(upd))
     np.testing.assert_allclose(moves, hand, atol=1e-6)
-    cfg.schedule = "cosine_epoch"      # the official code: constant within an epoch
+    cfg.schedule = "cosine_epoch"  # the official code: constant within an epoch
     _, per_epoch = engine.make_optimizer(cfg, epochs=2, steps_per_epoch=3)
-    np.testing.assert_allclose([float(per_epoch(t)) for t in range(6)],
-                               [0.2, 0.2, 0.2, 0.1, 0.1, 0.1], atol=1e-7)
+    np.testing.assert_allclose(
+        [float(per_epoch(t)) for t in range(6)], [0.2, 0.2, 0.2, 0.1, 0.1, 0.1], atol=1e-7
+    )
     cfg.schedule = "linear"
     with pytest.raises(ValueError, match="schedule='linear'"):
         engine.make_optimizer(cfg, 2, 3)
@@ -195,20 +211,33 @@ def test_cosine_per_step_learning_rates_by_hand():
 
 def _tiny_swap_config(tmp_path):
     """LeNet-300-100 on a small synthetic Fashion-MNIST stand-in, searching with swaps."""
-    from jackpot_jax import checkpoint as ckpt_lib, modes
+    from jackpot_jax.pipeline import checkpoint as ckpt_lib
+    from jackpot_jax.pipeline import modes
+
     c = base_config()
     c.model, c.dataset = "lenet300_100", "synthetic:fashion_mnist"
     c.train_subset, c.test_subset, c.val_examples = 256, 32, 16
     c.batch_size, c.eval_batch_size = 32, 16
-    c.update_from_flattened_dict({
-        "search.epochs": 4, "sparsity": 0.8, "search.mask_update": "swap",
-        "search.use_abs": False, "search.swap_schedule": "poly", "search.swap_rate": 0.5,
-        "search.swap_power": 1.0, "search.lr": 2.0, "search.score_pruned": 0.99,
-        "search.schedule": "cosine_step", "search.batch_size": 16})
+    c.update_from_flattened_dict(
+        {
+            "search.epochs": 4,
+            "sparsity": 0.8,
+            "search.mask_update": "swap",
+            "search.use_abs": False,
+            "search.swap_schedule": "poly",
+            "search.swap_rate": 0.5,
+            "search.swap_power": 1.0,
+            "search.lr": 2.0,
+            "search.score_pruned": 0.99,
+            "search.schedule": "cosine_step",
+            "search.batch_size": 16,
+        }
+    )
     ds = modes.load_data(c)
     module, variables, opts = modes.init_model(c, ds, seed=123)
-    c.pretrained = ckpt_lib.save_variables(tmp_path / "init_dense", variables, arch=c.model,
-                                           model_options=opts)
+    c.pretrained = ckpt_lib.save_variables(
+        tmp_path / "init_dense", variables, arch=c.model, model_options=opts
+    )
     return c
 
 
@@ -216,7 +245,7 @@ def test_swap_search_resumed_after_a_crash_ends_with_the_same_mask(tmp_path, mon
     config = _tiny_swap_config(tmp_path)
     ref = train.run(config, str(tmp_path / "ref"))
     assert ref["mask_update"] == "swap" and ref["schedule"] == "cosine_step"
-    assert ref["batch_size"] == 16                   # the search's own batch, not the config's
+    assert ref["batch_size"] == 16  # the search's own batch, not the config's
     lines = [json.loads(x) for x in open(tmp_path / "ref" / "metrics.jsonl")]
     assert lines[1]["learning_rate"] == pytest.approx(1.0 + np.cos(np.pi * 16 / 64))  # step 16
     with np.load(tmp_path / "ref" / "jackpot.npz") as z:
@@ -224,8 +253,10 @@ def test_swap_search_resumed_after_a_crash_ends_with_the_same_mask(tmp_path, mon
     # Half the swaps a step makes are left out (rate <= 0.5), so the persistent mask lags the
     # top-k of the scores: a resume that rebuilt it from the scores would not end the same.
     scores = ckpt_lib.load_scores(tmp_path / "ref" / "model")
-    topk = {p: np.asarray(sp.topk_mask(jnp.asarray(s), int(ref_masks["masks/" + p].sum())))
-            for p, s in scores.items()}
+    topk = {
+        p: np.asarray(sp.topk_mask(jnp.asarray(s), int(ref_masks["masks/" + p].sum())))
+        for p, s in scores.items()
+    }
     assert any((topk[p] != ref_masks["masks/" + p]).any() for p in topk)
 
     save = engine.Checkpointer.save

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from jackpot_jax import kernels
 from jackpot_jax import sparsity as sp
 
 
@@ -23,15 +24,18 @@ def reference_topk(x: np.ndarray, keep: int) -> np.ndarray:
 # --- topk_mask --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("keep,expected", [
-    (0, [0, 0, 0, 0, 0, 0]),
-    (1, [0, 0, 0, 0, 1, 0]),
-    (2, [1, 0, 0, 0, 1, 0]),
-    (3, [1, 0, 1, 0, 1, 0]),   # three 2.0 ties: the lowest index (2) wins
-    (4, [1, 0, 1, 1, 1, 0]),
-    (5, [1, 0, 1, 1, 1, 1]),
-    (6, [1, 1, 1, 1, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "keep,expected",
+    [
+        (0, [0, 0, 0, 0, 0, 0]),
+        (1, [0, 0, 0, 0, 1, 0]),
+        (2, [1, 0, 0, 0, 1, 0]),
+        (3, [1, 0, 1, 0, 1, 0]),  # three 2.0 ties: the lowest index (2) wins
+        (4, [1, 0, 1, 1, 1, 0]),
+        (5, [1, 0, 1, 1, 1, 1]),
+        (6, [1, 1, 1, 1, 1, 1]),
+    ],
+)
 def test_topk_hand_computed(keep, expected):
     x = jnp.array([3.0, 1.0, 2.0, 2.0, 5.0, 2.0])
     chex.assert_trees_all_equal(sp.topk_mask(x, keep), jnp.array(expected, jnp.float32))
@@ -60,78 +64,97 @@ def test_topk_matches_reference_with_negatives_and_ties(seed):
     x = rng.integers(-20, 20, size=(37, 11)).astype(np.float32) * 0.25
     x[0, :3] = [np.inf, -np.inf, -0.0]
     for keep in rng.integers(0, x.size + 1, size=6):
-        np.testing.assert_array_equal(np.asarray(sp.topk_mask(jnp.asarray(x), int(keep))),
-                                      reference_topk(x, int(keep)))
+        np.testing.assert_array_equal(
+            np.asarray(sp.topk_mask(jnp.asarray(x), int(keep))), reference_topk(x, int(keep))
+        )
 
 
 def _native_or_skip(layout):
     if layout == "native":
-        from jackpot_jax import topk_select
+        from jackpot_jax.kernels.native import topk_select
+
         if jax.default_backend() != "cpu" or not topk_select.available():
             pytest.skip(f"native top-k select: {topk_select.unavailable_reason() or 'CPU only'}")
 
 
-@pytest.mark.parametrize("layout,radix_bits", [("per_layer", 4), ("together", 1),
-                                               ("together", 2), ("together", 4),
-                                               ("together", 8), ("native", 4)])
-def test_per_layer_masks_match_the_reference_in_every_layout(layout, radix_bits, monkeypatch):
+@pytest.mark.parametrize(
+    "layout,radix_bits",
+    [
+        ("per_layer", 4),
+        ("together", 1),
+        ("together", 2),
+        ("together", 4),
+        ("together", 8),
+        ("native", 4),
+    ],
+)
+def test_per_layer_masks_match_the_reference_in_every_layout(
+    layout, radix_bits, monkeypatch, compute
+):
     """Per-layer budgets, each layer alone ("per_layer": counting search; "native": the C++
     radix select) or all layers in one blocked radix search ("together", 1 to 8 threshold
     bits per pass): per layer the mask must equal the reference, with layers whose ties
     straddle the cut next to layers without, sizes below, at and above the row length (1024),
     and empty / full keeps."""
     _native_or_skip(layout)
-    monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
-    monkeypatch.setattr(sp, "RADIX_BITS", radix_bits)
+    compute(mask_layout=layout)
+    compute(radix_bits=radix_bits)
     rng = np.random.default_rng(3)
     scores = {
         "a": np.where(rng.random((40, 50)) < 0.3, 1.0, 0.95).astype(np.float32),  # ties cut
-        "b": rng.normal(size=(7,)).astype(np.float32),                            # tiny
-        "c": rng.normal(size=(32, 32)).astype(np.float32),                        # one row
-        "d": rng.integers(-3, 3, size=(5, 5, 3, 19)).astype(np.float32),          # ties cut
-        "e": rng.normal(size=(9, 9)).astype(np.float32),                          # keep 0
-        "f": rng.normal(size=(13,)).astype(np.float32),                           # keep all
+        "b": rng.normal(size=(7,)).astype(np.float32),  # tiny
+        "c": rng.normal(size=(32, 32)).astype(np.float32),  # one row
+        "d": rng.integers(-3, 3, size=(5, 5, 3, 19)).astype(np.float32),  # ties cut
+        "e": rng.normal(size=(9, 9)).astype(np.float32),  # keep 0
+        "f": rng.normal(size=(13,)).astype(np.float32),  # keep all
     }
     budget = {"a": 700, "b": 3, "c": 1000, "d": 800, "e": 0, "f": 13}
     masks = sp.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget, use_abs=False)
     for name, x in scores.items():
-        np.testing.assert_array_equal(np.asarray(masks[name]), reference_topk(x, budget[name]),
-                                      err_msg=name)
+        np.testing.assert_array_equal(
+            np.asarray(masks[name]), reference_topk(x, budget[name]), err_msg=name
+        )
     # And with |scores| ranked (the default), against the reference on |x|.
     masks = sp.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget)
     for name, x in scores.items():
-        np.testing.assert_array_equal(np.asarray(masks[name]),
-                                      reference_topk(np.abs(x), budget[name]), err_msg=name)
+        np.testing.assert_array_equal(
+            np.asarray(masks[name]), reference_topk(np.abs(x), budget[name]), err_msg=name
+        )
     # A single array and the global budget go through the same layout.
-    np.testing.assert_array_equal(np.asarray(sp.topk_mask(jnp.asarray(scores["d"]), 123)),
-                                  reference_topk(scores["d"], 123))
+    np.testing.assert_array_equal(
+        np.asarray(sp.topk_mask(jnp.asarray(scores["d"]), 123)), reference_topk(scores["d"], 123)
+    )
 
 
-def test_bad_radix_bits(monkeypatch):
-    monkeypatch.setattr(sp, "MASK_LAYOUT", "together")
-    monkeypatch.setattr(sp, "RADIX_BITS", 3)
-    with pytest.raises(ValueError, match="radix_bits=3; expected 1, 2, 4 or 8"):
-        sp.topk_mask(jnp.arange(10.0), 4)
+def test_bad_radix_bits():
+    with pytest.raises(ValueError, match=r"radix_bits=3; expected one of \(1, 2, 4, 8\)"):
+        kernels.ComputeOptions(mask_layout="together", radix_bits=3)
 
 
-def test_bad_mask_layout(monkeypatch):
-    monkeypatch.setattr(sp, "MASK_LAYOUT", "sorted")
-    with pytest.raises(ValueError, match="'sorted'.*'auto', 'per_layer', 'together' or 'native'"):
-        sp.topk_mask(jnp.arange(5.0), 2)
+def test_bad_mask_layout():
+    with pytest.raises(
+        ValueError,
+        match="mask_layout='sorted'; expected one of "
+        r"\('auto', 'per_layer', 'together', 'native'\)",
+    ):
+        kernels.ComputeOptions(mask_layout="sorted")
 
 
 @pytest.mark.parametrize("layout", ["per_layer", "together", "native"])
-def test_subnormal_scores_are_numbers_not_zeros(layout, monkeypatch):
+def test_subnormal_scores_are_numbers_not_zeros(layout, monkeypatch, compute):
     # XLA:CPU flushes subnormals to zero in float comparisons; the keys are made with integer
     # operations, so tiny scores keep their order (as numpy's reference sees them).
     _native_or_skip(layout)
-    monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
+    compute(mask_layout=layout)
     x = (np.random.default_rng(0).normal(size=(300,)) * 1e-39).astype(np.float32)
-    x[:4] = [0.0, -0.0, 1e-45, -1e-45]     # zeros tie; the smallest subnormals do not
+    x[:4] = [0.0, -0.0, 1e-45, -1e-45]  # zeros tie; the smallest subnormals do not
     assert np.count_nonzero(x) == 298 and np.abs(x[4:]).max() < np.finfo(np.float32).tiny
     for keep in (1, 100, 150, 151, 299):
-        np.testing.assert_array_equal(np.asarray(sp.topk_mask(jnp.asarray(x), keep)),
-                                      reference_topk(x, keep), err_msg=str(keep))
+        np.testing.assert_array_equal(
+            np.asarray(sp.topk_mask(jnp.asarray(x), keep)),
+            reference_topk(x, keep),
+            err_msg=str(keep),
+        )
 
 
 def test_topk_continuous_matches_lax_top_k():
@@ -145,13 +168,16 @@ def test_topk_continuous_matches_lax_top_k():
 def test_topk_single_weight_and_extreme_sparsity():
     np.testing.assert_array_equal(sp.topk_mask(jnp.array([[0.3]]), 1), [[1.0]])
     np.testing.assert_array_equal(sp.topk_mask(jnp.array([[0.3]]), 0), [[0.0]])
-    params = {"a": {"kernel": jnp.arange(1.0, 2001.0).reshape(40, 50)},
-              "b": {"kernel": jnp.full((1, 1), 7.0)}}
+    params = {
+        "a": {"kernel": jnp.arange(1.0, 2001.0).reshape(40, 50)},
+        "b": {"kernel": jnp.full((1, 1), 7.0)},
+    }
     counts = sp.keep_counts(params, 0.999, "uniform")
     # floor(0.999 * 2000) = 1998 pruned; floor(0.999 * 1) = 0 pruned: a one-weight layer lives.
     assert counts["a"]["kernel"] == 2 and counts["b"]["kernel"] == 1
     assert sp.keep_counts({"a": {"kernel": jnp.ones((10, 10))}}, 0.29, "uniform") == {
-        "a": {"kernel": 71}}
+        "a": {"kernel": 71}
+    }
     dense = sp.keep_counts(params, 0.0, "global_magnitude")
     assert dense["a"]["kernel"] == 2000 and dense["b"]["kernel"] == 1
     masks = sp.masks_from_scores(sp.magnitude_scores(params), counts)
@@ -175,7 +201,7 @@ def test_topk_under_jit_and_bad_keep():
 def test_ste_value_equals_topk_and_gradient_is_identity_times_sign():
     s = jnp.array([-1.0, 0.5, 2.0, -0.25, 3.3, 0.95])
     m = sp.ste_mask(s, 3)
-    chex.assert_trees_all_equal(m, sp.topk_mask(jnp.abs(s), 3))   # bit-for-bit
+    chex.assert_trees_all_equal(m, sp.topk_mask(jnp.abs(s), 3))  # bit-for-bit
     c = jnp.arange(1.0, 7.0)
     g = jax.grad(lambda t: jnp.sum(c * sp.ste_mask(t, 3)))(s)
     np.testing.assert_allclose(g, c * np.sign(s))
@@ -201,21 +227,29 @@ def test_masked_params_gradient_is_dl_dwm_times_w():
     # Analytic: dL/d(w*m) = x^T (1 - tanh^2(x (w*m))), then times w and sign(s).
     pre = np.asarray(x) @ (np.asarray(w) * m)
     dl_dwm = np.asarray(x).T @ (1 - np.tanh(pre) ** 2)
-    np.testing.assert_allclose(g, dl_dwm * np.asarray(w) * np.sign(np.asarray(s)), rtol=1e-5,
-                               atol=1e-6)
-    assert np.all(np.asarray(g)[m == 0] != 0)   # pruned weights' scores get gradients too
+    np.testing.assert_allclose(
+        g, dl_dwm * np.asarray(w) * np.sign(np.asarray(s)), rtol=1e-5, atol=1e-6
+    )
+    assert np.all(np.asarray(g)[m == 0] != 0)  # pruned weights' scores get gradients too
 
 
 def test_global_budget_one_topk_over_all_layers():
-    params = {"a": {"kernel": jnp.array([[1.0, 5.0], [3.0, 0.5]])},
-              "b": {"kernel": jnp.array([[4.0], [2.0], [6.0]])}}
+    params = {
+        "a": {"kernel": jnp.array([[1.0, 5.0], [3.0, 0.5]])},
+        "b": {"kernel": jnp.array([[4.0], [2.0], [6.0]])},
+    }
     masks = sp.masks_from_scores(sp.magnitude_scores(params), 3)
     np.testing.assert_array_equal(masks["a"]["kernel"], [[0, 1], [0, 0]])
     np.testing.assert_array_equal(masks["b"]["kernel"], [[1], [0], [1]])
-    g = jax.grad(lambda s: sum(jnp.sum(v * 2.0) for v in jax.tree.leaves(
-        sp.masks_from_scores(s, 3, straight_through=True))))(sp.magnitude_scores(params))
-    chex.assert_trees_all_close(g, jax.tree.map(lambda v: 2.0 * jnp.ones_like(v),
-                                                sp.magnitude_scores(params)))
+    g = jax.grad(
+        lambda s: sum(
+            jnp.sum(v * 2.0)
+            for v in jax.tree.leaves(sp.masks_from_scores(s, 3, straight_through=True))
+        )
+    )(sp.magnitude_scores(params))
+    chex.assert_trees_all_close(
+        g, jax.tree.map(lambda v: 2.0 * jnp.ones_like(v), sp.magnitude_scores(params))
+    )
 
 
 # --- budgets ------------------------------------------------------------------------------------
@@ -226,19 +260,26 @@ def _toy_params():
     return {
         "conv1": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 1, 8)), jnp.float32)},
         "bn": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
-        "conv2": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 8, 16)) * 0.1, jnp.float32),
-                  "bias": jnp.zeros(16)},
-        "classifier": {"kernel": jnp.asarray(rng.normal(size=(16, 10)), jnp.float32),
-                       "bias": jnp.zeros(10)},
+        "conv2": {
+            "kernel": jnp.asarray(rng.normal(size=(3, 3, 8, 16)) * 0.1, jnp.float32),
+            "bias": jnp.zeros(16),
+        },
+        "classifier": {
+            "kernel": jnp.asarray(rng.normal(size=(16, 10)), jnp.float32),
+            "bias": jnp.zeros(10),
+        },
     }
 
 
 def test_default_filter_prunes_kernels_but_not_classifier_bias_or_bn():
     assert sp.prunable_paths(_toy_params()) == ["conv1/kernel", "conv2/kernel"]
     f = sp.make_filter(exclude=())
-    assert sp.prunable_paths(_toy_params(), f) == ["classifier/kernel", "conv1/kernel",
-                                                   "conv2/kernel"]
-    f = sp.make_filter(exclude=[r"^conv1/"])   # replaces the default exclude
+    assert sp.prunable_paths(_toy_params(), f) == [
+        "classifier/kernel",
+        "conv1/kernel",
+        "conv2/kernel",
+    ]
+    f = sp.make_filter(exclude=[r"^conv1/"])  # replaces the default exclude
     assert sp.prunable_paths(_toy_params(), f) == ["classifier/kernel", "conv2/kernel"]
     f = sp.make_filter(exclude=[*sp.DEFAULT_EXCLUDE, r"^conv1/"])
     assert sp.prunable_paths(_toy_params(), f) == ["conv2/kernel"]
@@ -262,8 +303,10 @@ def test_budgets_hit_target_within_one_weight_per_layer(dist, p):
 
 
 def test_global_magnitude_counts_by_hand():
-    params = {"a": {"kernel": jnp.array([[0.1, -0.9], [0.3, 0.2]])},
-              "b": {"kernel": jnp.array([[0.8], [-0.05], [0.7], [0.4]])}}
+    params = {
+        "a": {"kernel": jnp.array([[0.1, -0.9], [0.3, 0.2]])},
+        "b": {"kernel": jnp.array([[0.8], [-0.05], [0.7], [0.4]])},
+    }
     # |w| sorted: .9(a) .8(b) .7(b) .4(b) .3(a) .2(a) .1(a) .05(b); keep 3 of 8 (p=0.625).
     counts = sp.keep_counts(params, 0.625, "global_magnitude")
     assert counts == {"a": {"kernel": 1}, "b": {"kernel": 2}}
@@ -290,8 +333,12 @@ def test_erk_by_hand():
 
 def _linear_problem():
     rng = np.random.default_rng(0)
-    params = {"fc": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
-                     "bias": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
+    params = {
+        "fc": {
+            "kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(2,)), jnp.float32),
+        }
+    }
     x = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
     y = jnp.array([0, 1, 1, 0])
     return params, x, y
@@ -312,8 +359,10 @@ def test_snip_equals_hand_gradient():
     batches = [(x[:2], y[:2]), (x[2:], y[2:])]
     scores = sp.snip_scores(loss, params, batches)
     xn, yn = np.asarray(x), np.asarray(y, np.float64)
-    grad = sum(2 * xb.T @ (xb @ w + b - yb[:, None]) / (len(xb) * 2)
-               for xb, yb in [(xn[:2], yn[:2]), (xn[2:], yn[2:])])
+    grad = sum(
+        2 * xb.T @ (xb @ w + b - yb[:, None]) / (len(xb) * 2)
+        for xb, yb in [(xn[:2], yn[:2]), (xn[2:], yn[2:])]
+    )
     np.testing.assert_allclose(scores["fc"]["kernel"], np.abs(w * grad), rtol=1e-5)
     assert scores["fc"]["bias"] is None
 
@@ -380,8 +429,11 @@ def test_overlap_identical_complementary_and_by_hand():
 
 
 def test_sparsity_summary():
-    masks = {"x": {"kernel": jnp.array([1.0, 0.0, 0.0, 0.0])}, "b": None,
-             "y": {"kernel": jnp.ones((2, 3))}}
+    masks = {
+        "x": {"kernel": jnp.array([1.0, 0.0, 0.0, 0.0])},
+        "b": None,
+        "y": {"kernel": jnp.ones((2, 3))},
+    }
     s = sp.sparsity_summary(masks)
     assert s == {"x/kernel": 0.75, "y/kernel": 0.0, "_total_sparsity": 0.3}
 
@@ -446,10 +498,14 @@ def test_search_step_leaves_pretrained_params_bit_for_bit_unchanged():
     @jax.jit
     def step(scores, opt_state, batch_stats):
         def loss_fn(s):
-            logits, upd = model.apply({"params": sp.masked_params(params, s, budget),
-                                       "batch_stats": batch_stats}, x, train=True,
-                                      mutable=["batch_stats"])
+            logits, upd = model.apply(
+                {"params": sp.masked_params(params, s, budget), "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
+
         (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(scores)
         updates, opt_state = opt.update(g, opt_state, scores)
         return optax.apply_updates(scores, updates), opt_state, upd["batch_stats"], g

@@ -10,15 +10,17 @@ import sys
 
 import pytest
 
-from jackpot_jax import study
+from jackpot_jax.experiments import study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny_config():
     import importlib.util
+
     spec = importlib.util.spec_from_file_location(
-        "study_cfg", os.path.join(ROOT, "configs", "study_fashion_mnist.py"))
+        "study_cfg", os.path.join(ROOT, "configs", "study_fashion_mnist.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config()
@@ -33,7 +35,7 @@ def _tiny_config():
     c.curve_sparsities = (0.5, 0.9)
     c.table4_epochs = (0, 1, 2)
     c.curves_all_seeds = False
-    c.experiments = ("paper",)     # the N:M rows have their own test (tests/test_nm.py)
+    c.experiments = ("paper",)  # the N:M rows have their own test (tests/test_nm.py)
     return c
 
 
@@ -45,22 +47,49 @@ def serial_study(tmp_path_factory):
 
 def test_tiny_study_end_to_end(serial_study):
     res, tmp_path = serial_study
-    for name in ["report.md", "results.json", "fig2_pretrained_vs_random.png",
-                 "fig3_criteria_accuracy.png", "fig4_overlap.png", "fig5_warmup.png"]:
+    for name in [
+        "report.md",
+        "results.json",
+        "fig2_pretrained_vs_random.png",
+        "fig3_criteria_accuracy.png",
+        "fig4_overlap.png",
+        "fig5_warmup.png",
+    ]:
         assert os.path.getsize(tmp_path / name) > 0, name
     saved = json.load(open(tmp_path / "results.json"))
     methods = {r["method"] for r in saved["table1"]}
-    assert methods == {"dense", "magnitude", "snip", "grasp", "random", "magnitude+finetune",
-                       "snip+train", "jackpot", "jackpot+finetune"}
+    assert methods == {
+        "dense",
+        "magnitude",
+        "snip",
+        "grasp",
+        "random",
+        "magnitude+finetune",
+        "snip+train",
+        "jackpot",
+        "jackpot+finetune",
+    }
     for row in saved["table1"]:
-        assert set(row) >= {"network", "sparsity", "method", "epochs", "cost", "test_acc_mean",
-                            "test_acc_std", "seeds"}
+        assert set(row) >= {
+            "network",
+            "sparsity",
+            "method",
+            "epochs",
+            "cost",
+            "test_acc_mean",
+            "test_acc_std",
+            "seeds",
+        }
         assert row["seeds"] == 2 and 0.0 <= row["test_acc_mean"] <= 1.0
     assert sorted(r["epochs"] for r in saved["table1"] if r["method"] == "jackpot") == [1, 2]
     # The dense row of both seeds is the pre-trained checkpoint's accuracy.
     dense = [r for r in saved["table1"] if r["method"] == "dense"][0]
-    accs = [json.load(open(tmp_path / "lenet300_100" / f"seed{s}" / "pretrain" / "summary.json"))
-            ["test_accuracy"] for s in (0, 1)]
+    accs = [
+        json.load(open(tmp_path / "lenet300_100" / f"seed{s}" / "pretrain" / "summary.json"))[
+            "test_accuracy"
+        ]
+        for s in (0, 1)
+    ]
     assert dense["test_acc_mean"] == pytest.approx(sum(accs) / 2)
     ov = {(r["sparsity"], r["criterion"]): r["overlap_mean"] for r in saved["overlap"]}
     assert set(ov) == {(p, c) for p in (0.5, 0.9) for c in study.CRITERIA}
@@ -77,7 +106,9 @@ def test_tiny_study_end_to_end(serial_study):
     assert again["run"]["pieces_run_this_invocation"] == 0
     # Both invocations are on record, and the report names them.
     assert [r["pieces_run_this_invocation"] for r in again["invocations"]] == [
-        res["run"]["pieces_run_this_invocation"], 0]
+        res["run"]["pieces_run_this_invocation"],
+        0,
+    ]
     assert "Invocation 1:" in open(tmp_path / "report.md").read()
     assert again["table1"] == res["table1"]
 
@@ -106,20 +137,19 @@ def test_parallel_workers_match_the_serial_study(serial_study, tmp_path):
         return out
 
     for piece in pieces:
-        assert numbers(tmp_path / piece, tmp_path) == numbers(serial_dir / piece, serial_dir), \
-            piece
+        assert numbers(tmp_path / piece, tmp_path) == numbers(serial_dir / piece, serial_dir), piece
     assert not list(tmp_path.glob("**/*.claim"))
 
 
 def test_claim_is_exclusive_and_taken_over_from_a_dead_owner(tmp_path):
     target = str(tmp_path / "piece" / "summary.json")
     assert study._claim(target)
-    assert not study._claim(target)           # held by this (live) process
+    assert not study._claim(target)  # held by this (live) process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with open(target + ".claim", "w") as f:
         f.write(f"{socket.gethostname()} {dead.pid}")
-    assert study._claim(target)               # its owner is gone: taken over
+    assert study._claim(target)  # its owner is gone: taken over
     with open(target + ".claim") as f:
         assert f.read() == f"{socket.gethostname()} {os.getpid()}"
 
@@ -129,11 +159,13 @@ def test_plan_lists_each_piece_once_with_what_it_needs(tmp_path):
     planner = study.Study(c, str(tmp_path), plan=True)
     study._experiments(planner, c)
     tasks = planner.plan
-    pre = {s: str(tmp_path / "lenet300_100" / f"seed{s}" / "pretrain" / "summary.json")
-           for s in c.seeds}
+    pre = {
+        s: str(tmp_path / "lenet300_100" / f"seed{s}" / "pretrain" / "summary.json")
+        for s in c.seeds
+    }
     assert all(pre[s] in tasks and tasks[pre[s]].needs == [] for s in c.seeds)
     for target, task in tasks.items():
-        for need in task.needs:                 # every prerequisite is itself planned
+        for need in task.needs:  # every prerequisite is itself planned
             assert need in tasks, (target, need)
     jf = [t for t in tasks.values() if "finetune_pretrained_jackpot" in t.target]
     assert len(jf) == len(c.seeds)

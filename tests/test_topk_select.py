@@ -1,4 +1,4 @@
-"""jackpot_jax.topk_select: the C++ radix-select top-k mask, against numpy's stable sort."""
+"""jackpot_jax.kernels.native.topk_select: the C++ radix-select top-k mask, against numpy's stable sort."""
 
 import threading
 
@@ -6,15 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from jackpot_jax import native, sparsity as sp, topk_select
-
 from pipeline_helpers import python_script
 from test_sparsity import reference_topk
 
+from jackpot_jax import kernels
+from jackpot_jax import sparsity as sp
+from jackpot_jax.kernels import native
+from jackpot_jax.kernels.native import topk_select
+
 needs_select = pytest.mark.skipif(
     jax.default_backend() != "cpu" or not topk_select.available(),
-    reason=f"native top-k select: {topk_select.unavailable_reason() or 'CPU only'}")
+    reason=f"native top-k select: {topk_select.unavailable_reason() or 'CPU only'}",
+)
 
 
 @pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
@@ -26,11 +29,11 @@ def test_available_with_a_compiler():
 def _scores(kind, n, rng):
     if kind == "normal":
         return rng.normal(size=n).astype(np.float32)
-    if kind == "two_level":      # the search's initial scores: thousands of exact ties
+    if kind == "two_level":  # the search's initial scores: thousands of exact ties
         return np.where(rng.random(n) < 0.1, 1.0, 0.95).astype(np.float32)
-    if kind == "integers":       # ties everywhere, negatives
+    if kind == "integers":  # ties everywhere, negatives
         return rng.integers(-3, 3, size=n).astype(np.float32)
-    if kind == "special":        # NaN (below every number), infinities, signed zeros
+    if kind == "special":  # NaN (below every number), infinities, signed zeros
         return rng.choice([1.0, 0.5, -0.0, 0.0, np.nan, np.inf, -np.inf], size=n).astype(np.float32)
     raise ValueError(kind)
 
@@ -38,31 +41,35 @@ def _scores(kind, n, rng):
 # Sizes on both sides of the handler's small-array path (2**14 scores: a selection among all
 # keys) and the histogram path (a 16-bit histogram, then a selection within one bucket).
 @needs_select
-@pytest.mark.parametrize("n", [1, 2, 5, 1000, 2 ** 14, 2 ** 14 + 1, 70_001, 300_000])
+@pytest.mark.parametrize("n", [1, 2, 5, 1000, 2**14, 2**14 + 1, 70_001, 300_000])
 @pytest.mark.parametrize("kind", ["normal", "two_level", "integers", "special"])
 def test_matches_the_stable_sort_reference(n, kind):
     rng = np.random.default_rng(n + len(kind))
     x = _scores(kind, n, rng)
     fn = jax.jit(topk_select.topk_mask, static_argnums=1)
     keeps = {0, 1, n // 2, n - 1, n, int(rng.integers(0, n + 1))}
-    if kind == "two_level":      # ties straddling the cut, and exactly the ties' count
+    if kind == "two_level":  # ties straddling the cut, and exactly the ties' count
         keeps |= {int((x == 1.0).sum()), int((x == 1.0).sum()) + 17}
     for keep in sorted(k for k in keeps if 0 <= k <= n):
         m = fn(x, keep)
         assert m.dtype == jnp.bool_ and m.shape == x.shape
-        np.testing.assert_array_equal(np.asarray(m), reference_topk(x, keep).astype(bool),
-                                      err_msg=f"keep={keep}")
+        np.testing.assert_array_equal(
+            np.asarray(m), reference_topk(x, keep).astype(bool), err_msg=f"keep={keep}"
+        )
 
 
 @needs_select
-@pytest.mark.parametrize("n", [1, 3, 1000, 2 ** 14 + 1, 100_000])
+@pytest.mark.parametrize("n", [1, 3, 1000, 2**14 + 1, 100_000])
 def test_kth_largest_key_matches_a_sort(n):
     # The swap rule's threshold, with a traced k: the k-th largest key (repeats counted).
     rng = np.random.default_rng(n)
-    for keys in (rng.integers(0, 2 ** 32, size=n, dtype=np.uint32),
-                 rng.integers(0, 5, size=n).astype(np.uint32) << 30,    # many repeats
-                 np.where(rng.random(n) < 0.5, 0, rng.integers(1, 2 ** 32, size=n,
-                                                                dtype=np.uint32)).astype(np.uint32)):
+    for keys in (
+        rng.integers(0, 2**32, size=n, dtype=np.uint32),
+        rng.integers(0, 5, size=n).astype(np.uint32) << 30,  # many repeats
+        np.where(rng.random(n) < 0.5, 0, rng.integers(1, 2**32, size=n, dtype=np.uint32)).astype(
+            np.uint32
+        ),
+    ):
         fn = jax.jit(topk_select.kth_largest_key)
         expected = np.sort(keys)[::-1]
         for k in sorted({1, n, (n + 1) // 2, int(rng.integers(1, n + 1))}):
@@ -74,18 +81,27 @@ def test_kth_largest_key_matches_a_sort(n):
     # A traced k outside [1, size] cannot be checked in Python: the handler refuses it.
     for bad in (0, 4):
         with pytest.raises(Exception, match=r"k is outside \[1, size\]"):
-            jax.block_until_ready(jax.jit(topk_select.kth_largest_key)(
-                jnp.arange(3, dtype=jnp.uint32), jnp.int32(bad)))
+            jax.block_until_ready(
+                jax.jit(topk_select.kth_largest_key)(
+                    jnp.arange(3, dtype=jnp.uint32), jnp.int32(bad)
+                )
+            )
 
 
 @needs_select
-def test_the_swap_rule_uses_it(monkeypatch):
-    hlo = jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5)).lower(
-        {"w": jnp.arange(8.0)}, {"w": jnp.ones(8)}).as_text()
+def test_the_swap_rule_uses_it(monkeypatch, compute):
+    hlo = (
+        jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5))
+        .lower({"w": jnp.arange(8.0)}, {"w": jnp.ones(8)})
+        .as_text()
+    )
     assert topk_select.KTH_TARGET in hlo
-    monkeypatch.setattr(sp, "MASK_LAYOUT", "per_layer")
-    hlo = jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5)).lower(
-        {"w": jnp.arange(8.0)}, {"w": jnp.ones(8)}).as_text()
+    compute(mask_layout="per_layer")
+    hlo = (
+        jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5))
+        .lower({"w": jnp.arange(8.0)}, {"w": jnp.ones(8)})
+        .as_text()
+    )
     assert topk_select.KTH_TARGET not in hlo
 
 
@@ -97,8 +113,11 @@ def test_shapes_dtypes_and_bad_keep():
     xb = jnp.asarray([0.5, 3.0, -1.0, 3.0], jnp.bfloat16)
     np.testing.assert_array_equal(topk_select.topk_mask(xb, 2), [False, True, False, True])
     assert topk_select.topk_mask(jnp.zeros((0, 3)), 0).shape == (0, 3)
-    with pytest.raises(ValueError, match=r"keep=25 is outside \[0, 24\] for scores of shape "
-                                         r"\(2, 3, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"keep=25 is outside \[0, 24\] for scores of shape "
+        r"\(2, 3, 4\)",
+    ):
         topk_select.topk_mask(x, 25)
 
 
@@ -114,21 +133,22 @@ def test_straight_through_gradient_is_the_identity():
     s = jnp.asarray(np.random.default_rng(2).normal(size=(40, 30)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(3).normal(size=(40, 30)), jnp.float32)
     grad = jax.grad(lambda s: jnp.sum(sp.ste_mask(s, 300, use_abs=False) * w))(s)
-    np.testing.assert_array_equal(grad, w)     # d(mask)/d(scores) = identity
+    np.testing.assert_array_equal(grad, w)  # d(mask)/d(scores) = identity
     grad = jax.grad(lambda s: jnp.sum(sp.ste_mask(s, 300) * w))(s)
-    np.testing.assert_array_equal(grad, w * jnp.sign(s))     # ranking |scores|
-    assert sp.resolved_layout() == "native"
+    np.testing.assert_array_equal(grad, w * jnp.sign(s))  # ranking |scores|
+    assert kernels.options.mask_layout() == "native"
 
 
 @needs_select
-def test_search_step_is_the_same_with_either_mask(monkeypatch):
+def test_search_step_is_the_same_with_either_mask(monkeypatch, compute):
     # One step of the CLI's search step (engine.make_train_step) on LeNet-5 (layers of 500,
     # 25k and 400k weights: both of the handler's paths) with the native select and with the
     # counting search: the same masks, so bit-identical scores and loss.
     from test_ops import _run_search_step
+
     out = {}
     for layout in ("per_layer", "native"):
-        monkeypatch.setattr(sp, "MASK_LAYOUT", layout)
+        compute(mask_layout=layout)
         _, new, metrics = _run_search_step("lenet5", "explicit", "float32")
         out[layout] = (new.trainable, metrics["loss"])
     (a, loss_a), (b, loss_b) = out["per_layer"], out["native"]
@@ -138,41 +158,49 @@ def test_search_step_is_the_same_with_either_mask(monkeypatch):
 
 
 @needs_select
-def test_auto_picks_it_on_the_cpu_and_says_so(monkeypatch):
-    assert sp.resolved_layout() == "native"
-    assert sp.describe_masks() == "masks: native radix select per layer (cpu)"
-    monkeypatch.setattr(sp, "MASK_LAYOUT", "per_layer")
-    assert sp.describe_masks() == "masks: 32-pass counting search per layer (cpu)"
-    monkeypatch.setattr(sp, "MASK_LAYOUT", "together")
-    assert sp.describe_masks() == (
-        f"masks: radix search, {sp.RADIX_BITS} bits a pass, all layers together (cpu)")
+def test_auto_picks_it_on_the_cpu_and_says_so(monkeypatch, compute):
+    assert kernels.options.mask_layout() == "native"
+    assert kernels.describe_masks() == "masks: native radix select per layer (cpu)"
+    compute(mask_layout="per_layer")
+    assert kernels.describe_masks() == "masks: 32-pass counting search per layer (cpu)"
+    compute(mask_layout="together")
+    assert kernels.describe_masks() == (
+        f"masks: radix search, {kernels.ComputeOptions().radix_bits} bits a pass, all layers together (cpu)"
+    )
     # A jitted masks function traced with "native" has the custom call in its HLO.
-    monkeypatch.setattr(sp, "MASK_LAYOUT", "native")
-    hlo = jax.jit(lambda s: sp.masks_from_scores(s, {"a": 3})).lower(
-        {"a": jnp.ones((4, 5))}).as_text()
+    compute(mask_layout="native")
+    hlo = (
+        jax.jit(lambda s: sp.masks_from_scores(s, {"a": 3}))
+        .lower({"a": jnp.ones((4, 5))})
+        .as_text()
+    )
     assert topk_select.TARGET in hlo
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's mask layouts")
 def test_opt_out_and_several_devices_fall_back_to_the_counting_search():
     proc = python_script(
-        "from jackpot_jax import sparsity as sp, topk_select\n"
-        "print(sp.resolved_layout(), '|', sp.describe_masks())\n"
+        "from jackpot_jax import kernels\nfrom jackpot_jax.kernels.native import topk_select\n"
+        "print(kernels.options.mask_layout(), '|', kernels.describe_masks())\n"
         "try:\n"
         "    topk_select.topk_mask([1.0, 2.0], 1)\n"
         "except RuntimeError as err:\n"
         "    print('raised', err)\n",
-        env_update={"JACKPOT_JAX_TOPK_SELECT": "0"})
+        env_update={"JACKPOT_JAX_TOPK_SELECT": "0"},
+    )
     assert proc.returncode == 0, proc.stderr
-    assert ("per_layer | masks: 32-pass counting search per layer "
-            "(cpu; native: JACKPOT_JAX_TOPK_SELECT=0)") in proc.stdout
-    assert "raised jackpot_jax.topk_select: JACKPOT_JAX_TOPK_SELECT=0" in proc.stdout
+    assert (
+        "per_layer | masks: 32-pass counting search per layer "
+        "(cpu; native: JACKPOT_JAX_TOPK_SELECT=0)"
+    ) in proc.stdout
+    assert "raised jackpot_jax.kernels.native.topk_select: JACKPOT_JAX_TOPK_SELECT=0" in proc.stdout
     proc = python_script(
         "import os\n"
         "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
         "import jax\n"
-        "from jackpot_jax import sparsity as sp\n"
-        "print(jax.device_count(), sp.resolved_layout())\n")
+        "from jackpot_jax import kernels\n"
+        "print(jax.device_count(), kernels.options.mask_layout())\n"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-2:] == ["2", "per_layer"]
 
@@ -182,8 +210,15 @@ def test_concurrent_calls_from_several_threads():
     # XLA calls the handler from any of its threads, several at once (the scratch buffers are
     # per thread): several layers' masks in one jitted function, called from 4 Python threads.
     rng = np.random.default_rng(4)
-    xs = [_scores(kind, n, rng) for kind, n in
-          [("normal", 90_000), ("two_level", 40_000), ("integers", 20_000), ("normal", 500)]]
+    xs = [
+        _scores(kind, n, rng)
+        for kind, n in [
+            ("normal", 90_000),
+            ("two_level", 40_000),
+            ("integers", 20_000),
+            ("normal", 500),
+        ]
+    ]
     keeps = [9_000, 4_321, 10_000, 50]
     fn = jax.jit(lambda xs: [topk_select.topk_mask(x, k) for x, k in zip(xs, keeps)])
     expected = [reference_topk(x, k).astype(bool) for x, k in zip(xs, keeps)]
@@ -193,7 +228,7 @@ def test_concurrent_calls_from_several_threads():
         try:
             for _ in range(3):
                 results.append([np.asarray(m) for m in fn(xs)])
-        except Exception as err:   # noqa: BLE001 - reported below
+        except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
     threads = [threading.Thread(target=work) for _ in range(4)]

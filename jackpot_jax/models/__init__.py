@@ -9,7 +9,8 @@ Conventions every model follows (other code relies on them):
 """
 
 import functools
-from typing import Any, Callable, Dict, Mapping, Tuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -26,30 +27,61 @@ _CIFAR = (32, 32, 3)
 _IMAGENET = (224, 224, 3)
 _MNIST = (28, 28, 1)
 
-_REGISTRY: Dict[str, Tuple[Callable[..., nn.Module], Dict[str, Any], Tuple[int, int, int]]] = {
-    "resnet20": (functools.partial(CifarResNet, num_blocks=3),
-                 {"num_classes": 10, "width": 1}, _CIFAR),
-    "resnet32": (functools.partial(CifarResNet, num_blocks=5),
-                 {"num_classes": 10, "width": 2}, _CIFAR),
-    "resnet56": (functools.partial(CifarResNet, num_blocks=9),
-                 {"num_classes": 10, "width": 1}, _CIFAR),
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], tuple[int, int, int]]] = {
+    "resnet20": (
+        functools.partial(CifarResNet, num_blocks=3),
+        {"num_classes": 10, "width": 1},
+        _CIFAR,
+    ),
+    "resnet32": (
+        functools.partial(CifarResNet, num_blocks=5),
+        {"num_classes": 10, "width": 2},
+        _CIFAR,
+    ),
+    "resnet56": (
+        functools.partial(CifarResNet, num_blocks=9),
+        {"num_classes": 10, "width": 1},
+        _CIFAR,
+    ),
     "vgg19_cifar": (VGGCifar, {"num_classes": 10}, _CIFAR),
-    **{f"{name}_bn": (functools.partial(VGG, cfg=CFGS[name]),
-                      {"num_classes": 1000, "dropout_rate": 0.5}, _IMAGENET)
-       for name in ("vgg11", "vgg13", "vgg16", "vgg19")},
-    "resnet18": (functools.partial(ResNet, block=BasicBlock, layers=(2, 2, 2, 2)),
-                 {"num_classes": 1000}, _IMAGENET),
-    "resnet34": (functools.partial(ResNet, block=BasicBlock, layers=(3, 4, 6, 3)),
-                 {"num_classes": 1000}, _IMAGENET),
-    "resnet50": (functools.partial(ResNet, block=Bottleneck, layers=(3, 4, 6, 3)),
-                 {"num_classes": 1000}, _IMAGENET),
-    "resnet101": (functools.partial(ResNet, block=Bottleneck, layers=(3, 4, 23, 3)),
-                  {"num_classes": 1000}, _IMAGENET),
-    "resnet152": (functools.partial(ResNet, block=Bottleneck, layers=(3, 8, 36, 3)),
-                  {"num_classes": 1000}, _IMAGENET),
-    "wide_resnet50_2": (functools.partial(ResNet, block=Bottleneck, layers=(3, 4, 6, 3),
-                                          base_width=128),
-                        {"num_classes": 1000}, _IMAGENET),
+    **{
+        f"{name}_bn": (
+            functools.partial(VGG, cfg=CFGS[name]),
+            {"num_classes": 1000, "dropout_rate": 0.5},
+            _IMAGENET,
+        )
+        for name in ("vgg11", "vgg13", "vgg16", "vgg19")
+    },
+    "resnet18": (
+        functools.partial(ResNet, block=BasicBlock, layers=(2, 2, 2, 2)),
+        {"num_classes": 1000},
+        _IMAGENET,
+    ),
+    "resnet34": (
+        functools.partial(ResNet, block=BasicBlock, layers=(3, 4, 6, 3)),
+        {"num_classes": 1000},
+        _IMAGENET,
+    ),
+    "resnet50": (
+        functools.partial(ResNet, block=Bottleneck, layers=(3, 4, 6, 3)),
+        {"num_classes": 1000},
+        _IMAGENET,
+    ),
+    "resnet101": (
+        functools.partial(ResNet, block=Bottleneck, layers=(3, 4, 23, 3)),
+        {"num_classes": 1000},
+        _IMAGENET,
+    ),
+    "resnet152": (
+        functools.partial(ResNet, block=Bottleneck, layers=(3, 8, 36, 3)),
+        {"num_classes": 1000},
+        _IMAGENET,
+    ),
+    "wide_resnet50_2": (
+        functools.partial(ResNet, block=Bottleneck, layers=(3, 4, 6, 3), base_width=128),
+        {"num_classes": 1000},
+        _IMAGENET,
+    ),
     "lenet300_100": (LeNet300100, {"num_classes": 10}, _MNIST),
     "lenet5": (LeNet5, {"num_classes": 10}, _MNIST),
 }
@@ -58,57 +90,65 @@ MODEL_NAMES = list(_REGISTRY)
 
 
 def _entry(name: str):
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-  return _REGISTRY[name]
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    return _REGISTRY[name]
 
 
-def default_options(name: str) -> Dict[str, Any]:
-  """The options `get_model(name)` uses when none are given (num_classes included)."""
-  return dict(_entry(name)[1])
+def default_options(name: str) -> dict[str, Any]:
+    """The options `get_model(name)` uses when none are given (num_classes included)."""
+    return dict(_entry(name)[1])
 
 
-def input_shape(name: str) -> Tuple[int, int, int]:
-  """The (H, W, C) input shape the model is meant for (CIFAR, ImageNet or MNIST)."""
-  return _entry(name)[2]
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The (H, W, C) input shape the model is meant for (CIFAR, ImageNet or MNIST)."""
+    return _entry(name)[2]
 
 
 def get_model(name: str, num_classes: int | None = None, **options) -> nn.Module:
-  """Returns the Flax module `name` (one of MODEL_NAMES).
+    """Returns the Flax module `name` (one of MODEL_NAMES).
 
-  `num_classes` defaults to 10 for CIFAR/MNIST models and 1000 for ImageNet ones;
-  `options` are model-specific (`width` for CIFAR ResNets, `dropout_rate` for VGG-bn).
-  """
-  ctor, defaults, _ = _entry(name)
-  unknown = sorted(set(options) - set(defaults))
-  if unknown:
-    raise ValueError(f"model {name!r} does not take options {unknown}; "
-                     f"valid options: {sorted(defaults)}")
-  kwargs = {**defaults, **options}
-  if num_classes is not None:
-    kwargs["num_classes"] = int(num_classes)
-  return ctor(**kwargs)
-
-
-def block_outputs(module: nn.Module, variables: Mapping[str, Any], x: jnp.ndarray,
-                  train: bool = False) -> Dict[str, jnp.ndarray]:
-  """Runs the model and returns its sown stage outputs by name ('stem', 'layer1', ...).
-
-  ResNets sow `stem` and `layer{k}`; VGGs sow `pool{k}` after each max-pool; LeNet-5
-  sows `features`. In train mode the updated batch stats are discarded.
-  """
-  chex.assert_rank(x, 4)
-  variables = {k: v for k, v in variables.items() if k != "intermediates"}
-  mutable = ["intermediates"] + (["batch_stats"] if train and "batch_stats" in variables else [])
-  _, state = module.apply(variables, x, train=train, mutable=mutable)
-  return {k: v[0] for k, v in state.get("intermediates", {}).items()}
+    `num_classes` defaults to 10 for CIFAR/MNIST models and 1000 for ImageNet ones;
+    `options` are model-specific (`width` for CIFAR ResNets, `dropout_rate` for VGG-bn).
+    """
+    ctor, defaults, _ = _entry(name)
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"model {name!r} does not take options {unknown}; valid options: {sorted(defaults)}"
+        )
+    kwargs = {**defaults, **options}
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    return ctor(**kwargs)
 
 
-def init_variables(module: nn.Module, rng: jax.Array, shape: Tuple[int, ...]) -> Dict[str, Any]:
-  """`module.init` on zeros of `shape` (NHWC), returning the variables without intermediates."""
-  variables = module.init(rng, jnp.zeros(shape, jnp.float32), train=False)
-  return {k: v for k, v in variables.items() if k != "intermediates"}
+def block_outputs(
+    module: nn.Module, variables: Mapping[str, Any], x: jnp.ndarray, train: bool = False
+) -> dict[str, jnp.ndarray]:
+    """Runs the model and returns its sown stage outputs by name ('stem', 'layer1', ...).
+
+    ResNets sow `stem` and `layer{k}`; VGGs sow `pool{k}` after each max-pool; LeNet-5
+    sows `features`. In train mode the updated batch stats are discarded.
+    """
+    chex.assert_rank(x, 4)
+    variables = {k: v for k, v in variables.items() if k != "intermediates"}
+    mutable = ["intermediates"] + (["batch_stats"] if train and "batch_stats" in variables else [])
+    _, state = module.apply(variables, x, train=train, mutable=mutable)
+    return {k: v[0] for k, v in state.get("intermediates", {}).items()}
 
 
-__all__ = ["MODEL_NAMES", "get_model", "default_options", "input_shape", "block_outputs",
-           "init_variables"]
+def init_variables(module: nn.Module, rng: jax.Array, shape: tuple[int, ...]) -> dict[str, Any]:
+    """`module.init` on zeros of `shape` (NHWC), returning the variables without intermediates."""
+    variables = module.init(rng, jnp.zeros(shape, jnp.float32), train=False)
+    return {k: v for k, v in variables.items() if k != "intermediates"}
+
+
+__all__ = [
+    "MODEL_NAMES",
+    "get_model",
+    "default_options",
+    "input_shape",
+    "block_outputs",
+    "init_variables",
+]

@@ -24,13 +24,27 @@ from jackpot_jax.errors import InputError, WorkdirError
 
 CONFIG_JSON = "config.json"
 # What a run writes in its workdir (besides config.json); anything else there is left alone.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "jackpot.npz", "model", "pretrain",
-             "search")
+RUN_FILES = (
+    "checkpoints",
+    "metrics.jsonl",
+    "summary.json",
+    "jackpot.npz",
+    "model",
+    "pretrain",
+    "search",
+)
 # How processes find each other, how many loader workers feed them and whether to resume: none
 # changes a run's result (the loader gives the same batches for any worker count), and
 # process_id differs between the processes of one run.
-LAUNCH_KEYS = ("resume", "distributed", "coordinator_address", "num_processes", "process_id",
-               "data_workers", "data_prefetch")
+LAUNCH_KEYS = (
+    "resume",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "data_workers",
+    "data_prefetch",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,8 +66,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def config_differences(saved: dict, new: dict) -> list[str]:
     """``'key: saved -> new'`` for every dotted key whose value differs (launch keys ignored)."""
     a, b = _flat(saved), _flat(json.loads(json.dumps(new, default=utils.json_default)))
-    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in LAUNCH_KEYS
-                  and a.get(k, "<unset>") != b.get(k, "<unset>"))
+    keys = sorted(
+        k
+        for k in set(a) | set(b)
+        if k.split(".")[0] not in LAUNCH_KEYS and a.get(k, "<unset>") != b.get(k, "<unset>")
+    )
     return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys]
 
 
@@ -65,8 +82,10 @@ def read_config_json(workdir: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise InputError(f"{path} is not valid JSON ({e}); it records the config of the run in "
-                         "this workdir: restore it, or use another --workdir") from e
+        raise InputError(
+            f"{path} is not valid JSON ({e}); it records the config of the run in "
+            "this workdir: restore it, or use another --workdir"
+        ) from e
 
 
 def _aside_name(workdir: str) -> str:
@@ -93,11 +112,14 @@ def prepare_workdir(config, workdir: str) -> None:
             raise WorkdirError(
                 f"{workdir} holds a run of another config ({'; '.join(diff)}). Rerun with the "
                 "saved values, pick another --workdir, or add --config.resume=False to move the "
-                "old run aside and start over")
+                "old run aside and start over"
+            )
     elif present:
-        raise WorkdirError(f"{workdir} holds {', '.join(present)} but no {CONFIG_JSON}: not a "
-                           "run this program can resume. Pick another --workdir (nothing was "
-                           "changed)")
+        raise WorkdirError(
+            f"{workdir} holds {', '.join(present)} but no {CONFIG_JSON}: not a "
+            "run this program can resume. Pick another --workdir (nothing was "
+            "changed)"
+        )
     utils.sync("prepare_workdir:read")  # every process has read before process 0 moves things
     if utils.is_primary():
         if aside is not None:
@@ -149,8 +171,10 @@ class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 2):
         self.directory = os.path.abspath(directory)
         self.mgr = ocp.CheckpointManager(
-            self.directory, item_handlers=ocp.StandardCheckpointHandler(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+            self.directory,
+            item_handlers=ocp.StandardCheckpointHandler(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
 
     def save(self, epoch: int, state) -> None:
         leaves = jax.tree.leaves(utils.as_numpy(state))
@@ -177,15 +201,19 @@ class Checkpointer:
                 if isinstance(e, InputError) or not _is_damage(e):
                     raise
                 reason = str(e).split(" [", 1)[0].splitlines()[0][:200]
-                utils.log(f"checkpoint {self.directory}/{step} is damaged ({reason}); "
-                          "trying the one before")
+                utils.log(
+                    f"checkpoint {self.directory}/{step} is damaged ({reason}); "
+                    "trying the one before"
+                )
                 damaged.append(step)
                 continue
             return step, jax.tree.unflatten(treedef, [got[str(i)] for i in range(len(names))])
         if damaged:
-            raise InputError(f"every checkpoint in {self.directory} is damaged (steps "
-                             f"{sorted(damaged)}); move it aside or rerun with "
-                             "--config.resume=False")
+            raise InputError(
+                f"every checkpoint in {self.directory} is damaged (steps "
+                f"{sorted(damaged)}); move it aside or rerun with "
+                "--config.resume=False"
+            )
         return None
 
     def _check_fits(self, step, saved, target, names) -> None:
@@ -194,20 +222,26 @@ class Checkpointer:
             raise FileNotFoundError(f"step {step} has no readable state")
         where = f"{self.directory}/{step}"
         if set(saved.keys()) != set(target):
-            raise InputError(f"checkpoint {where} holds {len(saved.keys())} arrays, this run's "
-                             f"state has {len(target)}: it was written by another model or "
-                             "version. Use another --workdir or --config.resume=False")
+            raise InputError(
+                f"checkpoint {where} holds {len(saved.keys())} arrays, this run's "
+                f"state has {len(target)}: it was written by another model or "
+                "version. Use another --workdir or --config.resume=False"
+            )
         bad = []
         for i, name in enumerate(names):
             s, t = saved[str(i)], target[str(i)]
             if tuple(s.shape) != np.shape(t) or np.dtype(s.dtype) != np.asarray(t).dtype:
-                bad.append(f"{name}: saved {tuple(s.shape)} {np.dtype(s.dtype)}, "
-                           f"expected {np.shape(t)} {np.asarray(t).dtype}")
+                bad.append(
+                    f"{name}: saved {tuple(s.shape)} {np.dtype(s.dtype)}, "
+                    f"expected {np.shape(t)} {np.asarray(t).dtype}"
+                )
         if bad:
-            raise InputError(f"checkpoint {where} does not fit this run's state ("
-                             + "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5
-                                                     else "")
-                             + "). Use another --workdir or --config.resume=False")
+            raise InputError(
+                f"checkpoint {where} does not fit this run's state ("
+                + "; ".join(bad[:5])
+                + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+                + "). Use another --workdir or --config.resume=False"
+            )
 
     def close(self) -> None:
         self.mgr.wait_until_finished()
@@ -240,8 +274,10 @@ class MetricsLog:
                     if k == len(lines) - 1 and not ln.endswith("\n"):
                         utils.log(f"{path}: dropping its last line, cut short ({ln[:40]!r}...)")
                         continue
-                    raise InputError(f"{path}:{lineno}: not a metrics record ({e}); every line "
-                                     "should be a JSON object with an 'epoch'") from e
+                    raise InputError(
+                        f"{path}:{lineno}: not a metrics record ({e}); every line "
+                        "should be a JSON object with an 'epoch'"
+                    ) from e
                 if epoch <= resume_epoch:
                     records.append(rec)
         self.records = records

@@ -3,7 +3,7 @@ the epoch loop.
 
 One jitted, data-parallel step over a `Mesh` ('data' axis: batch sharded, state replicated,
 BatchNorm statistics over the global batch). The loop trains, validates, checkpoints
-(`jackpot_jax.resume`) and logs once per epoch, and resumes from the newest checkpoint.
+(`jackpot_jax.pipeline.resume`) and logs once per epoch, and resumes from the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ import functools
 import itertools
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jackpot_jax import input_pipeline
-from jackpot_jax import ops
+from jackpot_jax import kernels, utils
 from jackpot_jax import sparsity as sp
-from jackpot_jax import utils
+from jackpot_jax.data import input_pipeline
 from jackpot_jax.errors import ConfigError, InputError, NonFiniteError
-from jackpot_jax.resume import Checkpointer, MetricsLog
-
+from jackpot_jax.pipeline.resume import Checkpointer, MetricsLog
 
 # ---------------------------------------------------------------------------------------------
 # Optimiser and loss
@@ -36,9 +36,11 @@ from jackpot_jax.resume import Checkpointer, MetricsLog
 
 def cosine_per_epoch(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:
     """Cosine from ``lr`` to 0 stepped once per epoch, no warm-up (the official schedule)."""
+
     def schedule(step):
         epoch = jnp.minimum(step // steps_per_epoch, epochs)
         return 0.5 * lr * (1.0 + jnp.cos(jnp.pi * epoch / max(epochs, 1)))
+
     return schedule
 
 
@@ -49,6 +51,7 @@ def cosine_per_step(lr: float, epochs: int, steps_per_epoch: int) -> optax.Sched
     def schedule(step):
         t = jnp.minimum(step, total)
         return 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t / total))
+
     return schedule
 
 
@@ -76,7 +79,6 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     return optax.softmax_cross_entropy(logits, onehot).mean()
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Devices
 # ---------------------------------------------------------------------------------------------
@@ -94,8 +96,10 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 def check_batch(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     n = mesh.devices.size
     if batch_size % n:
-        raise ConfigError(f"{what}={batch_size} does not split across the {n} devices; use a "
-                          f"multiple of {n} (e.g. {max(n, batch_size // n * n)})")
+        raise ConfigError(
+            f"{what}={batch_size} does not split across the {n} devices; use a "
+            f"multiple of {n} (e.g. {max(n, batch_size // n * n)})"
+        )
 
 
 def shard_batch(mesh: Mesh, batch):
@@ -105,7 +109,7 @@ def shard_batch(mesh: Mesh, batch):
 
     def put(x):
         per = x.shape[0] // nproc
-        local = x[pid * per:(pid + 1) * per]
+        local = x[pid * per : (pid + 1) * per]
         return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
     return jax.tree.map(put, batch)
@@ -116,8 +120,12 @@ def shard_local_batch(mesh: Mesh, batch):
     is every process's rows, in process order)."""
     sharding = NamedSharding(mesh, P("data"))
     nproc = jax.process_count()
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        sharding, x, (x.shape[0] * nproc, *x.shape[1:])), batch)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(
+            sharding, x, (x.shape[0] * nproc, *x.shape[1:])
+        ),
+        batch,
+    )
 
 
 def batch_to_mesh(mesh: Mesh, ds, keys=("image", "label")):
@@ -138,7 +146,6 @@ def replicate(mesh: Mesh, tree):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Training state and steps
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +156,7 @@ class TrainState:
     """What must survive a crash. ``trainable`` is the params (pretrain/finetune) or the
     scores (search); ``frozen`` inputs are not part of the state. ``masks``: the persistent
     0/1 masks of a swap search (``search.mask_update='swap'``), None otherwise."""
+
     step: jax.Array
     trainable: Any
     opt_state: Any
@@ -158,33 +166,49 @@ class TrainState:
 
 
 jax.tree_util.register_dataclass(
-    TrainState, data_fields=["step", "trainable", "opt_state", "batch_stats", "rng", "masks"],
-    meta_fields=[])
+    TrainState,
+    data_fields=["step", "trainable", "opt_state", "batch_stats", "rng", "masks"],
+    meta_fields=[],
+)
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = kernels.options.COMPUTE_DTYPES
+
+
+def compute_options(config) -> kernels.ComputeOptions:
+    """The resolved `ComputeOptions` of a run's config: what its steps are traced with."""
+    return kernels.resolve(kernels.ComputeOptions.from_config(config))
 
 
 def _cast_floats(tree, dtype):
     return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
 
-def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
-                    label_smoothing: float = 0.0, swap_rate: Callable | None = None,
-                    compute_dtype: str = "float32"):
+def make_train_step(
+    module,
+    kind: str,
+    tx,
+    budget=None,
+    use_abs: bool = True,
+    label_smoothing: float = 0.0,
+    swap_rate: Callable | None = None,
+    options: kernels.ComputeOptions | None = None,
+):
     """One jitted SGD step. ``kind``: 'dense' (trainable = params), 'search' (trainable =
     scores, frozen = pre-trained params) or 'masked' (trainable = params, frozen = masks).
     With ``swap_rate`` (step -> fraction, see `sparsity.swap_rate`) a search uses the state's
     persistent masks and updates them by `sparsity.swap_masks` after the optimiser step.
 
-    ``compute_dtype='bfloat16'``: the (masked) params and the images enter the model in
-    bfloat16, so activations and convolutions are bfloat16; the trainable tree, frozen params,
-    optimiser state, BatchNorm statistics (Flax reduces them in float32) and the loss stay
-    float32, and gradients reach the float32 trainables through the casts."""
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype={compute_dtype!r}; expected one of {COMPUTE_DTYPES}")
-    low = None if compute_dtype == "float32" else jnp.dtype(compute_dtype)
+    ``options`` (a `ComputeOptions`, default the current ones) says how the step is computed;
+    it is resolved here and the step is traced under it. ``options.compute_dtype='bfloat16'``:
+    the (masked) params and the images enter the model in bfloat16, so activations and
+    convolutions are bfloat16; the trainable tree, frozen params, optimiser state, BatchNorm
+    statistics (Flax reduces them in float32) and the loss stay float32, and gradients reach
+    the float32 trainables through the casts."""
+    options = kernels.resolve(options)
+    low = None if options.compute_dtype == "float32" else jnp.dtype(options.compute_dtype)
 
     def effective_params(trainable, frozen, masks):
         if kind == "dense":
@@ -196,6 +220,10 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
         return sp.apply_masks(trainable, frozen)
 
     def step(state: TrainState, frozen, images, labels):
+        with kernels.use(options):
+            return traced_step(state, frozen, images, labels)
+
+    def traced_step(state: TrainState, frozen, images, labels):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(trainable):
@@ -206,67 +234,86 @@ def make_train_step(module, kind: str, tx, budget=None, use_abs: bool = True,
             variables = {"params": params}
             if state.batch_stats is not None:
                 variables["batch_stats"] = state.batch_stats
-            logits, updates = module.apply(variables, x, train=True,
-                                           mutable=["batch_stats"],
-                                           rngs={"dropout": dropout_rng})
+            logits, updates = module.apply(
+                variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng}
+            )
             loss = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
             return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.trainable)
+            state.trainable
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         masks = state.masks
-        if swap_rate is not None:   # the 2023 rule: swap pairs after every optimiser step
-            masks = sp.swap_masks(trainable, masks, budget, swap_rate(state.step),
-                                  use_abs=use_abs)
+        if swap_rate is not None:  # the 2023 rule: swap pairs after every optimiser step
+            masks = sp.swap_masks(trainable, masks, budget, swap_rate(state.step), use_abs=use_abs)
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         new = TrainState(state.step + 1, trainable, opt_state, batch_stats, state.rng, masks)
         # The loop stops on the first step whose loss or updated trainables are not finite.
-        finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-            [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)]))
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)])
+        )
         return new, {"loss": loss, "accuracy": acc, "finite": finite}
 
     return jax.jit(step, donate_argnums=(0,))
 
 
-def make_eval_step(module):
-    """Jitted eval step, one per module and `ops` implementation (cached: evaluation runs
-    every epoch)."""
-    return _eval_step(module, ops.resolved_impl())
+def make_eval_step(module, options: kernels.ComputeOptions | None = None):
+    """Jitted eval step, one per module and resolved `ComputeOptions` (cached: evaluation runs
+    every epoch). Evaluation is float32 whatever ``options.compute_dtype`` says."""
+    return _eval_step(module, kernels.resolve(options).replace(compute_dtype="float32"))
 
 
 @functools.lru_cache(maxsize=16)
-def _eval_step(module, conv_impl: str):
-    del conv_impl  # part of the cache key: the switch is read when the step is traced
-
+def _eval_step(module, options: kernels.ComputeOptions):
     @jax.jit
     def step(variables, images, labels, weights):
-        logits = module.apply(variables, images, train=False)
+        with kernels.use(options):
+            logits = module.apply(variables, images, train=False)
         logp = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
         top1 = jnp.argmax(logits, -1) == labels
         k = min(5, logits.shape[-1])
         topk = jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1)
-        return {"loss": jnp.sum(nll * weights), "top1": jnp.sum(top1 * weights),
-                "top5": jnp.sum(topk * weights), "count": jnp.sum(weights)}
+        return {
+            "loss": jnp.sum(nll * weights),
+            "top1": jnp.sum(top1 * weights),
+            "top5": jnp.sum(topk * weights),
+            "count": jnp.sum(weights),
+        }
+
     return step
 
 
-def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh,
-             workers: int = input_pipeline.AUTO_WORKERS) -> dict:
+def evaluate(
+    module,
+    variables,
+    ds,
+    split: str,
+    batch_size: int,
+    mesh: Mesh,
+    workers: int = input_pipeline.AUTO_WORKERS,
+    options: kernels.ComputeOptions | None = None,
+) -> dict:
     """Top-1 (and top-5 where classes > 5) accuracy and mean loss over a whole split.
     ``workers``: loader processes, as ``config.data_workers`` (default: decoded files use
     every core, in-memory arrays the main process)."""
     check_batch(batch_size, mesh, "eval_batch_size")
-    step = make_eval_step(module)
+    step = make_eval_step(module, options)
     variables = replicate(mesh, variables)
     totals = None
     # Every batch is padded to batch_size (weight 0): one compilation; each process reads its rows.
     workers = input_pipeline.resolve_workers(workers, ds.split(split))
-    batches = input_pipeline.eval_batches(ds, split, batch_size, workers=workers,
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count(), normalize=False)
+    batches = input_pipeline.eval_batches(
+        ds,
+        split,
+        batch_size,
+        workers=workers,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        normalize=False,
+    )
     put = batch_to_mesh(mesh, ds, ("image", "label", "weight"))
     for b in batches:
         out = step(variables, *put(b))
@@ -275,12 +322,14 @@ def evaluate(module, variables, ds, split: str, batch_size: int, mesh: Mesh,
     if totals is None:
         raise InputError(f"the {split} split is empty")
     count = float(totals["count"])
-    res = {"accuracy": float(totals["top1"]) / count, "loss": float(totals["loss"]) / count,
-           "examples": int(count)}
+    res = {
+        "accuracy": float(totals["top1"]) / count,
+        "loss": float(totals["loss"]) / count,
+        "examples": int(count),
+    }
     if ds.num_classes > 5:
         res["top5"] = float(totals["top5"]) / count
     return res
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,23 +355,41 @@ def _check_finite(finite, epoch, spe, kind, ckpt_dir, opt_cfg) -> None:
         f"{kind}: the training loss or the {what} became NaN or infinite at epoch {epoch + 1}, "
         f"step {epoch * spe + i + 1} (step {i + 1} of {spe} in the epoch); nothing of this epoch "
         f"was saved (last good checkpoint: {last}). Lower the learning rate "
-        f"(lr={opt_cfg.lr}) or check the inputs")
+        f"(lr={opt_cfg.lr}) or check the inputs"
+    )
 
 
-def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, trainable, frozen,
-               batch_stats, opt_cfg, epochs: int, seed: int, budget=None, masks=None,
-               epoch_hook: Callable[[int, TrainState], dict] | None = None,
-               eval_params: Callable[[TrainState], Any]) -> tuple[TrainState, MetricsLog]:
+def train_loop(
+    *,
+    config,
+    workdir: str,
+    module,
+    ds,
+    mesh: Mesh,
+    kind: str,
+    trainable,
+    frozen,
+    batch_stats,
+    opt_cfg,
+    epochs: int,
+    seed: int,
+    budget=None,
+    masks=None,
+    epoch_hook: Callable[[int, TrainState], dict] | None = None,
+    eval_params: Callable[[TrainState], Any],
+) -> tuple[TrainState, MetricsLog]:
     """Epoch loop shared by every mode: train, validate, checkpoint, log, resume.
 
     ``masks``: the initial persistent masks of a swap search (``config.search.mask_update
     == 'swap'``), kept in the train state and checkpointed with it."""
+    options = compute_options(config)
     batch_size = mode_batch_size(config, opt_cfg)
     check_batch(batch_size, mesh)
     spe = input_pipeline.num_batches(ds.train, batch_size, drop_remainder=True)
     if spe == 0:
-        raise ConfigError(f"train split has {len(ds.train)} examples, fewer than "
-                          f"batch_size={batch_size}")
+        raise ConfigError(
+            f"train split has {len(ds.train)} examples, fewer than batch_size={batch_size}"
+        )
     tx, schedule = make_optimizer(opt_cfg, epochs, spe)
     swap_rate = None
     if kind == "search" and config.search.get("mask_update", "topk") == "swap":
@@ -330,12 +397,17 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
             raise ConfigError("search.mask_update='swap' needs the initial masks")
         sc = config.search
         sp.check_swap_schedule(sc.swap_schedule, sc.swap_rate, sc.swap_power)
-        swap_rate = lambda step: sp.swap_rate(step // spe, epochs, sc.swap_schedule,
-                                              sc.swap_rate, sc.swap_power)
-    state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
-                       opt_state=tx.init(trainable), batch_stats=batch_stats,
-                       rng=jax.random.key_data(jax.random.key(seed)),
-                       masks=masks if swap_rate is not None else None)
+        swap_rate = lambda step: sp.swap_rate(
+            step // spe, epochs, sc.swap_schedule, sc.swap_rate, sc.swap_power
+        )
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        trainable=trainable,
+        opt_state=tx.init(trainable),
+        batch_stats=batch_stats,
+        rng=jax.random.key_data(jax.random.key(seed)),
+        masks=masks if swap_rate is not None else None,
+    )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     start = 0
     try:
@@ -347,10 +419,16 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
         start, state = restored
         utils.log(f"resuming {workdir} from epoch {start}")
     log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
-    step_fn = make_train_step(module, kind, tx, budget=budget,
-                              use_abs=config.search.use_abs,
-                              label_smoothing=config.label_smoothing, swap_rate=swap_rate,
-                              compute_dtype=config.get("compute_dtype", "float32"))
+    step_fn = make_train_step(
+        module,
+        kind,
+        tx,
+        budget=budget,
+        use_abs=config.search.use_abs,
+        label_smoothing=config.label_smoothing,
+        swap_rate=swap_rate,
+        options=options,
+    )
     # Host copies first: the step donates the state, which must not free the caller's arrays.
     state = replicate(mesh, utils.as_numpy(state))
     frozen = replicate(mesh, frozen)
@@ -362,54 +440,92 @@ def train_loop(*, config, workdir: str, module, ds, mesh: Mesh, kind: str, train
     # made and placed on the mesh while a step runs.
     data_workers = config.get("data_workers", input_pipeline.AUTO_WORKERS)
     workers = input_pipeline.resolve_workers(data_workers, ds.train)
-    batches = iter(input_pipeline.device_prefetch(
-        input_pipeline.train_batches(ds, batch_size, seed=seed, epochs=range(start, epochs),
-                                     workers=workers, process_index=jax.process_index(),
-                                     process_count=jax.process_count(), normalize=False),
-        batch_to_mesh(mesh, ds), config.get("data_prefetch", 2)))
+    batches = iter(
+        input_pipeline.device_prefetch(
+            input_pipeline.train_batches(
+                ds,
+                batch_size,
+                seed=seed,
+                epochs=range(start, epochs),
+                workers=workers,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                normalize=False,
+            ),
+            batch_to_mesh(mesh, ds),
+            config.get("data_prefetch", 2),
+        )
+    )
     try:  # closing waits for the last async save: a raise must not leave it half-written
         for epoch in range(start, epochs):
             t0 = time.time()
             lr = float(schedule(epoch * spe))
-            metrics = []   # per-step device scalars, summed once per epoch
-            bar = tqdm(total=spe, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False,
-                       disable=None) if tqdm else None
-            if bar is not None and bar.disable:   # not a terminal: no bar, no host syncs
+            metrics = []  # per-step device scalars, summed once per epoch
+            bar = (
+                tqdm(
+                    total=spe, desc=f"{kind} epoch {epoch + 1}/{epochs}", leave=False, disable=None
+                )
+                if tqdm
+                else None
+            )
+            if bar is not None and bar.disable:  # not a terminal: no bar, no host syncs
                 bar = None
             for i, (images, labels) in enumerate(itertools.islice(batches, spe)):
                 state, m = step_fn(state, frozen, images, labels)
                 utils.kill_point("step")
                 metrics.append(m)
                 if bar is not None:
-                    if i % 10 == 0 or i == spe - 1:   # a host sync: only for a visible bar
-                        bar.set_postfix(loss=f"{float(m['loss']):.3f}",
-                                        img_s=f"{(i + 1) * batch_size / (time.time() - t0):.0f}")
+                    if i % 10 == 0 or i == spe - 1:  # a host sync: only for a visible bar
+                        bar.set_postfix(
+                            loss=f"{float(m['loss']):.3f}",
+                            img_s=f"{(i + 1) * batch_size / (time.time() - t0):.0f}",
+                        )
                     bar.update(1)
             if bar is not None:
                 bar.close()
             metrics = jax.device_get(metrics)
-            _check_finite([m["finite"] for m in metrics], epoch, spe, kind, ckpt.directory,
-                          opt_cfg)
+            _check_finite([m["finite"] for m in metrics], epoch, spe, kind, ckpt.directory, opt_cfg)
             sums = {k: sum(float(m[k]) for m in metrics) for k in ("loss", "accuracy")}
             train_seconds = time.time() - t0
             loss = float(sums["loss"]) / spe
-            val = evaluate(module, eval_params(state), ds, "val", config.eval_batch_size, mesh,
-                           data_workers) if len(ds.val) else {}
-            record = {"epoch": epoch + 1, "loss": loss,
-                      "train_accuracy": float(sums["accuracy"]) / spe,
-                      "val_accuracy": val.get("accuracy"), "val_loss": val.get("loss"),
-                      "learning_rate": lr, "seconds": time.time() - t0,
-                      "train_images_per_second": spe * batch_size / train_seconds}
+            val = (
+                evaluate(
+                    module,
+                    eval_params(state),
+                    ds,
+                    "val",
+                    config.eval_batch_size,
+                    mesh,
+                    data_workers,
+                    options,
+                )
+                if len(ds.val)
+                else {}
+            )
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "train_accuracy": float(sums["accuracy"]) / spe,
+                "val_accuracy": val.get("accuracy"),
+                "val_loss": val.get("loss"),
+                "learning_rate": lr,
+                "seconds": time.time() - t0,
+                "train_images_per_second": spe * batch_size / train_seconds,
+            }
             if epoch_hook is not None:
                 record.update(epoch_hook(epoch + 1, state))
             # The line first: a kill before the save completes redoes this epoch and drops it.
             log.append(record)
             ckpt.save(epoch + 1, state)
             utils.kill_point("save")
-            utils.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in record.items() if v is not None))
+            utils.log(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in record.items()
+                    if v is not None
+                )
+            )
     finally:
         batches.close()
         ckpt.close()
     return state, log
-

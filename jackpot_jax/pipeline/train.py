@@ -21,29 +21,33 @@ import os
 import jax
 import ml_collections
 
-from jackpot_jax import engine
-from jackpot_jax import modes
-from jackpot_jax import ops
-from jackpot_jax import resume
+from jackpot_jax import kernels, utils
 from jackpot_jax import sparsity as sp
-from jackpot_jax import utils
-from jackpot_jax.criteria import WARMUPS
 from jackpot_jax.errors import ConfigError
+from jackpot_jax.pipeline import modes, resume
+from jackpot_jax.pipeline.pruning import WARMUPS
 
 MODES = ("pretrain", "search", "finetune", "eval")
 MASK_UPDATES = ("topk", "swap")
-RUNNERS = {"pretrain": modes.run_pretrain, "search": modes.run_search,
-           "finetune": modes.run_finetune, "eval": modes.run_eval}
+RUNNERS = {
+    "pretrain": modes.run_pretrain,
+    "search": modes.run_search,
+    "finetune": modes.run_finetune,
+    "eval": modes.run_eval,
+}
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """`ConfigError` for a value that cannot work, before anything runs."""
-    choices = {"mode": MODES, "search.init": WARMUPS,
-               "search.distribution": sp.DISTRIBUTIONS,
-               "search.weights": ("pretrained", "random"),
-               "finetune.weights": ("pretrained", "random"),
-               "finetune.mask": ("jackpot",) + sp.CRITERIA,
-               "search.mask_update": MASK_UPDATES}
+    choices = {
+        "mode": MODES,
+        "search.init": WARMUPS,
+        "search.distribution": sp.DISTRIBUTIONS,
+        "search.weights": ("pretrained", "random"),
+        "finetune.weights": ("pretrained", "random"),
+        "finetune.mask": ("jackpot",) + sp.CRITERIA,
+        "search.mask_update": MASK_UPDATES,
+    }
     for key, allowed in choices.items():
         node, leaf = config, key
         if "." in key:
@@ -55,18 +59,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"sparsity={config.sparsity!r} must be in [0, 1)")
     if config.search.mask_update == "swap":
         if config.search.distribution == "global":
-            raise ConfigError("search.mask_update='swap' swaps within each layer: it needs "
-                              "per-layer counts, so search.distribution must be "
-                              "global_magnitude, uniform or erk, not 'global'")
+            raise ConfigError(
+                "search.mask_update='swap' swaps within each layer: it needs "
+                "per-layer counts, so search.distribution must be "
+                "global_magnitude, uniform or erk, not 'global'"
+            )
         try:
-            sp.check_swap_schedule(config.search.swap_schedule, config.search.swap_rate,
-                                   config.search.swap_power)
+            sp.check_swap_schedule(
+                config.search.swap_schedule, config.search.swap_rate, config.search.swap_power
+            )
         except ValueError as e:
             raise ConfigError(f"search.swap_*: {e}") from e
         if config.search.get("pattern", ""):
-            raise ConfigError(f"search.mask_update='swap' keeps per-layer counts, not an N:M "
-                              f"pattern: use mask_update='topk' with search.pattern="
-                              f"{config.search.pattern!r}")
+            raise ConfigError(
+                f"search.mask_update='swap' keeps per-layer counts, not an N:M "
+                f"pattern: use mask_update='topk' with search.pattern="
+                f"{config.search.pattern!r}"
+            )
     try:
         sp.parse_pattern(config.search.get("pattern", ""))
     except ValueError as e:
@@ -77,26 +86,33 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for section in ("pretrain", "search", "finetune"):
         if config[section].epochs < 0:
             raise ConfigError(f"{section}.epochs={config[section].epochs!r} must be >= 0")
-    if config.get("conv_impl", "auto") not in ops.IMPLS:
-        raise ConfigError(f"conv_impl={config.conv_impl!r}; expected one of {ops.IMPLS}")
-    if config.get("compute_dtype", "float32") not in engine.COMPUTE_DTYPES:
-        raise ConfigError(f"compute_dtype={config.compute_dtype!r}; expected one of "
-                          f"{engine.COMPUTE_DTYPES}")
+    try:  # conv_impl, compute_dtype (and onednn, mask_layout, radix_bits where set)
+        kernels.ComputeOptions.from_config(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if config.num_processes is not None and not (
-            config.process_id is None or 0 <= config.process_id < config.num_processes):
-        raise ConfigError(f"process_id={config.process_id!r} must be in [0, "
-                          f"num_processes={config.num_processes})")
+        config.process_id is None or 0 <= config.process_id < config.num_processes
+    ):
+        raise ConfigError(
+            f"process_id={config.process_id!r} must be in [0, num_processes={config.num_processes})"
+        )
 
 
 def init_distributed(config) -> None:
     """`jax.distributed.initialize` when the config asks for several processes (it must come
     before any other JAX call); unset fields are left to JAX's detection."""
-    if not (config.distributed or config.coordinator_address or config.num_processes
-            or config.process_id is not None):
+    if not (
+        config.distributed
+        or config.coordinator_address
+        or config.num_processes
+        or config.process_id is not None
+    ):
         return
-    jax.distributed.initialize(coordinator_address=config.coordinator_address or None,
-                               num_processes=config.num_processes,
-                               process_id=config.process_id)
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address or None,
+        num_processes=config.num_processes,
+        process_id=config.process_id,
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -109,6 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init_distributed(config)
     workdir = os.path.abspath(workdir)
     resume.prepare_workdir(config, workdir)
-    utils.log(ops.describe(config.get("compute_dtype", "float32")))
-    utils.log(sp.describe_masks())
+    compute = kernels.ComputeOptions.from_config(config)
+    utils.log(kernels.describe_convolutions(compute))
+    utils.log(kernels.describe_masks(compute))
     return RUNNERS[config.mode](config, workdir)

@@ -13,57 +13,65 @@ def _sgd(lr, epochs, weight_decay, momentum=0.9):
     # schedule: "cosine_epoch" (cosine stepped once per epoch, the official code) or
     # "cosine_step" (the same cosine stepped every optimiser step); batch_size: this mode's
     # global batch (0 = the config's batch_size)
-    return ml_collections.ConfigDict(dict(lr=lr, epochs=epochs, weight_decay=weight_decay,
-                                          momentum=momentum, nesterov=False,
-                                          schedule="cosine_epoch", batch_size=0))
+    return ml_collections.ConfigDict(
+        dict(
+            lr=lr,
+            epochs=epochs,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=False,
+            schedule="cosine_epoch",
+            batch_size=0,
+        )
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.mode = "search"             # pretrain | search | finetune | eval
-    c.model = "lenet5"            # a name of jackpot_jax.models.MODEL_NAMES
-    c.model_options = ml_collections.ConfigDict()   # e.g. {'width': 2}; num_classes from data
-    c.dataset = "fashion_mnist"   # fashion_mnist | cifar10 | cifar100 | imagenet_folder | imagenet2012 | synthetic:<name>
-    c.data_dir = ""               # where the dataset files are ("" = standard places)
-    c.data_workers = -1           # loader processes; 0 = main process; -1 = one per core for
-                                  # decoded files (image folders, tfds), 0 for in-memory arrays
-    c.data_prefetch = 2           # batches made and placed on the devices ahead of the step
-    c.image_size = 0              # ImageNet-style data only: crop size (0 = 224)
-    c.val_examples = 5000         # held out of the training set for model selection
+    c.mode = "search"  # pretrain | search | finetune | eval
+    c.model = "lenet5"  # a name of jackpot_jax.models.MODEL_NAMES
+    c.model_options = ml_collections.ConfigDict()  # e.g. {'width': 2}; num_classes from data
+    c.dataset = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | imagenet_folder | imagenet2012 | synthetic:<name>
+    c.data_dir = ""  # where the dataset files are ("" = standard places)
+    c.data_workers = -1  # loader processes; 0 = main process; -1 = one per core for
+    # decoded files (image folders, tfds), 0 for in-memory arrays
+    c.data_prefetch = 2  # batches made and placed on the devices ahead of the step
+    c.image_size = 0  # ImageNet-style data only: crop size (0 = 224)
+    c.val_examples = 5000  # held out of the training set for model selection
     c.split_seed = 0
-    c.train_subset = 0            # 0 = all (a small number for smoke runs)
+    c.train_subset = 0  # 0 = all (a small number for smoke runs)
     c.test_subset = 0
     c.seed = 0
-    c.batch_size = 256            # global batch, split across devices
+    c.batch_size = 256  # global batch, split across devices
     c.eval_batch_size = 1000
     c.label_smoothing = 0.0
-    c.num_devices = 0             # 0 = all devices
-    c.compute_dtype = "float32"   # | bfloat16: activations and masked weights (training steps)
-    c.conv_impl = "auto"          # | xla | explicit: convolution gradients (jackpot_jax.ops)
+    c.num_devices = 0  # 0 = all devices
+    c.compute_dtype = "float32"  # | bfloat16: activations and masked weights (training steps)
+    c.conv_impl = "auto"  # | xla | explicit: convolution gradients (jackpot_jax.kernels)
     # Multi-process (jax.distributed): set the three below, or distributed=True alone to let
     # JAX detect them (SLURM, Open MPI, Kubernetes). Empty = JAX's own detection.
     c.distributed = False
-    c.coordinator_address = ""    # 'host:port' of process 0
+    c.coordinator_address = ""  # 'host:port' of process 0
     c.num_processes = config_dict.placeholder(int)
     c.process_id = config_dict.placeholder(int)
-    c.resume = True               # False: move an existing run in --workdir aside, start over
+    c.resume = True  # False: move an existing run in --workdir aside, start over
 
-    c.sparsity = 0.9              # fraction of prunable weights removed
-    c.pretrained = ""             # checkpoint dir; "" = pretrain into <workdir>/pretrain
-    c.checkpoint = ""             # eval: checkpoint dir, run workdir or jackpot.npz
+    c.sparsity = 0.9  # fraction of prunable weights removed
+    c.pretrained = ""  # checkpoint dir; "" = pretrain into <workdir>/pretrain
+    c.checkpoint = ""  # eval: checkpoint dir, run workdir or jackpot.npz
 
     c.prune = ml_collections.ConfigDict()
-    c.prune.include = ()          # regexes over '/'-joined param paths; () = every kernel
-    c.prune.exclude = (r"(^|/)classifier(/|$)",)   # the classifier stays dense (official code)
+    c.prune.include = ()  # regexes over '/'-joined param paths; () = every kernel
+    c.prune.exclude = (r"(^|/)classifier(/|$)",)  # the classifier stays dense (official code)
 
     c.pretrain = _sgd(lr=0.1, epochs=200, weight_decay=5e-4)
 
     c.search = _sgd(lr=0.1, epochs=30, weight_decay=5e-4)
-    c.search.init = "magnitude"   # warm-up mask: magnitude | snip | grasp | random | kaiming (none)
-    c.search.score_kept = 1.0     # two-level score init (official code)
+    c.search.init = "magnitude"  # warm-up mask: magnitude | snip | grasp | random | kaiming (none)
+    c.search.score_kept = 1.0  # two-level score init (official code)
     c.search.score_pruned = 0.95
     c.search.use_abs = True
-    c.search.distribution = "global_magnitude"   # | uniform | erk | global
+    c.search.distribution = "global_magnitude"  # | uniform | erk | global
     c.search.weights = "pretrained"  # | random (Fig. 2: search in a randomly initialised net)
     # How the mask follows the scores: "topk" (recomputed every step, the 2022 code) or "swap"
     # (a persistent mask updated after every step by balanced swaps, the 2023 code; set
@@ -78,13 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.pattern = ""
 
     c.finetune = _sgd(lr=0.01, epochs=10, weight_decay=0.0)
-    c.finetune.mask = "jackpot"   # | magnitude | snip | grasp | random (weight-tuning baselines)
-    c.finetune.jackpot = ""       # search workdir or jackpot.npz; "" = search into <workdir>/search
+    c.finetune.mask = "jackpot"  # | magnitude | snip | grasp | random (weight-tuning baselines)
+    c.finetune.jackpot = ""  # search workdir or jackpot.npz; "" = search into <workdir>/search
     c.finetune.weights = "pretrained"  # | random (with mask='snip': SNIP + training from init)
 
     c.criteria = ml_collections.ConfigDict()
     c.criteria.snip_batches = 1
-    c.criteria.grasp_per_class = 10      # GraSP code: 10 samples per class on CIFAR-10
+    c.criteria.grasp_per_class = 10  # GraSP code: 10 samples per class on CIFAR-10
     c.criteria.grasp_temperature = 200.0
     return c
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jackpot_jax import input_pipeline
-from jackpot_jax import ops
+from jackpot_jax import kernels, utils
 from jackpot_jax import sparsity as sp
-from jackpot_jax import utils
+from jackpot_jax.data import input_pipeline
 
 WARMUPS = ("magnitude", "snip", "grasp", "random", "kaiming")
 
@@ -34,14 +33,20 @@ def criterion_importance(name: str, config, module, variables, ds, seed: int, fi
 
     def logits_fn(p, x):
         # Train mode (batch statistics), as SNIP/GraSP compute on a mini-batch; stats discarded.
-        out, _ = module.apply(utils.variables_of(p, batch_stats), x, train=True,
-                              mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        out, _ = module.apply(
+            utils.variables_of(p, batch_stats),
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(0)},
+        )
         return out
 
     if name == "snip":
         batches = []
-        it = input_pipeline.iterate_batches(ds, "train", config.batch_size, train=True,
-                                            seed=seed, epoch=10_000)
+        it = input_pipeline.iterate_batches(
+            ds, "train", config.batch_size, train=True, seed=seed, epoch=10_000
+        )
         for _ in range(config.criteria.snip_batches):
             batches.append(next(it))
         return sp.snip_scores(sp.temperature_loss(logits_fn, 1.0), params, batches, filter_fn)
@@ -54,7 +59,7 @@ def criterion_importance(name: str, config, module, variables, ds, seed: int, fi
         loss = sp.temperature_loss(logits_fn, config.criteria.grasp_temperature)
         # The Hessian-vector product is forward-over-reverse: XLA's own convolution (the
         # explicit one defines only a reverse-mode rule).
-        with ops.use_impl("xla"):
+        with kernels.use(conv_impl="xla"):
             return sp.grasp_scores(loss, params, batches, filter_fn)
     raise ValueError(f"criterion={name!r}; expected one of {sp.CRITERIA}")
 
@@ -71,8 +76,7 @@ def budget_for(config, params, filter_fn):
     pattern = pattern_of(config)
     if pattern is not None:
         return sp.nm_budget(params, pattern, filter_fn)
-    return sp.keep_counts(params, config.sparsity, config.search.distribution,
-                          filter_fn=filter_fn)
+    return sp.keep_counts(params, config.sparsity, config.search.distribution, filter_fn=filter_fn)
 
 
 def criterion_mask(name: str, config, module, variables, ds, seed, filter_fn, budget):
@@ -89,10 +93,14 @@ def pattern_report(masks, config, target: bool = True) -> dict:
     if pattern is None:
         return {}
     s = sp.pattern_summary(masks, pattern)
-    out = {"pattern": s["pattern"], "sparsity_achieved": s["sparsity_patterned"],
-           "sparsity_achieved_all_masked": s["sparsity_all_masked"],
-           "patterned_layers": s["patterned_layers"], "dense_kept": s["dense_kept"],
-           "pattern_satisfied": s["pattern_satisfied"]}
+    out = {
+        "pattern": s["pattern"],
+        "sparsity_achieved": s["sparsity_patterned"],
+        "sparsity_achieved_all_masked": s["sparsity_all_masked"],
+        "patterned_layers": s["patterned_layers"],
+        "dense_kept": s["dense_kept"],
+        "pattern_satisfied": s["pattern_satisfied"],
+    }
     if target:
         out["sparsity_target"] = pattern.sparsity
     return out

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grain
 import numpy as np
 
-from jackpot_jax import augment as aug
+from jackpot_jax.data import augment as aug
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()  # files already reported by this process
@@ -64,8 +64,10 @@ def resolve_workers(requested: int, split) -> int:
     if requested == AUTO_WORKERS:
         return 0 if split.in_memory else default_workers()
     if requested < 0:
-        raise ValueError(f'data_workers={requested}: use a count >= 0 (0 = the main process) '
-                         f'or {AUTO_WORKERS} (one per core for decoded files)')
+        raise ValueError(
+            f'data_workers={requested}: use a count >= 0 (0 = the main process) '
+            f'or {AUTO_WORKERS} (one per core for decoded files)'
+        )
     return requested
 
 
@@ -154,10 +156,16 @@ class ReadBatch:
         if hasattr(source, 'path'):  # image_folder.FolderSource: files, labels known
             return [None] * len(keys), split.labels[positions], [source.path(k) for k in keys]
         # tfds data sources read a batch of records in one call; plain sequences one by one.
-        records = (source.__getitems__(keys) if hasattr(source, '__getitems__')
-                   else [source[k] for k in keys])
-        labels = (split.labels[positions] if split.labels is not None
-                  else np.asarray([int(r['label']) for r in records], np.int32))
+        records = (
+            source.__getitems__(keys)
+            if hasattr(source, '__getitems__')
+            else [source[k] for k in keys]
+        )
+        labels = (
+            split.labels[positions]
+            if split.labels is not None
+            else np.asarray([int(r['label']) for r in records], np.int32)
+        )
         return [r['image'] for r in records], labels, [f'record {k}' for k in keys]
 
     def _transform(self, image, bits):
@@ -185,16 +193,14 @@ class ReadBatch:
                 if image is None:  # a file: read here, in the worker
                     with open(names[i], 'rb') as f:
                         image = f.read()
-                image = self._transform(image if isinstance(image, bytes) else np.asarray(image),
-                                        b)
+                image = self._transform(image if isinstance(image, bytes) else np.asarray(image), b)
             except aug.DECODE_ERRORS as e:
                 _warn_unreadable(names[i], e)
                 continue
             out[i] = image  # outside the try: a wrong image_shape is an error, not a bad file
             ok[i] = True
         if self.train and len(ok) and not ok.any():
-            raise OSError(f'no image of a training batch could be read or decoded: '
-                          f'{names[:3]} ...')
+            raise OSError(f'no image of a training batch could be read or decoded: {names[:3]} ...')
         return out, labels, ok
 
     def __call__(self, positions: np.ndarray) -> dict[str, np.ndarray]:
@@ -208,8 +214,11 @@ class ReadBatch:
             rows = np.flatnonzero(real)
             padded = np.zeros((len(positions), *images.shape[1:]), images.dtype)
             padded[rows] = images
-            images, labels, weight = padded, _scatter(labels, rows, len(positions)), \
-                _scatter(weight, rows, len(positions))
+            images, labels, weight = (
+                padded,
+                _scatter(labels, rows, len(positions)),
+                _scatter(weight, rows, len(positions)),
+            )
         if self.train and not ok.all():
             # Training keeps the batch full: an unreadable row takes the next readable one.
             good = np.flatnonzero(weight > 0)
@@ -261,10 +270,20 @@ class BatchPositions:
         return positions
 
 
-def split_batches(ds, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                  epoch: int = 0, drop_remainder: bool | None = None, pad: bool = False,
-                  process_index: int = 0, process_count: int = 1,
-                  normalize: bool = True) -> grain.MapDataset:
+def split_batches(
+    ds,
+    split: str,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool | None = None,
+    pad: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
+    normalize: bool = True,
+) -> grain.MapDataset:
     """The batches of one pass over a split, as a grain MapDataset (random access by batch).
 
     train=True: the (seed, epoch) order and augmentation, drop_remainder by default.
@@ -277,34 +296,49 @@ def split_batches(ds, split: str, batch_size: int, *, train: bool, seed: int = 0
     drop = train if drop_remainder is None else drop_remainder
     total = num_batches(part, batch_size, drop_remainder=drop)
     if total == 0 and len(part) > 0:
-        raise ValueError(f'{split} split has {len(part)} examples: fewer than '
-                         f'batch_size={batch_size} with drop_remainder=True gives no batches')
+        raise ValueError(
+            f'{split} split has {len(part)} examples: fewer than '
+            f'batch_size={batch_size} with drop_remainder=True gives no batches'
+        )
     if batch_size % process_count:
-        raise ValueError(f'batch_size={batch_size} does not split across {process_count} '
-                         'processes')
+        raise ValueError(f'batch_size={batch_size} does not split across {process_count} processes')
     if not 0 <= process_index < process_count:
         raise ValueError(f'process_index={process_index} not in [0, {process_count})')
     if process_count > 1 and not pad and total * batch_size > len(part):
         raise ValueError('a last partial batch split across processes needs pad=True')
     # One element per (global batch, process); the shuffle is one vectorised permutation per
     # epoch: grain's per-example MapDataset.shuffle + batch cost as much as CIFAR's augmentation.
-    positions = BatchPositions(len(part), batch_size, process_count, pad,
-                               (seed, epoch) if train else None)
-    reader = ReadBatch(part, ds.augment, train, tuple(ds.image_shape), ds.mean, ds.std,
-                       augment_key(seed, epoch), normalize)
-    return (grain.MapDataset.range(total * process_count)[process_index::process_count]
-            .map(positions).map(reader))
+    positions = BatchPositions(
+        len(part), batch_size, process_count, pad, (seed, epoch) if train else None
+    )
+    reader = ReadBatch(
+        part,
+        ds.augment,
+        train,
+        tuple(ds.image_shape),
+        ds.mean,
+        ds.std,
+        augment_key(seed, epoch),
+        normalize,
+    )
+    return (
+        grain.MapDataset.range(total * process_count)[process_index::process_count]
+        .map(positions)
+        .map(reader)
+    )
 
 
 def _ensure_absl_flags_parsed():
     # grain's worker start reads an absl flag; library callers (tests, notebooks) never parse.
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
-def loader(batches: grain.MapDataset | Sequence[grain.MapDataset],
-           workers: int = 0) -> grain.IterDataset:
+def loader(
+    batches: grain.MapDataset | Sequence[grain.MapDataset], workers: int = 0
+) -> grain.IterDataset:
     """Iterates the batches (several passes: concatenated) in `workers` processes (0: here).
 
     The workers start once for all the passes given, so one loader per training run keeps
@@ -315,28 +349,67 @@ def loader(batches: grain.MapDataset | Sequence[grain.MapDataset],
     it = batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if workers > 0:
         _ensure_absl_flags_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                         per_worker_buffer_size=1))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=1)
+        )
     return it
 
 
-def train_batches(ds, batch_size: int, *, seed: int, epochs: Sequence[int], workers: int = 0,
-                  process_index: int = 0, process_count: int = 1,
-                  normalize: bool = True) -> grain.IterDataset:
+def train_batches(
+    ds,
+    batch_size: int,
+    *,
+    seed: int,
+    epochs: Sequence[int],
+    workers: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    normalize: bool = True,
+) -> grain.IterDataset:
     """The training batches of `epochs` (e.g. range(start, total)) one after the other."""
-    return loader([split_batches(ds, 'train', batch_size, train=True, seed=seed, epoch=e,
-                                 process_index=process_index, process_count=process_count,
-                                 normalize=normalize)
-                   for e in epochs], workers)
+    return loader(
+        [
+            split_batches(
+                ds,
+                'train',
+                batch_size,
+                train=True,
+                seed=seed,
+                epoch=e,
+                process_index=process_index,
+                process_count=process_count,
+                normalize=normalize,
+            )
+            for e in epochs
+        ],
+        workers,
+    )
 
 
-def eval_batches(ds, split: str, batch_size: int, *, workers: int = 0, process_index: int = 0,
-                 process_count: int = 1, normalize: bool = True) -> grain.IterDataset:
+def eval_batches(
+    ds,
+    split: str,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    normalize: bool = True,
+) -> grain.IterDataset:
     """One pass over a split in order, every batch `batch_size` rows (padding: weight 0)."""
-    return loader(split_batches(ds, split, batch_size, train=False, pad=True,
-                                process_index=process_index, process_count=process_count,
-                                normalize=normalize),
-                  workers)
+    return loader(
+        split_batches(
+            ds,
+            split,
+            batch_size,
+            train=False,
+            pad=True,
+            process_index=process_index,
+            process_count=process_count,
+            normalize=normalize,
+        ),
+        workers,
+    )
 
 
 def device_prefetch(batches: grain.IterDataset, put: Callable, size: int = 2) -> grain.IterDataset:
@@ -356,9 +429,18 @@ def device_prefetch(batches: grain.IterDataset, put: Callable, size: int = 2) ->
 # Convenience: numpy batches
 
 
-def iterate_batches(ds, split: str, batch_size: int, *, train: bool, seed: int = 0,
-                    epoch: int = 0, drop_remainder: bool | None = None, start_batch: int = 0,
-                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iterate_batches(
+    ds,
+    split: str,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_remainder: bool | None = None,
+    start_batch: int = 0,
+    workers: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields (float32 NHWC normalised images, int32 labels) of one pass over a split.
 
     train=True: the (seed, epoch) order and augmentation, drop_remainder by default.
@@ -366,8 +448,9 @@ def iterate_batches(ds, split: str, batch_size: int, *, train: bool, seed: int =
     CenterCrop), the last partial batch included by default, unreadable files left out.
     `start_batch` skips the first batches of the same sequence.
     """
-    d = split_batches(ds, split, batch_size, train=train, seed=seed, epoch=epoch,
-                      drop_remainder=drop_remainder)
+    d = split_batches(
+        ds, split, batch_size, train=train, seed=seed, epoch=epoch, drop_remainder=drop_remainder
+    )
     if not 0 <= start_batch <= len(d):
         raise ValueError(f'start_batch={start_batch} must be in [0, {len(d)}]')
     for b in loader(d[start_batch:], workers):
@@ -390,8 +473,10 @@ def balanced_batch(ds, split: str, per_class: int, seed: int) -> tuple[np.ndarra
         for c in range(ds.num_classes):
             where = np.flatnonzero(part.labels == c)
             if len(where) < per_class:
-                raise ValueError(f'{split} split has {len(where)} examples of class {c}, '
-                                 f'fewer than per_class={per_class}')
+                raise ValueError(
+                    f'{split} split has {len(where)} examples of class {c}, '
+                    f'fewer than per_class={per_class}'
+                )
             chosen.append(np.sort(rng.choice(where, per_class, replace=False)))
         idx = np.concatenate(chosen)
     else:  # labels live in the records: scan a random order until every class is full
@@ -407,8 +492,10 @@ def balanced_batch(ds, split: str, per_class: int, seed: int) -> tuple[np.ndarra
                     break
         short = [c for c, v in picked.items() if len(v) < per_class]
         if short:
-            raise ValueError(f'{split} split has fewer than per_class={per_class} examples '
-                             f'of classes {short[:10]}')
+            raise ValueError(
+                f'{split} split has fewer than per_class={per_class} examples '
+                f'of classes {short[:10]}'
+            )
         idx = np.concatenate([np.sort(picked[c]) for c in range(ds.num_classes)]).astype(int)
     batch = ReadBatch(part, ds.augment, False, tuple(ds.image_shape), ds.mean, ds.std)(idx)
     return batch['image'], batch['label']

@@ -15,18 +15,20 @@ import os
 
 import numpy as np
 
-from jackpot_jax.augment import IMAGE_EXTENSIONS
+from jackpot_jax.data.augment import IMAGE_EXTENSIONS
 
 
 def find_classes(directory: str) -> list[str]:
     """Sorted names of the sub-folders of `directory` (as ImageFolder's `find_classes`)."""
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f'{directory} is not a directory (expected one folder of '
-                                'images per class in it)')
+        raise FileNotFoundError(
+            f'{directory} is not a directory (expected one folder of images per class in it)'
+        )
     classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
     if not classes:
-        raise FileNotFoundError(f'{directory} has no class folder (expected one folder of '
-                                'images per class in it)')
+        raise FileNotFoundError(
+            f'{directory} has no class folder (expected one folder of images per class in it)'
+        )
     return classes
 
 
@@ -45,8 +47,10 @@ def list_images(directory: str, classes: list[str]) -> tuple[list[str], np.ndarr
                     paths.append(os.path.relpath(os.path.join(root, file_name), directory))
                     found += 1
         if not found:
-            raise FileNotFoundError(f'class folder {class_dir} has no image file (extensions, '
-                                    f"any case: {', '.join(IMAGE_EXTENSIONS)})")
+            raise FileNotFoundError(
+                f'class folder {class_dir} has no image file (extensions, '
+                f"any case: {', '.join(IMAGE_EXTENSIONS)})"
+            )
         labels += [label] * found
     return paths, np.asarray(labels, np.int32)
 
@@ -63,9 +67,10 @@ class FolderSource:
     relpaths: np.ndarray  # dtype 'S': os.fsencode'd paths relative to root
 
     @classmethod
-    def from_paths(cls, root: str, relpaths: list[str]) -> 'FolderSource':
-        return cls(os.path.abspath(root), np.asarray([os.fsencode(p) for p in relpaths],
-                                                     dtype=bytes))
+    def from_paths(cls, root: str, relpaths: list[str]) -> FolderSource:
+        return cls(
+            os.path.abspath(root), np.asarray([os.fsencode(p) for p in relpaths], dtype=bytes)
+        )
 
     def __len__(self) -> int:
         return len(self.relpaths)
@@ -85,22 +90,33 @@ def load_image_folder(data_dir: str | None):
     one that DIR/train lacks. Missing folders and empty classes raise errors naming the path.
     """
     if not data_dir:
-        raise ValueError("dataset 'imagenet_folder' needs --config.data_dir=DIR, with the "
-                         'training images in DIR/train/<class>/ and the validation images in '
-                         'DIR/val/<class>/')
+        raise ValueError(
+            "dataset 'imagenet_folder' needs --config.data_dir=DIR, with the "
+            'training images in DIR/train/<class>/ and the validation images in '
+            'DIR/val/<class>/'
+        )
     train_dir, val_dir = os.path.join(data_dir, 'train'), os.path.join(data_dir, 'val')
     for directory in (data_dir, train_dir, val_dir):
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f'{directory} is not a directory; imagenet_folder reads '
-                                    f'DIR/train/<class>/* and DIR/val/<class>/* (DIR={data_dir})')
+            raise FileNotFoundError(
+                f'{directory} is not a directory; imagenet_folder reads '
+                f'DIR/train/<class>/* and DIR/val/<class>/* (DIR={data_dir})'
+            )
     classes = find_classes(train_dir)
     val_classes = find_classes(val_dir)
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
-        raise ValueError(f'{val_dir} has class folders that {train_dir} lacks: {unknown[:5]}; '
-                         'labels are positions in the sorted training classes')
+        raise ValueError(
+            f'{val_dir} has class folders that {train_dir} lacks: {unknown[:5]}; '
+            'labels are positions in the sorted training classes'
+        )
     train_paths, train_labels = list_images(train_dir, classes)
     val_paths, val_local = list_images(val_dir, val_classes)
     val_labels = np.asarray([classes.index(c) for c in val_classes], np.int32)[val_local]
-    return (classes, FolderSource.from_paths(train_dir, train_paths), train_labels,
-            FolderSource.from_paths(val_dir, val_paths), val_labels)
+    return (
+        classes,
+        FolderSource.from_paths(train_dir, train_paths),
+        train_labels,
+        FolderSource.from_paths(val_dir, val_paths),
+        val_labels,
+    )

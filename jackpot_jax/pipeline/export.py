@@ -15,12 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from jackpot_jax import checkpoint as ckpt_lib
-from jackpot_jax import models
+from jackpot_jax import models, utils
 from jackpot_jax import sparsity as sp
-from jackpot_jax import utils
 from jackpot_jax.errors import InputError, MissingInputError
-
+from jackpot_jax.pipeline import checkpoint as ckpt_lib
 
 JACKPOT_GROUPS = ("masks", "params", "batch_stats")
 
@@ -48,8 +46,10 @@ def read_jackpot(path: str | os.PathLike) -> dict[str, Any]:
                 elif group in JACKPOT_GROUPS and leaf:
                     out[group][leaf] = data[key]
                 else:
-                    raise InputError(f"{path}: unexpected key {key!r} (want meta or "
-                                     f"{'/<path>, '.join(JACKPOT_GROUPS)}/<path>)")
+                    raise InputError(
+                        f"{path}: unexpected key {key!r} (want meta or "
+                        f"{'/<path>, '.join(JACKPOT_GROUPS)}/<path>)"
+                    )
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
         if isinstance(e, InputError):
             raise
@@ -57,12 +57,16 @@ def read_jackpot(path: str | os.PathLike) -> dict[str, Any]:
     for leaf, m in out["masks"].items():
         bad = m[(m != 0) & (m != 1)]
         if bad.size:
-            raise InputError(f"{path}: masks/{leaf} holds {bad.size} values that are not 0 or 1 "
-                             f"(e.g. {bad.flat[0]!r}); a mask keeps (1) or prunes (0) a weight")
+            raise InputError(
+                f"{path}: masks/{leaf} holds {bad.size} values that are not 0 or 1 "
+                f"(e.g. {bad.flat[0]!r}); a mask keeps (1) or prunes (0) a weight"
+            )
         p = out["params"].get(leaf)
         if out["params"] and (p is None or p.shape != m.shape):
-            raise InputError(f"{path}: masks/{leaf} has shape {m.shape} but params/{leaf} is "
-                             f"{'missing' if p is None else p.shape}")
+            raise InputError(
+                f"{path}: masks/{leaf} has shape {m.shape} but params/{leaf} is "
+                f"{'missing' if p is None else p.shape}"
+            )
     return out
 
 
@@ -80,15 +84,24 @@ def write_jackpot(workdir, config, opts, masks, variables, source) -> str:
     """jackpot.npz: masks/<path> (prunable leaves), params/<path> (masked weights, every
     param leaf), batch_stats/<path>, and meta (JSON: arch, options, sparsity, source)."""
     arrays = {f"masks/{p}": np.asarray(m, np.uint8) for p, m in sp.flatten_paths(masks).items()}
-    arrays.update({f"params/{p}": np.asarray(v)
-                   for p, v in sp.flatten_paths(variables["params"]).items()})
+    arrays.update(
+        {f"params/{p}": np.asarray(v) for p, v in sp.flatten_paths(variables["params"]).items()}
+    )
     if variables.get("batch_stats"):
-        arrays.update({f"batch_stats/{p}": np.asarray(v)
-                       for p, v in sp.flatten_paths(variables["batch_stats"]).items()})
+        arrays.update(
+            {
+                f"batch_stats/{p}": np.asarray(v)
+                for p, v in sp.flatten_paths(variables["batch_stats"]).items()
+            }
+        )
     pattern = sp.parse_pattern(config.search.get("pattern", ""))
-    meta = {"arch": config.model, "options": opts, "pretrained_checkpoint": source,
-            "sparsity_target": pattern.sparsity if pattern else config.sparsity,
-            "pattern": str(pattern) if pattern else None}
+    meta = {
+        "arch": config.model,
+        "options": opts,
+        "pretrained_checkpoint": source,
+        "sparsity_target": pattern.sparsity if pattern else config.sparsity,
+        "pattern": str(pattern) if pattern else None,
+    }
     arrays["meta"] = np.asarray(json.dumps(meta))
     path = os.path.join(workdir, "jackpot.npz")
     if utils.is_primary():
@@ -114,14 +127,20 @@ def load_jackpot(path: str, input_shape=None) -> tuple[dict, dict, dict, dict]:
             f"{_npz_path(path)} has no 'meta' entry naming the model ({{'arch': ..., 'options': "
             "{...}}), so the network cannot be rebuilt: it was not written by the jackpot_jax "
             "pipeline. Export it with tools/convert_torch_weights.py --to-torch --input "
-            f"<checkpoint dir> --jackpot {_npz_path(path)} instead")
+            f"<checkpoint dir> --jackpot {_npz_path(path)} instead"
+        )
     params = ckpt_lib._nest(jackpot["params"])
     batch_stats = ckpt_lib._nest(jackpot["batch_stats"])
     if input_shape is not None:
-        ckpt_lib.check_variables(model_of(meta, path), utils.variables_of(
-            params, batch_stats or None), input_shape, _npz_path(path))
-    masks = sp.tree_from_paths(params, {k: v.astype(np.float32)
-                                        for k, v in jackpot["masks"].items()})
+        ckpt_lib.check_variables(
+            model_of(meta, path),
+            utils.variables_of(params, batch_stats or None),
+            input_shape,
+            _npz_path(path),
+        )
+    masks = sp.tree_from_paths(
+        params, {k: v.astype(np.float32) for k, v in jackpot["masks"].items()}
+    )
     return meta, masks, params, batch_stats
 
 
@@ -130,8 +149,10 @@ def model_of(meta: dict, path):
     try:
         return models.get_model(meta["arch"], **meta["options"])
     except (TypeError, ValueError) as e:
-        raise InputError(f"{_npz_path(path)}: its meta names {meta['arch']!r} with options "
-                         f"{meta['options']}, which cannot be built ({e})") from e
+        raise InputError(
+            f"{_npz_path(path)}: its meta names {meta['arch']!r} with options "
+            f"{meta['options']}, which cannot be built ({e})"
+        ) from e
 
 
 def _same_weights(variables, params, masks) -> bool:
@@ -160,8 +181,9 @@ def load_jackpot_for_training(path, config, input_shape=None):
     meta, masks, params, batch_stats = load_jackpot(path, input_shape)
     npz = _npz_path(path)
     source = meta.get("pretrained_checkpoint")
-    candidates = [c for c in (source, os.path.join(os.path.dirname(npz), "model"))
-                  if c and os.path.isdir(c)]
+    candidates = [
+        c for c in (source, os.path.join(os.path.dirname(npz), "model")) if c and os.path.isdir(c)
+    ]
     tried = []
     for cand in candidates:
         info = ckpt_lib.load_model_info(cand)
@@ -173,29 +195,36 @@ def load_jackpot_for_training(path, config, input_shape=None):
             tried.append(f"{cand} holds other weights than the jackpot's")
             continue
         if cand != source and source:
-            utils.log(f"{source} is not the jackpot's pre-trained checkpoint any more; "
-                      f"using {cand}")
-        variables = utils.variables_of(variables["params"],
-                                       batch_stats or utils.batch_stats_of(variables))
+            utils.log(
+                f"{source} is not the jackpot's pre-trained checkpoint any more; using {cand}"
+            )
+        variables = utils.variables_of(
+            variables["params"], batch_stats or utils.batch_stats_of(variables)
+        )
         return module, variables, meta["options"], masks, source
-    raise InputError(f"{npz}: no checkpoint with the jackpot's unmasked weights ({meta['arch']} "
-                     f"{meta['options']}): " + ("; ".join(tried) if tried else
-                                                f"neither {source!r} nor a model/ beside it "
-                                                "exists"))
+    raise InputError(
+        f"{npz}: no checkpoint with the jackpot's unmasked weights ({meta['arch']} "
+        f"{meta['options']}): "
+        + ("; ".join(tried) if tried else f"neither {source!r} nor a model/ beside it exists")
+    )
 
 
 def load_for_eval(path: str, input_shape=None):
     """(module, variables, masks or None, kind) for a checkpoint dir, workdir or jackpot.npz,
     checked against the model's shapes on `input_shape` (H, W, C) when given."""
     if not os.path.exists(path):
-        raise MissingInputError(f"checkpoint={path!r} does not exist (expected a checkpoint "
-                                "directory, a run's workdir or a jackpot.npz)")
+        raise MissingInputError(
+            f"checkpoint={path!r} does not exist (expected a checkpoint "
+            "directory, a run's workdir or a jackpot.npz)"
+        )
     if path.endswith(".npz") or os.path.isfile(os.path.join(path, "jackpot.npz")):
         meta, masks, params, batch_stats = load_jackpot(path, input_shape)
         module = model_of(meta, path)
         return module, utils.variables_of(params, batch_stats or None), masks, "jackpot"
-    model_dir = path if os.path.isdir(os.path.join(path, ckpt_lib.VARIABLES_DIR)) else \
-        os.path.join(path, "model")
+    model_dir = (
+        path
+        if os.path.isdir(os.path.join(path, ckpt_lib.VARIABLES_DIR))
+        else os.path.join(path, "model")
+    )
     module, variables = ckpt_lib.load_model(model_dir, input_shape)
     return module, variables, None, "dense"
-

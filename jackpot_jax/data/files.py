@@ -9,7 +9,7 @@
 
 Every download streams into a temporary file, is checked against the published MD5 and only
 then renamed into place; a mismatch raises `ChecksumError` naming the file and both sums.
-Functions return numpy arrays; `jackpot_jax.data` makes datasets of them.
+Functions return numpy arrays; `jackpot_jax.data.datasets` makes datasets of them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+
+from jackpot_jax.cache import cache_root  # noqa: F401  (re-exported)
 
 # Official location and checksums of the four gzipped files (zalandoresearch/fashion-mnist
 # README). Debian's `dataset-fashion-mnist` recompresses them, so its .gz bytes have other
@@ -71,21 +73,23 @@ def parse_idx(data: bytes) -> np.ndarray:
     if data[:2] == b'\x1f\x8b':
         data = gzip.decompress(data)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f'not an IDX file: magic number {data[:4].hex()!r} '
-                         'should start with two zero bytes')
+        raise ValueError(
+            f'not an IDX file: magic number {data[:4].hex()!r} should start with two zero bytes'
+        )
     code, ndim = data[2], data[3]
     if code not in _IDX_DTYPES:
         raise ValueError(f'IDX file has unknown data type code 0x{code:02x}')
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f'IDX file truncated in its header ({len(data)} bytes, '
-                         f'{ndim} dimensions)')
+        raise ValueError(f'IDX file truncated in its header ({len(data)} bytes, {ndim} dimensions)')
     shape = tuple(int(d) for d in np.frombuffer(data, dtype='>u4', count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
     expected = math.prod(shape) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f'IDX file of shape {shape} and type {dtype} should hold '
-                         f'{expected} data bytes, has {len(data) - header}')
+        raise ValueError(
+            f'IDX file of shape {shape} and type {dtype} should hold '
+            f'{expected} data bytes, has {len(data) - header}'
+        )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder('='), copy=True)
 
@@ -96,23 +100,19 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         return parse_idx(f.read())
 
 
-def cache_root() -> str:
-    """jackpot_jax's cache directory: ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/...``)."""
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'jackpot_jax')
-
-
 def _dpkg_dirs(package: str) -> list[str]:
     """Directories that `dpkg -L package` lists, if dpkg exists (best effort)."""
     if shutil.which('dpkg') is None:
         return []
     try:
-        out = subprocess.run(['dpkg', '-L', package], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
+        out = subprocess.run(
+            ['dpkg', '-L', package], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return sorted({os.path.dirname(line.strip()) for line in out.splitlines()
-                   if 'idx3-ubyte' in line})
+    return sorted(
+        {os.path.dirname(line.strip()) for line in out.splitlines() if 'idx3-ubyte' in line}
+    )
 
 
 def _system_fashion_mnist_dirs() -> list[str]:
@@ -172,9 +172,11 @@ def download_file(url: str, dest: str, md5: str, *, timeout: float = 60.0) -> st
                 h.update(chunk)
                 out.write(chunk)
         if h.hexdigest() != md5:
-            raise ChecksumError(f'{name} downloaded from {url}: MD5 {h.hexdigest()} does not '
-                                f'match the published {md5}; refusing the file (corrupt or '
-                                'tampered download)')
+            raise ChecksumError(
+                f'{name} downloaded from {url}: MD5 {h.hexdigest()} does not '
+                f'match the published {md5}; refusing the file (corrupt or '
+                'tampered download)'
+            )
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -182,8 +184,13 @@ def download_file(url: str, dest: str, md5: str, *, timeout: float = 60.0) -> st
     return dest
 
 
-def download_fashion_mnist(dest_dir: str, base_url: str = FASHION_MNIST_URL, *,
-                           md5s: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+def download_fashion_mnist(
+    dest_dir: str,
+    base_url: str = FASHION_MNIST_URL,
+    *,
+    md5s: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> None:
     """Downloads the four gzipped Fashion-MNIST files into `dest_dir`, verifying MD5s.
 
     Files already present with the right checksum are not fetched again.
@@ -195,8 +202,9 @@ def download_fashion_mnist(dest_dir: str, base_url: str = FASHION_MNIST_URL, *,
         download_file(base_url + name, os.path.join(dest_dir, name), md5s[name], timeout=timeout)
 
 
-def load_fashion_mnist(data_dir: str | None, download: bool = True,
-                       download_url: str | None = None):
+def load_fashion_mnist(
+    data_dir: str | None, download: bool = True, download_url: str | None = None
+):
     """(train_x, train_y, test_x, test_y) of Fashion-MNIST (uint8 NHW1, int32), found or downloaded."""
     searched = _fashion_mnist_search_dirs(data_dir)
     files = None
@@ -216,22 +224,36 @@ def load_fashion_mnist(data_dir: str | None, download: bool = True,
     if files is None:
         lines = [f'  {d}' for d in searched]
         raise FileNotFoundError(
-            'Fashion-MNIST not found. Looked for ' + ', '.join(
-                s + '(.gz)' for s in FASHION_MNIST_FILES.values())
-            + ' in:\n' + '\n'.join(lines) + '\n'
-            + (download_error + '\n' if download_error else
-               '' if download else 'download=False, so nothing was downloaded.\n')
+            'Fashion-MNIST not found. Looked for '
+            + ', '.join(s + '(.gz)' for s in FASHION_MNIST_FILES.values())
+            + ' in:\n'
+            + '\n'.join(lines)
+            + '\n'
+            + (
+                download_error + '\n'
+                if download_error
+                else ''
+                if download
+                else 'download=False, so nothing was downloaded.\n'
+            )
             + 'Provide the data by one of: `apt-get install dataset-fashion-mnist`; '
             '`--config.data_dir=DIR` (or env JACKPOT_DATA_DIR) with the four IDX files in DIR '
-            'or DIR/fashion_mnist; or download=True (optionally with download_url=BASE_URL).')
+            'or DIR/fashion_mnist; or download=True (optionally with download_url=BASE_URL).'
+        )
     arrays = {k: read_idx(p) for k, p in files.items()}
     for part in ('train', 'test'):
         images, labels = arrays[part + '_images'], arrays[part + '_labels']
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f'Fashion-MNIST {part} files have inconsistent shapes '
-                             f'{images.shape} and {labels.shape}')
-    return (arrays['train_images'][..., None], arrays['train_labels'].astype(np.int32),
-            arrays['test_images'][..., None], arrays['test_labels'].astype(np.int32))
+            raise ValueError(
+                f'Fashion-MNIST {part} files have inconsistent shapes '
+                f'{images.shape} and {labels.shape}'
+            )
+    return (
+        arrays['train_images'][..., None],
+        arrays['train_labels'].astype(np.int32),
+        arrays['test_images'][..., None],
+        arrays['test_labels'].astype(np.int32),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -240,13 +262,24 @@ def load_fashion_mnist(data_dir: str | None, download: bool = True,
 # Official archives (the dataset's page, "CIFAR-10 python version") and their published MD5s.
 CIFAR_URL = 'https://www.cs.toronto.edu/~kriz/'
 _CIFAR = {
-    'cifar10': dict(archive='cifar-10-python.tar.gz', md5='c58f30108f718f92721af3b95e74349a',
-                    folder='cifar-10-batches-py',
-                    train=[f'data_batch_{i}' for i in range(1, 6)], test=['test_batch'],
-                    label_key=b'labels', num_classes=10),
-    'cifar100': dict(archive='cifar-100-python.tar.gz', md5='eb9058c3a382ffc7106e4002c42a8d85',
-                     folder='cifar-100-python', train=['train'], test=['test'],
-                     label_key=b'fine_labels', num_classes=100),
+    'cifar10': dict(
+        archive='cifar-10-python.tar.gz',
+        md5='c58f30108f718f92721af3b95e74349a',
+        folder='cifar-10-batches-py',
+        train=[f'data_batch_{i}' for i in range(1, 6)],
+        test=['test_batch'],
+        label_key=b'labels',
+        num_classes=10,
+    ),
+    'cifar100': dict(
+        archive='cifar-100-python.tar.gz',
+        md5='eb9058c3a382ffc7106e4002c42a8d85',
+        folder='cifar-100-python',
+        train=['train'],
+        test=['test'],
+        label_key=b'fine_labels',
+        num_classes=100,
+    ),
 }
 CIFAR_NUM_CLASSES = {name: spec['num_classes'] for name, spec in _CIFAR.items()}
 
@@ -255,11 +288,13 @@ try:  # numpy >= 2 moved numpy.core to numpy._core; the official files name nump
 except ImportError:  # pragma: no cover (numpy 1.x)
     from numpy.core.multiarray import _reconstruct as _np_reconstruct
 
+
 def _latin1_bytes(text: str, encoding: str = 'latin1') -> bytes:
     # Python 3 writes bytes in protocol 2 as _codecs.encode(text, 'latin1'); nothing else.
     if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
-        raise pickle.UnpicklingError(f'_codecs.encode({type(text).__name__}, {encoding!r}) is '
-                                     "not a bytes literal")
+        raise pickle.UnpicklingError(
+            f'_codecs.encode({type(text).__name__}, {encoding!r}) is not a bytes literal'
+        )
     return text.encode('latin1')
 
 
@@ -303,13 +338,20 @@ def restricted_loads(raw: bytes, what: str):
 def _decode_cifar_batch(raw: bytes, label_key: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
     batch = restricted_loads(raw, what)
     if not isinstance(batch, dict) or b'data' not in batch or label_key not in batch:
-        raise ValueError(f'{what}: not a CIFAR batch (expected a dict with keys b"data" and '
-                         f'{label_key!r})')
+        raise ValueError(
+            f'{what}: not a CIFAR batch (expected a dict with keys b"data" and {label_key!r})'
+        )
     data = batch[b'data']
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3072:
-        raise ValueError(f'{what}: data should be a uint8 array of shape (n, 3072), got '
-                         f'{getattr(data, "dtype", type(data))} {getattr(data, "shape", "")}')
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+    ):
+        raise ValueError(
+            f'{what}: data should be a uint8 array of shape (n, 3072), got '
+            f'{getattr(data, "dtype", type(data))} {getattr(data, "shape", "")}'
+        )
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # NCHW rows -> NHWC
     labels = np.asarray(batch[label_key], dtype=np.int32)
     if len(images) != len(labels):
@@ -330,6 +372,7 @@ def _cifar_roots(name, data_dir) -> list[str]:
 
 def _read_cifar_archive(spec, archive):
     with tarfile.open(archive, 'r:*') as tar:
+
         def read(f):
             member = f"{spec['folder']}/{f}"
             try:
@@ -339,11 +382,13 @@ def _read_cifar_archive(spec, archive):
             if fh is None:
                 raise ValueError(f'{archive}: {member} is missing or not a file')
             return fh.read(), f'{archive}:{member}'
+
         return _read_cifar_parts(spec, read)
 
 
-def load_cifar(name: str, data_dir: str | None, download: bool = True,
-               download_url: str | None = None):
+def load_cifar(
+    name: str, data_dir: str | None, download: bool = True, download_url: str | None = None
+):
     """(train_x, train_y, test_x, test_y) of 'cifar10' / 'cifar100' (uint8 NHWC, int32).
 
     Looks for the extracted folder or the archive in DIR/<name>, DIR (for `data_dir` and env
@@ -358,10 +403,12 @@ def load_cifar(name: str, data_dir: str | None, download: bool = True,
         for folder in (os.path.join(root, spec['folder']), root):
             searched.append(folder + '/')
             if all(os.path.isfile(os.path.join(folder, f)) for f in spec['train'] + spec['test']):
+
                 def read(f, folder=folder):
                     path = os.path.join(folder, f)
                     with open(path, 'rb') as fh:
                         return fh.read(), path
+
                 return _read_cifar_parts(spec, read)
         archive = os.path.join(root, spec['archive'])
         searched.append(archive)
@@ -381,12 +428,19 @@ def load_cifar(name: str, data_dir: str | None, download: bool = True,
     raise FileNotFoundError(
         f'{name} not found. Looked for {spec["folder"]}/ with '
         f"{', '.join(spec['train'] + spec['test'])}, or {spec['archive']}, at:\n"
-        + '\n'.join(f'  {s}' for s in searched) + '\n'
-        + (download_error + '\n' if download_error else
-           '' if download else 'download=False, so nothing was downloaded.\n')
+        + '\n'.join(f'  {s}' for s in searched)
+        + '\n'
+        + (
+            download_error + '\n'
+            if download_error
+            else ''
+            if download
+            else 'download=False, so nothing was downloaded.\n'
+        )
         + f"Put the official python-version archive ({spec['archive']}) or its extracted "
         'folder in DIR and pass `--config.data_dir=DIR` (or set env JACKPOT_DATA_DIR), or let it '
-        'download (download=True, optionally download_url=BASE_URL).')
+        'download (download=True, optionally download_url=BASE_URL).'
+    )
 
 
 def _read_cifar_parts(spec, read):

@@ -6,12 +6,12 @@ bisection per layer) was 22% of a LeNet-5 search step and 16% of a VGG-19 one on
 the few keys of one bucket, and writes the same mask (ties to the lower flat index, NaN below
 every number): four cheap passes instead of 32, 3.3-6.9x faster for the masks of ResNet-20,
 ResNet-32x2 and ResNet-50 on 2 cores (`benchmarks/bench_masks.py`). `sparsity` uses it for
-every mask on the CPU backend (``sparsity.MASK_LAYOUT = "auto"``) when `available()`;
+every mask on the CPU backend (``ComputeOptions.mask_layout="auto"``) when `available()`;
 elsewhere, or without it, the counting search runs as before, and both give identical masks.
 `kth_largest_key` is the same select on given keys with a traced k: the thresholds of the
 persistent-mask swap rule (`sparsity.swap_masks`), 2.1-2.7x faster swaps there.
 
-It needs a C++17 compiler (the handler is compiled on first use by `jackpot_jax.native.build`,
+It needs a C++17 compiler (the handler is compiled on first use by `jackpot_jax.kernels.native.build`,
 in a few seconds, and cached) and, like the oneDNN convolutions, one device (the custom call
 has no sharding rule). ``JACKPOT_JAX_TOPK_SELECT=0`` turns it off; `unavailable_reason` says
 why it is off.
@@ -23,12 +23,11 @@ import os
 
 import numpy as np
 
-from jackpot_jax import native
+from jackpot_jax.kernels import native
 
 TARGET = "jackpot_jax_topk_mask"
 KTH_TARGET = "jackpot_jax_kth_largest_key"
 _SYMBOLS = {TARGET: "JjTopkMask", KTH_TARGET: "JjKthLargestKey"}
-
 
 
 def _load():
@@ -60,18 +59,19 @@ def topk_mask(scores, keep: int):
     `jit` on the CPU backend; raises RuntimeError when not `available()`."""
     import jax
     import jax.numpy as jnp
+
     if not available():
-        raise RuntimeError(f"jackpot_jax.topk_select: {unavailable_reason()}")
+        raise RuntimeError(f"jackpot_jax.kernels.native.topk_select: {unavailable_reason()}")
     n = int(np.size(scores))
     keep = int(keep)
     if not 0 <= keep <= n:
-        raise ValueError(f"keep={keep} is outside [0, {n}] for scores of shape "
-                         f"{np.shape(scores)}")
-    if n >= 2 ** 31:
+        raise ValueError(f"keep={keep} is outside [0, {n}] for scores of shape {np.shape(scores)}")
+    if n >= 2**31:
         raise ValueError(f"{n} scores in one array; the native select takes at most 2**31 - 1")
     scores = jnp.asarray(scores).astype(jnp.float32)
-    return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(scores.shape, jnp.bool_),
-                            vmap_method="sequential")(scores, keep=np.int64(keep))
+    return jax.ffi.ffi_call(
+        TARGET, jax.ShapeDtypeStruct(scores.shape, jnp.bool_), vmap_method="sequential"
+    )(scores, keep=np.int64(keep))
 
 
 def kth_largest_key(keys, k):
@@ -80,11 +80,14 @@ def kth_largest_key(keys, k):
     ``[1, keys.size]``; outside it the call fails). Runs under `jit` on the CPU backend."""
     import jax
     import jax.numpy as jnp
+
     if not available():
-        raise RuntimeError(f"jackpot_jax.topk_select: {unavailable_reason()}")
+        raise RuntimeError(f"jackpot_jax.kernels.native.topk_select: {unavailable_reason()}")
     keys = jnp.asarray(keys)
     if keys.dtype != jnp.uint32 or keys.size == 0:
-        raise ValueError(f"keys of dtype {keys.dtype} and shape {keys.shape}; expected a "
-                         "non-empty uint32 array")
-    return jax.ffi.ffi_call(KTH_TARGET, jax.ShapeDtypeStruct((), jnp.uint32),
-                            vmap_method="sequential")(keys, jnp.asarray(k, jnp.int32))
+        raise ValueError(
+            f"keys of dtype {keys.dtype} and shape {keys.shape}; expected a non-empty uint32 array"
+        )
+    return jax.ffi.ffi_call(
+        KTH_TARGET, jax.ShapeDtypeStruct((), jnp.uint32), vmap_method="sequential"
+    )(keys, jnp.asarray(k, jnp.int32))

@@ -53,14 +53,14 @@ def crop_flip(images: np.ndarray, bits: np.ndarray, padding: int = 4) -> np.ndar
     if bits.shape != (n,):
         raise ValueError(f'need one uint64 per image: bits {bits.shape}, images {images.shape}')
     padded = np.zeros((n, h + 2 * padding, w + 2 * padding, c), images.dtype)
-    padded[:, padding:padding + h, padding:padding + w] = images
+    padded[:, padding : padding + h, padding : padding + w] = images
     oy = _uniform_below(bits, 0, 2 * padding + 1)
     ox = _uniform_below(bits, 21, 2 * padding + 1)
     flip = (bits >> np.uint64(63)).astype(bool)
     out = np.empty_like(images)
     # A slice per image is 3-4x faster than one fancy-index gather over the batch.
     for i in range(n):
-        window = padded[i, oy[i]:oy[i] + h, ox[i]:ox[i] + w]
+        window = padded[i, oy[i] : oy[i] + h, ox[i] : ox[i] + w]
         out[i] = window[:, ::-1] if flip[i] else window
     return out
 
@@ -89,8 +89,9 @@ def decode_rgb(data: bytes, min_size: tuple[int, int] = (0, 0)) -> np.ndarray:
     `DECODE_ERRORS` for a file that is not a readable image.
     """
     if simplejpeg.is_jpeg(data) and simplejpeg.decode_jpeg_header(data)[2] in _TURBO_COLORSPACES:
-        return simplejpeg.decode_jpeg(data, colorspace='RGB', min_height=min_size[0],
-                                      min_width=min_size[1])
+        return simplejpeg.decode_jpeg(
+            data, colorspace='RGB', min_height=min_size[0], min_width=min_size[1]
+        )
     with Image.open(io.BytesIO(data)) as pil:
         if pil.format == 'JPEG' and min(min_size) > 0:
             pil.draft('RGB', (min_size[1], min_size[0]))  # also a scale >= the requested size
@@ -107,8 +108,9 @@ def _load(image, min_size: tuple[int, int]) -> np.ndarray:
 # ImageNet: RandomResizedCrop + flip, Resize + CenterCrop
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int, width: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """(top, left, h, w) as torchvision's RandomResizedCrop.get_params samples it."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -143,8 +145,9 @@ def dct_scale(box_size: tuple[float, float], size: tuple[int, int]) -> float:
     return scale
 
 
-def resized_crop(image, box: tuple[float, float, float, float], size: tuple[int, int], *,
-                 crop_first: bool = True) -> np.ndarray:
+def resized_crop(
+    image, box: tuple[float, float, float, float], size: tuple[int, int], *, crop_first: bool = True
+) -> np.ndarray:
     """Crops box=(top, left, h, w) (full-size pixel units) and resizes it to size=(h, w).
 
     `image` is an encoded file or a decoded HxWxC uint8 array. crop_first=True is
@@ -177,8 +180,9 @@ def random_resized_crop(image, rng: np.random.Generator, size: tuple[int, int]) 
     return out[:, ::-1] if rng.random() < 0.5 else out
 
 
-def center_crop_box(height: int, width: int,
-                    size: tuple[int, int]) -> tuple[float, float, float, float]:
+def center_crop_box(
+    height: int, width: int, size: tuple[int, int]
+) -> tuple[float, float, float, float]:
     """The box of the full image that Resize(size * 256/224) + CenterCrop(size) keeps.
 
     torchvision resizes the shorter side to 256 (for 224) and the longer to

@@ -1,7 +1,7 @@
 """Compiling and loading the package's small C++ XLA FFI handlers (``csrc/``).
 
-Two optional handlers live there: oneDNN's convolutions (`jackpot_jax.onednn`) and the exact
-top-k mask's radix select (`jackpot_jax.topk_select`). Each is compiled on first use with a
+Two optional handlers live there: oneDNN's convolutions (`jackpot_jax.kernels.native.onednn`) and the exact
+top-k mask's radix select (`jackpot_jax.kernels.native.topk_select`). Each is compiled on first use with a
 C++17 compiler (``CXX``, else ``c++``/``g++``/``clang++``) against jaxlib's FFI headers, into
 ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``), keyed by the source, the
 compiler flags and the jaxlib version, so a second process loads the cached library at once.
@@ -19,7 +19,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+
+from jackpot_jax.cache import cache_root
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 
@@ -41,17 +43,27 @@ def build(source: str, *, flags: list[str] = (), libs: list[str] = ()) -> str:
     import jax
     import jaxlib
 
-    from jackpot_jax.data_files import cache_root
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (set CXX, or install g++)")
     path = os.path.join(CSRC, source)
     with open(path, "rb") as f:
         text = f.read()
-    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", "-I", jax.ffi.include_dir(),
-           *flags, path, *libs]
-    key = hashlib.sha256(text + jaxlib.__version__.encode()
-                         + "\0".join(cmd[1:]).encode()).hexdigest()[:16]
+    cmd = [
+        cxx,
+        "-O3",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-I",
+        jax.ffi.include_dir(),
+        *flags,
+        path,
+        *libs,
+    ]
+    key = hashlib.sha256(
+        text + jaxlib.__version__.encode() + "\0".join(cmd[1:]).encode()
+    ).hexdigest()[:16]
     out = os.path.join(cache_root(), f"{os.path.splitext(source)[0]}_{key}.so")
     if os.path.exists(out):
         return out
@@ -62,7 +74,7 @@ def build(source: str, *, flags: list[str] = (), libs: list[str] = ()) -> str:
     if proc.returncode != 0:
         os.unlink(tmp)
         raise RuntimeError(f"compiling {path} failed:\n{' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    os.replace(tmp, out)   # atomic: concurrent builds leave one complete file
+    os.replace(tmp, out)  # atomic: concurrent builds leave one complete file
     return out
 
 
@@ -70,10 +82,10 @@ def register(path: str, targets: Mapping[str, str]) -> ctypes.CDLL:
     """Loads the library at ``path`` and registers its XLA FFI handlers (custom-call target ->
     symbol) for the CPU platform; returns the library."""
     import jax
+
     lib = ctypes.cdll.LoadLibrary(path)
     for target, symbol in targets.items():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return lib
 
 
@@ -117,6 +129,7 @@ def placement_reason() -> str:
     CPU backend, and with one device only (a custom call without a sharding rule would see
     each device's shard of the batch alone)."""
     import jax
+
     if jax.default_backend() != "cpu":
         return "CPU only"
     if jax.device_count() != 1:

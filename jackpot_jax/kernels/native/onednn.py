@@ -7,7 +7,7 @@ batch-minor (2.3-2.8x as long as oneDNN's direct kernel on the first two stages,
 the third), and its forward and input-gradient convolutions took 1.1-1.4x as long as
 oneDNN's on NHWC data. This module compiles a small XLA FFI handler (``csrc/onednn_conv.cc``)
 that runs oneDNN's convolution forward, backward-data and backward-weights primitives on the
-NHWC activations in place, and registers it with JAX. `jackpot_jax.ops.conv2d` uses it for
+NHWC activations in place, and registers it with JAX. `jackpot_jax.kernels.conv2d` uses it for
 the explicit path's convolutions when `available()`.
 
 It is optional. It needs
@@ -17,7 +17,7 @@ It is optional. It needs
   without ``--no-deps`` pip also installs ``onednn``, the SYCL build with ~2 GB of Intel
   runtimes, whose ``libdnnl.so`` replaces the CPU one), or ``JACKPOT_JAX_ONEDNN_ROOT`` naming a
   directory with ``lib/libdnnl.so`` and ``include/oneapi/dnnl/dnnl.h``;
-* a C++17 compiler: the handler is compiled on first use (`jackpot_jax.native.build`: into
+* a C++17 compiler: the handler is compiled on first use (`jackpot_jax.kernels.native.build`: into
   ``$XDG_CACHE_HOME/jackpot_jax``, else ``~/.cache/jackpot_jax``), in a few seconds;
 * float32, on the CPU backend, with one device (the custom calls have no sharding rule: under
   data parallelism over several CPU devices the convolutions stay XLA's).
@@ -35,12 +35,15 @@ import sysconfig
 
 import numpy as np
 
-from jackpot_jax import native
+from jackpot_jax.kernels import native
 
 # XLA custom-call targets -> the handler symbols in csrc/onednn_conv.cc.
-TARGETS = {"jackpot_jax_onednn_conv_forward": "JjOnednnForward",
-           "jackpot_jax_onednn_conv_input_grad": "JjOnednnInputGrad",
-           "jackpot_jax_onednn_conv_weight_grad": "JjOnednnWeightGrad"}
+TARGETS = {
+    "jackpot_jax_onednn_conv_forward": "JjOnednnForward",
+    "jackpot_jax_onednn_conv_input_grad": "JjOnednnInputGrad",
+    "jackpot_jax_onednn_conv_weight_grad": "JjOnednnWeightGrad",
+}
+
 
 def _roots() -> list[str]:
     roots = []
@@ -54,16 +57,20 @@ def find_onednn() -> tuple[str, str] | None:
     """(library directory, include directory) of an installed oneDNN, or None."""
     for root in _roots():
         lib, inc = os.path.join(root, "lib"), os.path.join(root, "include")
-        if (os.path.exists(os.path.join(lib, "libdnnl.so"))
-                and os.path.exists(os.path.join(inc, "oneapi", "dnnl", "dnnl.h"))):
+        if os.path.exists(os.path.join(lib, "libdnnl.so")) and os.path.exists(
+            os.path.join(inc, "oneapi", "dnnl", "dnnl.h")
+        ):
             return lib, inc
     return None
 
 
 def _build(lib_dir: str, inc_dir: str) -> str:
     """Compiles the handler (once per source, jaxlib and oneDNN location); returns its path."""
-    return native.build("onednn_conv.cc", flags=["-I", inc_dir],
-                        libs=["-L", lib_dir, "-ldnnl", f"-Wl,-rpath,{lib_dir}"])
+    return native.build(
+        "onednn_conv.cc",
+        flags=["-I", inc_dir],
+        libs=["-L", lib_dir, "-ldnnl", f"-Wl,-rpath,{lib_dir}"],
+    )
 
 
 def _load():
@@ -71,17 +78,21 @@ def _load():
         raise native.Unavailable("JACKPOT_JAX_ONEDNN=0")
     found = find_onednn()
     if found is None:
-        raise native.Unavailable("oneDNN not found (pip install 'jackpot_jax[onednn]' and pip "
-                                 "install --no-deps onednn-devel==2026.1.0, or set "
-                                 "JACKPOT_JAX_ONEDNN_ROOT)")
+        raise native.Unavailable(
+            "oneDNN not found (pip install 'jackpot_jax[onednn]' and pip "
+            "install --no-deps onednn-devel==2026.1.0, or set "
+            "JACKPOT_JAX_ONEDNN_ROOT)"
+        )
     try:
         lib = native.register(_build(*found), TARGETS)
     except (OSError, RuntimeError, AttributeError) as err:
         hint = ""
         if isinstance(err, OSError) and ("tbb" in str(err) or "sycl" in str(err)):
-            hint = (f" ({found[0]}/libdnnl.so is oneDNN's SYCL build, which `pip install "
-                    "onednn-devel` without --no-deps installs; pip install --force-reinstall "
-                    "--no-deps onednn-cpu-gomp==2023.2.0 puts the CPU build back)")
+            hint = (
+                f" ({found[0]}/libdnnl.so is oneDNN's SYCL build, which `pip install "
+                "onednn-devel` without --no-deps installs; pip install --force-reinstall "
+                "--no-deps onednn-cpu-gomp==2023.2.0 puts the CPU build back)"
+            )
         raise native.Unavailable(f"oneDNN handler unavailable: {err}{hint}") from err
     lib.JjOnednnLastImpl.restype = ctypes.c_char_p
     return lib
@@ -110,35 +121,60 @@ def last_implementation() -> str:
 def _call(target, out_shape, a, b, strides, pads):
     import jax
     import jax.numpy as jnp
+
     if not available():
-        raise RuntimeError(f"jackpot_jax.onednn: {unavailable_reason()}")
-    if (len(out_shape) != 4 or np.ndim(a) != 4 or np.ndim(b) != 4 or min(out_shape) < 1
-            or min(strides) < 1 or min(min(p) for p in pads) < 0):
+        raise RuntimeError(f"jackpot_jax.kernels.native.onednn: {unavailable_reason()}")
+    if (
+        len(out_shape) != 4
+        or np.ndim(a) != 4
+        or np.ndim(b) != 4
+        or min(out_shape) < 1
+        or min(strides) < 1
+        or min(min(p) for p in pads) < 0
+    ):
         raise ValueError(
-            f"jackpot_jax.onednn: arrays of shapes {np.shape(a)}, {np.shape(b)} -> "
+            f"jackpot_jax.kernels.native.onednn: arrays of shapes {np.shape(a)}, {np.shape(b)} -> "
             f"{tuple(out_shape)}, strides {tuple(strides)}, padding {tuple(pads)}; expected "
-            "4-D NHWC/HWIO arrays, a non-empty output, strides >= 1 and padding >= 0")
+            "4-D NHWC/HWIO arrays, a non-empty output, strides >= 1 and padding >= 0"
+        )
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32))(
-        a, b, stride_h=int(strides[0]), stride_w=int(strides[1]),
-        pad_top=int(pads[0][0]), pad_bottom=int(pads[0][1]),
-        pad_left=int(pads[1][0]), pad_right=int(pads[1][1]))
+        a,
+        b,
+        stride_h=int(strides[0]),
+        stride_w=int(strides[1]),
+        pad_top=int(pads[0][0]),
+        pad_bottom=int(pads[0][1]),
+        pad_left=int(pads[1][0]),
+        pad_right=int(pads[1][1]),
+    )
 
 
 def output_shape(x_shape, w_shape, strides, pads) -> tuple[int, int, int, int]:
     """(N, Ho, Wo, O) of the NHWC convolution of ``x_shape`` with the HWIO ``w_shape``."""
     n, h, w, _ = x_shape
     kh, kw, _, o = w_shape
-    return (n, (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1,
-            (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1, o)
+    return (
+        n,
+        (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1,
+        (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1,
+        o,
+    )
 
 
 # In the three functions below: NHWC activations, HWIO kernel, float32; ``strides`` (h, w)
 # and explicit ``pads`` ((top, bottom), (left, right)), as in `lax.conv_general_dilated`.
 
+
 def forward(x, w, strides, pads):
     """The convolution (cross-correlation) of ``x`` with ``w``."""
-    return _call("jackpot_jax_onednn_conv_forward", output_shape(x.shape, w.shape, strides, pads),
-                 x, w, strides, pads)
+    return _call(
+        "jackpot_jax_onednn_conv_forward",
+        output_shape(x.shape, w.shape, strides, pads),
+        x,
+        w,
+        strides,
+        pads,
+    )
 
 
 def input_grad(g, w, x_shape, strides, pads):

@@ -1,0 +1,510 @@
+"""The four modes of the pipeline: pretrain, lottery-jackpot search, fine-tune (Eq. 9), eval.
+
+Each ``run_<mode>(config, workdir)`` builds its inputs, runs `engine.train_loop`, writes its
+exports (`jackpot_jax.pipeline.export`) and returns the run's summary (also in summary.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+
+from jackpot_jax import models, utils
+from jackpot_jax import sparsity as sp
+from jackpot_jax.data import datasets as data_lib
+from jackpot_jax.errors import ConfigError, InputError, MissingInputError
+from jackpot_jax.pipeline import checkpoint as ckpt_lib
+from jackpot_jax.pipeline import engine, export
+from jackpot_jax.pipeline.pruning import budget_for, criterion_mask, pattern_report, prune_filter
+from jackpot_jax.pipeline.resume import MetricsLog
+
+
+def load_data(config) -> data_lib.Dataset:
+    try:
+        ds = data_lib.load_dataset(
+            config.dataset,
+            data_dir=config.data_dir or None,
+            val_examples=config.val_examples,
+            split_seed=config.split_seed,
+            train_subset=config.train_subset or None,
+            test_subset=config.test_subset or None,
+        )
+    except FileNotFoundError as e:  # data.py's message names the places it looked
+        raise MissingInputError(str(e)) from e
+    except ValueError as e:  # a bad dataset name, subset size or data file, named by data.py
+        raise InputError(f"dataset={config.dataset!r}: {e}") from e
+    if config.image_size:
+        if ds.augment != "inception":
+            raise ConfigError(
+                f"image_size={config.image_size} applies only to ImageNet-style "
+                f"data (resized crops); {config.dataset!r} has fixed-size images"
+            )
+        # Crop size of RandomResizedCrop / centre crop (eval resizes to 256/224 of it).
+        ds = dataclasses.replace(
+            ds, image_shape=(config.image_size, config.image_size, ds.image_shape[2])
+        )
+    return ds
+
+
+def model_options(config, ds) -> dict:
+    opts = dict(config.model_options)
+    opts["num_classes"] = ds.num_classes
+    return opts
+
+
+def init_model(config, ds, seed: int):
+    opts = model_options(config, ds)
+    module = models.get_model(config.model, **opts)
+    # Jitted: an eager init of ResNet-50 compiles hundreds of small programs.
+    variables = jax.jit(models.init_variables, static_argnums=(0, 2))(
+        module, jax.random.key(seed), (1, *ds.image_shape)
+    )
+    return module, variables, opts
+
+
+def dense_source(config, workdir: str, ds, mesh):
+    """(module, variables, options, checkpoint dir) of the pre-trained model: the configured
+    checkpoint, or a cached `pretrain` run in workdir/pretrain (run now if missing)."""
+    path = config.pretrained
+    if not path:
+        path = os.path.join(workdir, "pretrain", "model")
+        # summary.json is written last: without it the cached run is unfinished (resumed).
+        if not os.path.isfile(os.path.join(workdir, "pretrain", "summary.json")):
+            utils.log(
+                f"no --config.pretrained given: pretraining first into {os.path.dirname(path)}"
+            )
+            run_pretrain(config, os.path.dirname(path), ds=ds, mesh=mesh)
+    if not os.path.isdir(path):
+        raise MissingInputError(
+            f"pretrained={path!r} is not a checkpoint directory (expected a "
+            "directory written by `pretrain` or "
+            "tools/convert_torch_weights.py)"
+        )
+    info = ckpt_lib.load_model_info(path)
+    if info["arch"] != config.model:
+        raise ConfigError(
+            f"pretrained checkpoint {path} is a {info['arch']!r}, but config.model={config.model!r}"
+        )
+    module, variables = ckpt_lib.load_model(path, ds.image_shape)
+    return module, variables, info["options"], os.path.abspath(path)
+
+
+def _weights_for_masking(config, workdir, ds, mesh, weights: str, seed: int):
+    if weights == "pretrained":
+        return dense_source(config, workdir, ds, mesh)
+    if weights == "random":
+        module, variables, opts = init_model(config, ds, seed + 104729)
+        return module, variables, opts, None
+    raise ConfigError(f"weights={weights!r}; expected 'pretrained' or 'random'")
+
+
+def _start(workdir, config, ds, mesh):
+    """(start time, dataset, mesh) of a mode; a study passes its own data and mesh."""
+    if utils.is_primary():
+        os.makedirs(workdir, exist_ok=True)
+    utils.sync("mode:workdir")
+    return time.time(), ds or load_data(config), mesh or engine.make_mesh(config.num_devices)
+
+
+def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
+    """Dense SGD training; leaves workdir/model (loadable with `checkpoint.load_model`)."""
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
+    module, variables, opts = init_model(config, ds, config.seed)
+    state, log = engine.train_loop(
+        config=config,
+        workdir=workdir,
+        module=module,
+        ds=ds,
+        mesh=mesh,
+        kind="dense",
+        trainable=variables["params"],
+        frozen=None,
+        batch_stats=utils.batch_stats_of(variables),
+        opt_cfg=config.pretrain,
+        epochs=config.pretrain.epochs,
+        seed=config.seed,
+        eval_params=lambda s: utils.variables_of(s.trainable, s.batch_stats),
+    )
+    final = utils.as_numpy(utils.variables_of(state.trainable, state.batch_stats))
+    model_dir = ckpt_lib.save_variables(
+        os.path.join(workdir, "model"), final, arch=config.model, model_options=opts, overwrite=True
+    )
+    test = engine.evaluate(
+        module,
+        final,
+        ds,
+        "test",
+        config.eval_batch_size,
+        mesh,
+        options=engine.compute_options(config),
+    )
+    summary = _base_summary(config, "pretrain", ds, log, t0)
+    summary.update(
+        {
+            "pretrained_checkpoint": model_dir,
+            "test_accuracy": test["accuracy"],
+            "dense_test_accuracy": test["accuracy"],
+            "test_top5": test.get("top5"),
+            "epochs": config.pretrain.epochs,
+        }
+    )
+    utils.write_json(os.path.join(workdir, "summary.json"), summary)
+    _print_table(summary)
+    return summary
+
+
+def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
+    """The lottery-jackpot search: frozen weights, scores trained by SGD (Eq. 8)."""
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
+    cfg = config.search
+    module, variables, opts, source = _weights_for_masking(
+        config, workdir, ds, mesh, cfg.weights, config.seed
+    )
+    filter_fn = prune_filter(config)
+    params, batch_stats = variables["params"], utils.batch_stats_of(variables)
+    budget = budget_for(config, params, filter_fn)
+    if cfg.init == "kaiming":  # edge-popup's random scores, no warm-up mask
+        scores = sp.kaiming_uniform_scores(jax.random.key(config.seed), params, filter_fn)
+    else:
+        init_mask = criterion_mask(
+            cfg.init, config, module, variables, ds, config.seed, filter_fn, budget
+        )
+        scores = sp.init_scores_from_mask(init_mask, cfg.score_kept, cfg.score_pruned)
+    hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
+    init_mask = hard_masks(scores)
+    swap = cfg.mask_update == "swap"
+
+    def current_masks(state):
+        """The search's mask now: the persistent one (swap) or the top-k of the scores."""
+        if swap:
+            return utils.as_numpy(state.masks)
+        return hard_masks(utils.as_numpy(state.trainable))
+
+    dense_acc = engine.evaluate(
+        module,
+        variables,
+        ds,
+        "test",
+        config.eval_batch_size,
+        mesh,
+        options=engine.compute_options(config),
+    )
+    init_vars = utils.variables_of(sp.apply_masks(params, init_mask), batch_stats)
+    init_acc = engine.evaluate(
+        module,
+        init_vars,
+        ds,
+        "test",
+        config.eval_batch_size,
+        mesh,
+        options=engine.compute_options(config),
+    )
+    init_val = (
+        engine.evaluate(
+            module,
+            init_vars,
+            ds,
+            "val",
+            config.eval_batch_size,
+            mesh,
+            options=engine.compute_options(config),
+        )
+        if len(ds.val)
+        else {}
+    )
+    prev = {"mask": init_mask}
+
+    # Host copies: arrays committed to the mesh would compile the mask function again.
+    def hook(epoch, state):
+        m = current_masks(state)
+        out = {
+            "overlap_with_init": float(sp.overlap(m, init_mask)),
+            "mask_flips": int(sp.mask_flips(m, prev["mask"])),
+        }
+        prev["mask"] = m
+        return out
+
+    def eval_params(state):
+        m = current_masks(state)
+        return utils.variables_of(sp.apply_masks(params, m), state.batch_stats)
+
+    state, log = engine.train_loop(
+        config=config,
+        workdir=workdir,
+        module=module,
+        ds=ds,
+        mesh=mesh,
+        kind="search",
+        trainable=scores,
+        frozen=params,
+        batch_stats=batch_stats,
+        opt_cfg=cfg,
+        epochs=cfg.epochs,
+        seed=config.seed,
+        budget=budget,
+        epoch_hook=hook,
+        eval_params=eval_params,
+        masks=init_mask if swap else None,
+    )
+    scores = utils.as_numpy(state.trainable)
+    masks = utils.as_numpy(current_masks(state))
+    _same_on_every_process(masks, "final masks")
+    final_bs = utils.as_numpy(state.batch_stats)
+    final_vars = utils.variables_of(utils.as_numpy(sp.apply_masks(params, masks)), final_bs)
+    test = engine.evaluate(
+        module,
+        final_vars,
+        ds,
+        "test",
+        config.eval_batch_size,
+        mesh,
+        options=engine.compute_options(config),
+    )
+    utils.kill_point("export")
+    export.write_jackpot(workdir, config, opts, masks, final_vars, source)
+    utils.kill_point("export")
+    ckpt_lib.save_variables(
+        os.path.join(workdir, "model"),
+        utils.variables_of(utils.as_numpy(params), final_bs),
+        arch=config.model,
+        model_options=opts,
+        scores=sp.flatten_paths(scores),
+        overwrite=True,
+    )
+    utils.kill_point("export")
+    summary = _base_summary(config, "search", ds, log, t0)
+    summary.update(_mask_summary(masks, config))
+    summary.update(
+        {
+            "pretrained_checkpoint": source,
+            "weights": cfg.weights,
+            "init": cfg.init,
+            "distribution": cfg.distribution,
+            "mask_update": cfg.mask_update,
+            "schedule": cfg.schedule,
+            "dense_test_accuracy": dense_acc["accuracy"],
+            "init_mask_test_accuracy": init_acc["accuracy"],
+            "init_mask_val_accuracy": init_val.get("accuracy"),
+            "test_accuracy": test["accuracy"],
+            "test_top5": test.get("top5"),
+            "overlap_with_init": float(sp.overlap(masks, init_mask)),
+            "epochs": cfg.epochs,
+        }
+    )
+    utils.write_json(os.path.join(workdir, "summary.json"), summary)
+    _print_table(summary)
+    return summary
+
+
+def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
+    """Eq. 9: the weights (and BatchNorm) trained with a fixed mask: the jackpot's, or a
+    criterion's (``finetune.mask='magnitude'`` etc.: the weight-tuning baselines)."""
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
+    cfg = config.finetune
+    filter_fn = prune_filter(config)
+    if cfg.mask == "jackpot":
+        jackpot_path = cfg.jackpot or os.path.join(workdir, "search")
+        # summary.json is written last: without it the search is unfinished (resumed).
+        if not cfg.jackpot and not os.path.exists(os.path.join(jackpot_path, "summary.json")):
+            utils.log(f"no --config.finetune.jackpot given: searching first into {jackpot_path}")
+            run_search(config, jackpot_path, ds=ds, mesh=mesh)
+        module, variables, opts, masks, source = export.load_jackpot_for_training(
+            jackpot_path, config, ds.image_shape
+        )
+    else:
+        module, variables, opts, source = _weights_for_masking(
+            config, workdir, ds, mesh, cfg.weights, config.seed
+        )
+        budget = budget_for(config, variables["params"], filter_fn)
+        masks = criterion_mask(
+            cfg.mask, config, module, variables, ds, config.seed, filter_fn, budget
+        )
+    masks = utils.as_numpy(masks)
+    params = variables["params"]
+    init_vars = utils.variables_of(sp.apply_masks(params, masks), utils.batch_stats_of(variables))
+    init_acc = engine.evaluate(
+        module,
+        init_vars,
+        ds,
+        "test",
+        config.eval_batch_size,
+        mesh,
+        options=engine.compute_options(config),
+    )
+    state, log = engine.train_loop(
+        config=config,
+        workdir=workdir,
+        module=module,
+        ds=ds,
+        mesh=mesh,
+        kind="masked",
+        trainable=params,
+        frozen=masks,
+        batch_stats=utils.batch_stats_of(variables),
+        opt_cfg=cfg,
+        epochs=cfg.epochs,
+        seed=config.seed,
+        eval_params=lambda s: utils.variables_of(sp.apply_masks(s.trainable, masks), s.batch_stats),
+    )
+    final_vars = utils.as_numpy(
+        utils.variables_of(sp.apply_masks(state.trainable, masks), state.batch_stats)
+    )
+    test = engine.evaluate(
+        module,
+        final_vars,
+        ds,
+        "test",
+        config.eval_batch_size,
+        mesh,
+        options=engine.compute_options(config),
+    )
+    export.write_jackpot(workdir, config, opts, masks, final_vars, source)
+    ckpt_lib.save_variables(
+        os.path.join(workdir, "model"),
+        final_vars,
+        arch=config.model,
+        model_options=opts,
+        overwrite=True,
+    )
+    summary = _base_summary(config, "finetune", ds, log, t0)
+    summary.update(_mask_summary(masks, config))
+    summary.update(
+        {
+            "pretrained_checkpoint": source,
+            "mask": cfg.mask,
+            "weights": cfg.weights,
+            "init_mask_test_accuracy": init_acc["accuracy"],
+            "test_accuracy": test["accuracy"],
+            "test_top5": test.get("top5"),
+            "epochs": cfg.epochs,
+        }
+    )
+    utils.write_json(os.path.join(workdir, "summary.json"), summary)
+    _print_table(summary)
+    return summary
+
+
+def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
+    """Accuracy of a dense checkpoint dir, a run's workdir or a jackpot.npz on val and test."""
+    t0, ds, mesh = _start(workdir, config, ds, mesh)
+    path = config.checkpoint or config.pretrained
+    if not path:
+        raise ConfigError(
+            "eval needs --config.checkpoint=PATH (a checkpoint directory, a run's "
+            "workdir or a jackpot.npz)"
+        )
+    module, variables, masks, kind = export.load_for_eval(path, ds.image_shape)
+    if masks is not None:
+        variables = utils.variables_of(
+            sp.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
+        )
+    res = {
+        s: engine.evaluate(
+            module,
+            variables,
+            ds,
+            s,
+            config.eval_batch_size,
+            mesh,
+            options=engine.compute_options(config),
+        )
+        for s in ("val", "test")
+        if len(ds.split(s))
+    }
+    summary = {
+        "mode": "eval",
+        "checkpoint": os.path.abspath(path),
+        "checkpoint_kind": kind,
+        "model": config.model,
+        "dataset": config.dataset,
+        "test_accuracy": res["test"]["accuracy"],
+        "test_top5": res["test"].get("top5"),
+        "val_accuracy": res.get("val", {}).get("accuracy"),
+        "wall_seconds": time.time() - t0,
+    }
+    if masks is not None:
+        summary.update(_mask_summary(masks, config, target=False))
+    utils.write_json(os.path.join(workdir, "summary.json"), summary)
+    _print_table(summary)
+    return summary
+
+
+def _same_on_every_process(masks, what: str) -> None:
+    """Every process of a multi-process run must end with the same masks; each says so."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = utils.digest(sp.flatten_paths(masks))
+    print(
+        f"process {jax.process_index()}/{jax.process_count()}: {what} sha256 {digest}", flush=True
+    )
+    multihost_utils.assert_equal(
+        np.frombuffer(bytes.fromhex(digest), np.uint8), f"the processes ended with different {what}"
+    )
+
+
+def _base_summary(config, mode, ds, log: MetricsLog, t0) -> dict:
+    best = max(log.records, key=lambda r: r.get("val_accuracy") or -1) if log.records else None
+    return {
+        "mode": mode,
+        "model": config.model,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "batch_size": engine.mode_batch_size(config, config.get(mode)),
+        "num_devices": jax.device_count() if not config.num_devices else config.num_devices,
+        "final_val_accuracy": log.records[-1].get("val_accuracy") if log.records else None,
+        "best_val_epoch": best["epoch"] if best else None,
+        "train_examples": len(ds.train),
+        "val_examples": len(ds.val),
+        "test_examples": len(ds.test),
+        "wall_seconds": time.time() - t0,
+    }
+
+
+def _mask_summary(masks, config, target: bool = True) -> dict:
+    per_layer = sp.sparsity_summary(masks)
+    total = per_layer.pop("_total_sparsity")
+    out = {"sparsity_achieved": total, "per_layer_sparsity": per_layer}
+    if target:
+        out["sparsity_target"] = config.sparsity
+    out.update(pattern_report(masks, config, target))  # N:M runs: over patterned kernels
+    return out
+
+
+def _print_table(summary: dict) -> None:
+    if jax.process_index() != 0:
+        return
+    rows = [
+        (k, summary[k])
+        for k in (
+            "mode",
+            "model",
+            "dataset",
+            "pattern",
+            "sparsity_target",
+            "sparsity_achieved",
+            "dense_test_accuracy",
+            "init_mask_test_accuracy",
+            "test_accuracy",
+            "test_top5",
+            "overlap_with_init",
+            "epochs",
+            "seed",
+            "wall_seconds",
+        )
+        if summary.get(k) is not None
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "-" * (width + 16))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if summary.get("per_layer_sparsity"):
+        print("per-layer sparsity:")
+        for k, v in summary["per_layer_sparsity"].items():
+            print(f"  {k:<{width}}  {v:.4f}")
+    print("-" * (width + 16), flush=True)
