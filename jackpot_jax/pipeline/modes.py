@@ -110,6 +110,22 @@ def _start(workdir, config, ds, mesh):
     return time.time(), ds or load_data(config), mesh or engine.make_mesh(config.num_devices)
 
 
+def _evaluate_test(config, module, variables, ds, mesh) -> dict:
+    """Accuracy on the test split; {} when ``config.evaluate_test`` is False (a selection run
+    reads only the validation split: its summary then has no test accuracies)."""
+    if not config.get("evaluate_test", True):
+        return {}
+    return engine.evaluate(
+        module,
+        variables,
+        ds,
+        "test",
+        config.eval_batch_size,
+        mesh,
+        options=engine.compute_options(config),
+    )
+
+
 def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
     """Dense SGD training; leaves workdir/model (loadable with `checkpoint.load_model`)."""
     t0, ds, mesh = _start(workdir, config, ds, mesh)
@@ -133,21 +149,13 @@ def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
     model_dir = ckpt_lib.save_variables(
         os.path.join(workdir, "model"), final, arch=config.model, model_options=opts, overwrite=True
     )
-    test = engine.evaluate(
-        module,
-        final,
-        ds,
-        "test",
-        config.eval_batch_size,
-        mesh,
-        options=engine.compute_options(config),
-    )
+    test = _evaluate_test(config, module, final, ds, mesh)
     summary = _base_summary(config, "pretrain", ds, log, t0)
     summary.update(
         {
             "pretrained_checkpoint": model_dir,
-            "test_accuracy": test["accuracy"],
-            "dense_test_accuracy": test["accuracy"],
+            "test_accuracy": test.get("accuracy"),
+            "dense_test_accuracy": test.get("accuracy"),
             "test_top5": test.get("top5"),
             "epochs": config.pretrain.epochs,
         }
@@ -184,25 +192,9 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
             return utils.as_numpy(state.masks)
         return hard_masks(utils.as_numpy(state.trainable))
 
-    dense_acc = engine.evaluate(
-        module,
-        variables,
-        ds,
-        "test",
-        config.eval_batch_size,
-        mesh,
-        options=engine.compute_options(config),
-    )
+    dense_acc = _evaluate_test(config, module, variables, ds, mesh)
     init_vars = utils.variables_of(sp.apply_masks(params, init_mask), batch_stats)
-    init_acc = engine.evaluate(
-        module,
-        init_vars,
-        ds,
-        "test",
-        config.eval_batch_size,
-        mesh,
-        options=engine.compute_options(config),
-    )
+    init_acc = _evaluate_test(config, module, init_vars, ds, mesh)
     init_val = (
         engine.evaluate(
             module,
@@ -255,15 +247,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     _same_on_every_process(masks, "final masks")
     final_bs = utils.as_numpy(state.batch_stats)
     final_vars = utils.variables_of(utils.as_numpy(sp.apply_masks(params, masks)), final_bs)
-    test = engine.evaluate(
-        module,
-        final_vars,
-        ds,
-        "test",
-        config.eval_batch_size,
-        mesh,
-        options=engine.compute_options(config),
-    )
+    test = _evaluate_test(config, module, final_vars, ds, mesh)
     utils.kill_point("export")
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
     utils.kill_point("export")
@@ -286,10 +270,10 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
             "distribution": cfg.distribution,
             "mask_update": cfg.mask_update,
             "schedule": cfg.schedule,
-            "dense_test_accuracy": dense_acc["accuracy"],
-            "init_mask_test_accuracy": init_acc["accuracy"],
+            "dense_test_accuracy": dense_acc.get("accuracy"),
+            "init_mask_test_accuracy": init_acc.get("accuracy"),
             "init_mask_val_accuracy": init_val.get("accuracy"),
-            "test_accuracy": test["accuracy"],
+            "test_accuracy": test.get("accuracy"),
             "test_top5": test.get("top5"),
             "overlap_with_init": float(sp.overlap(masks, init_mask)),
             "epochs": cfg.epochs,
@@ -326,15 +310,7 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
     masks = utils.as_numpy(masks)
     params = variables["params"]
     init_vars = utils.variables_of(sp.apply_masks(params, masks), utils.batch_stats_of(variables))
-    init_acc = engine.evaluate(
-        module,
-        init_vars,
-        ds,
-        "test",
-        config.eval_batch_size,
-        mesh,
-        options=engine.compute_options(config),
-    )
+    init_acc = _evaluate_test(config, module, init_vars, ds, mesh)
     state, log = engine.train_loop(
         config=config,
         workdir=workdir,
@@ -353,15 +329,7 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
     final_vars = utils.as_numpy(
         utils.variables_of(sp.apply_masks(state.trainable, masks), state.batch_stats)
     )
-    test = engine.evaluate(
-        module,
-        final_vars,
-        ds,
-        "test",
-        config.eval_batch_size,
-        mesh,
-        options=engine.compute_options(config),
-    )
+    test = _evaluate_test(config, module, final_vars, ds, mesh)
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
     ckpt_lib.save_variables(
         os.path.join(workdir, "model"),
@@ -377,8 +345,8 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
             "pretrained_checkpoint": source,
             "mask": cfg.mask,
             "weights": cfg.weights,
-            "init_mask_test_accuracy": init_acc["accuracy"],
-            "test_accuracy": test["accuracy"],
+            "init_mask_test_accuracy": init_acc.get("accuracy"),
+            "test_accuracy": test.get("accuracy"),
             "test_top5": test.get("top5"),
             "epochs": cfg.epochs,
         }
