@@ -1,0 +1,140 @@
+"""`ComputeOptions` is part of every step cache key: steps built with other options in one
+process call other kernels (read off their HLO), in either order; importing jackpot_jax leaves
+the process's XLA flags alone."""
+
+import pkgutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from pipeline_helpers import python_script
+
+import jackpot_jax
+from jackpot_jax import kernels, models
+from jackpot_jax import sparsity as sp
+from jackpot_jax.kernels.native import onednn, topk_select
+from jackpot_jax.pipeline import engine
+
+ONEDNN_CALL = onednn.TARGETS and next(iter(onednn.TARGETS))  # the forward convolution
+TOPK_CALL = topk_select.TARGET
+
+needs_onednn = pytest.mark.skipif(
+    not kernels.onednn_used(jnp.float32, kernels.ComputeOptions()),
+    reason=kernels.describe_convolutions(),
+)
+needs_select = pytest.mark.skipif(
+    kernels.options.native_topk_off_reason() != "",
+    reason=kernels.describe_masks(),
+)
+
+ON = kernels.ComputeOptions(conv_impl="explicit", onednn="auto", mask_layout="native")
+OFF = kernels.ComputeOptions(conv_impl="explicit", onednn="off", mask_layout="per_layer")
+XLA = kernels.ComputeOptions(conv_impl="xla", mask_layout="together")
+
+
+def _lenet():
+    module = models.get_model("lenet5")
+    variables = models.init_variables(module, jax.random.key(0), (1, 28, 28, 1))
+    return module, variables
+
+
+def _batch(n=4):
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.standard_normal((n, 28, 28, 1)), jnp.float32)
+    return images, jnp.asarray(rng.integers(0, 10, n), jnp.int32)
+
+
+def _eval_hlo(options):
+    module, variables = _lenet()
+    images, labels = _batch()
+    step = engine.make_eval_step(module, options)
+    return step.lower(variables, images, labels, jnp.ones(4)).as_text()
+
+
+def _search_hlo(options):
+    module, variables = _lenet()
+    params = variables["params"]
+    budget = sp.keep_counts(params, 0.9)
+    scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
+    tx = optax.sgd(0.1)
+    state = engine.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        trainable=scores,
+        opt_state=tx.init(scores),
+        batch_stats=None,
+        rng=jax.random.key_data(jax.random.key(0)),
+    )
+    step = engine.make_train_step(module, "search", tx, budget=budget, options=options)
+    return step.lower(state, params, *_batch()).as_text()
+
+
+@needs_onednn
+@pytest.mark.parametrize("order", [(ON, OFF), (OFF, ON)], ids=["on_first", "off_first"])
+def test_cached_eval_steps_follow_their_options(order):
+    engine._eval_step.cache_clear()
+    texts = {o: _eval_hlo(o) for o in order}
+    assert ONEDNN_CALL in texts[ON]
+    assert ONEDNN_CALL not in texts[OFF]
+    assert engine._eval_step.cache_info().currsize == 2  # two entries, not one reused
+
+
+@needs_onednn
+@needs_select
+@pytest.mark.parametrize("order", [(ON, OFF), (OFF, ON)], ids=["on_first", "off_first"])
+def test_search_steps_follow_their_options(order):
+    texts = {o: _search_hlo(o) for o in order}
+    assert ONEDNN_CALL in texts[ON] and TOPK_CALL in texts[ON]
+    assert ONEDNN_CALL not in texts[OFF] and TOPK_CALL not in texts[OFF]
+
+
+@pytest.mark.parametrize("order", [(OFF, XLA), (XLA, OFF)], ids=["explicit_first", "xla_first"])
+def test_search_steps_follow_their_options_without_native_code(order):
+    # The explicit convolutions' weight gradient for LeNet-5's first layer (5x5x1 patches) is
+    # an im2col matrix product; XLA's own is a convolution: the two HLOs differ in their
+    # convolution count. The layouts differ in their loops: per_layer has a while loop per layer.
+    texts = {o: _search_hlo(o) for o in order}
+    assert texts[OFF].count("stablehlo.while") >= len(sp.prunable_paths(_lenet()[1]["params"]))
+    assert "stablehlo.while" not in texts[XLA]
+    assert texts[XLA].count("stablehlo.convolution") > texts[OFF].count("stablehlo.convolution")
+
+
+def test_every_option_is_checked_when_built():
+    for field, bad in [
+        ("conv_impl", "cudnn"),
+        ("onednn", "on"),
+        ("mask_layout", "sorted"),
+        ("radix_bits", 3),
+        ("compute_dtype", "float16"),
+    ]:
+        with pytest.raises(ValueError, match=f"{field}={bad!r}; expected one of"):
+            kernels.ComputeOptions(**{field: bad})
+
+
+def test_resolve_replaces_every_auto():
+    resolved = kernels.resolve(kernels.ComputeOptions())
+    assert "auto" not in (resolved.conv_impl, resolved.mask_layout)
+    assert resolved.conv_impl == kernels.AUTO[jax.default_backend()]
+    assert kernels.resolve(resolved) == resolved
+
+
+def test_importing_any_module_leaves_xla_flags_alone():
+    names = sorted(m.name for m in pkgutil.walk_packages(jackpot_jax.__path__, "jackpot_jax."))
+    assert "jackpot_jax.pipeline.engine" in names and "jackpot_jax.kernels.options" in names
+    for start in ("--xla_cpu_enable_fast_math=false", None):
+        setup = (
+            f"os.environ['XLA_FLAGS'] = {start!r}\n"
+            if start
+            else "os.environ.pop('XLA_FLAGS', None)\n"
+        )
+        proc = python_script(
+            "import importlib, os\n"
+            + setup
+            + "os.environ.pop('JACKPOT_JAX_XLA_FLAGS', None)\n"
+            + f"for name in {names!r}:\n"
+            + "    importlib.import_module(name)\n"
+            + "print('XLA_FLAGS', repr(os.environ.get('XLA_FLAGS')))\n"
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == f"XLA_FLAGS {start!r}"
