@@ -1,23 +1,46 @@
 #!/usr/bin/env bash
 # The GPU checks of this project, as ONE command for one NVIDIA H100 or H200: the tests that
-# need a GPU and bench_step (issue 9), bench_input (issue 10) and bench_nm (issue 12). The time
-# limits add up to 475 s, so it ends within 8 minutes even if every section runs to its limit,
-# which leaves a 15-minute device lease room for one rerun:
+# need a GPU and bench_step (issue 9), bench_input (issue 10) and bench_nm (issue 12), run on
+# the GPU machine's image as it is (Python 3.12, jax/jaxlib 0.11.2 + jax-cuda13 plugins, flax,
+# optax, orbax-checkpoint, chex, numpy, pillow, tqdm, absl-py, torch 2.11, torchvision 0.26,
+# timm; no network), with the wheels it lacks shipped alongside:
 #
-#   bash benchmarks/gpu_checks.sh            # raw logs into $OUT (default ./gpu_out)
+#   bash benchmarks/gpu_wheels.sh        # 1. here (network): gpu_wheels/ (~8 MB, git-ignored)
+#   bash benchmarks/gpu_dry_run.sh       # 2. here: the image's package set on the CPU, tiny
+#                                        #    (log: benchmarks/results/gpu_dry_run_<commit>.log)
+#   bash benchmarks/gpu_checks.sh        # 3. on the GPU machine, from the repository root:
+#        device run with carry ["gpu_wheels"] and timeout_s 600; logs in $OUT (default ./gpu_out)
 #   GPU_CHECKS_TINY=1 bash benchmarks/gpu_checks.sh   # the same steps, tiny, on any machine
+#
+# First the setup (limit 45 s): a virtual environment in $GPU_CHECKS_ENV (default
+# ./.gpu_checks_env) on top of the image's Python ($GPU_CHECKS_PYTHON, default python3) that
+# sees the image's packages and gets gpu_wheels/ installed into it with `pip install
+# --no-index --find-links gpu_wheels -r gpu_wheels/requirements.txt`: nothing is downloaded,
+# the image's own site-packages are never written to, and its jax, torch, CUDA and numpy
+# packages are pinned at their installed versions; the project runs from the tree (PYTHONPATH),
+# never installed. GPU_CHECKS_SETUP=0 uses the current Python as it is instead.
+# Then the preflight (benchmarks/preflight.py, limit 40 s): versions, devices, and an import of
+# every jackpot_jax and benchmark module; if JAX sees no GPU (unless GPU_CHECKS_TINY=1) or an
+# import fails, the script stops right there with one [gpu_checks] STOP line naming the cause
+# (the missing package), exit status 2, so a broken environment costs seconds, not the slot.
+# The limits add up to 560 s (setup 45 + preflight 40 + checks 475), so the run ends within
+# 10 minutes even if every section runs to its limit; the setup and preflight take ~20-30 s.
+#
+# Variables: OUT (the logs), GPU_CHECKS_TINY=1, GPU_CHECKS_PYTHON (the base Python),
+# GPU_CHECKS_ENV (the environment's folder), GPU_CHECKS_SETUP=0, GPU_CHECKS_COMMIT (the commit
+# named in the logs where the tree has no .git).
 #
 # Each section writes $OUT/<name>.log (command, commit, date, device at the top) and runs
 # under its own time limit, so one slow section cannot eat the others' time; a section that
 # fails or times out is reported at the end and the others still run. To add a check, add a
-# `section NAME SECONDS COMMAND...` line (keep the total under 8 minutes on one card).
+# `section NAME SECONDS COMMAND...` line (keep the checks' total under 8 minutes on one card).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
 TINY="${GPU_CHECKS_TINY:-0}"
-COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+COMMIT="${GPU_CHECKS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 FAILED=()
 
 section() {  # section NAME SECONDS COMMAND...: run COMMAND, log to $OUT/NAME.log
@@ -34,19 +57,73 @@ section() {  # section NAME SECONDS COMMAND...: run COMMAND, log to $OUT/NAME.lo
   echo "# exit status $rc after $((SECONDS - t0)) s" >> "$log"
   echo "[gpu_checks] $name: exit $rc, $((SECONDS - t0)) s -> $log"
   [ "$rc" -eq 0 ] || FAILED+=("$name (exit $rc)")
+  return "$rc"
 }
 
-section environment 15 python -c "
-import jax, platform
-print('jax', jax.__version__, 'backend', jax.default_backend(), jax.devices())
-try:
-    import torch
-    print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
-          torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')
-except ImportError:
-    print('torch not installed: the PyTorch columns will be empty')
-print('python', platform.python_version())
-"
+stop() {  # stop MESSAGE: the whole script ends here
+  echo "[gpu_checks] STOP: $*"
+  exit 2
+}
+
+# --- setup: the bundle, in an environment layered on the image's Python ---------------------
+BASE_PY="${GPU_CHECKS_PYTHON:-$(command -v python3 || command -v python)}"
+ENV_DIR="${GPU_CHECKS_ENV:-$PWD/.gpu_checks_env}"
+setup_env() {
+  set -e
+  echo "base python: $BASE_PY ($("$BASE_PY" -c 'import sys; print(sys.version.split()[0], sys.prefix)'))"
+  rm -rf "$ENV_DIR"
+  "$BASE_PY" -m venv --without-pip "$ENV_DIR"
+  local site
+  site="$("$ENV_DIR/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+  # The base's package folders, after the environment's own (as --system-site-packages would,
+  # but also when the base is itself a virtual environment, as in the dry run).
+  "$BASE_PY" -c '
+import os, sys
+dirs = [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+print("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs))' > "$site/_gpu_checks_base.pth"
+  echo "the image's packages seen through $site/_gpu_checks_base.pth:"; cat "$site/_gpu_checks_base.pth"
+  # Pins: the image's jax, torch, CUDA and numpy stay exactly as they are.
+  "$ENV_DIR/bin/python" -c '
+import importlib.metadata as md, re
+pat = re.compile(r"^(jax|jaxlib|jax-cuda.*|jax-plugin.*|torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*|numpy)$")
+pins = {re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version for d in md.distributions() if d.metadata["Name"]}
+print("\n".join(f"{n}=={v}" for n, v in sorted(pins.items()) if pat.match(n)))' > "$ENV_DIR/image_pins.txt"
+  echo "pinned: $(tr '\n' ' ' < "$ENV_DIR/image_pins.txt")"
+  if [ ! -f gpu_wheels/requirements.txt ]; then
+    echo "no gpu_wheels/ here (make it with bash benchmarks/gpu_wheels.sh, ship it with the tree): nothing installed"
+    return 0
+  fi
+  # No configuration file, no PIP_* variable (--isolated), no index: only the shipped wheels.
+  PIP_CONFIG_FILE=/dev/null "$ENV_DIR/bin/python" -m pip install --isolated \
+      --disable-pip-version-check --no-index --find-links gpu_wheels -c "$ENV_DIR/image_pins.txt" -r gpu_wheels/requirements.txt
+}
+if [ "${GPU_CHECKS_SETUP:-1}" = "1" ]; then
+  export BASE_PY ENV_DIR
+  export -f setup_env
+  section setup 45 bash -c setup_env \
+      || stop "setup failed (see $OUT/setup.log): $(grep -E 'ERROR|Error' "$OUT/setup.log" | head -1)"
+  grep -E '^no gpu_wheels' "$OUT/setup.log" | sed 's/^/[gpu_checks] /'
+  export PATH="$ENV_DIR/bin:$PATH"
+fi
+echo "[gpu_checks] $(python -c '
+import importlib.metadata as md, platform
+def ver(d):
+    try:
+        return md.version(d)
+    except md.PackageNotFoundError:
+        return "-"
+print("python", platform.python_version(), ", ".join(d + " " + ver(d) for d in ("jax", "jaxlib", "torch", "torchvision")))')"
+
+# --- preflight: seconds to tell whether this environment can run the checks at all ----------
+PREFLIGHT_ARGS=()
+[ "$TINY" = "1" ] && PREFLIGHT_ARGS=(--cpu-ok)
+section preflight 40 python benchmarks/preflight.py ${PREFLIGHT_ARGS[@]+"${PREFLIGHT_ARGS[@]}"}
+preflight_rc=$?
+grep '^\[preflight\]' "$OUT/preflight.log" | grep -v 'STOP' | sed 's/^/  /'
+if [ "$preflight_rc" -ne 0 ]; then
+  verdict="$(grep '^\[preflight\] STOP' "$OUT/preflight.log" | tail -1 | sed 's/^\[preflight\] STOP *//')"
+  stop "preflight: ${verdict:-exit $preflight_rc (see $OUT/preflight.log)}"
+fi
 
 if [ "$TINY" = "1" ]; then
   # The same steps at toy size (CPU-friendly): shapes, options and log format are checked.
