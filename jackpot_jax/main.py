@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jackpot_jax import utils, xla_flags
+from jackpot_jax import xla_flags
 from jackpot_jax.errors import JackpotError
 from jackpot_jax.pipeline import train
 
@@ -26,9 +26,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    utils.log(xla_flags.apply_recommended())  # before JAX starts its backend
+    xla_line = xla_flags.apply_recommended()  # before JAX starts; logged once it has
     try:
-        train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+        train.run(flags.FLAGS.config, flags.FLAGS.workdir, notes=(xla_line,))
     except JackpotError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -17,6 +17,7 @@ What a run leaves in its workdir:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -115,8 +116,9 @@ def init_distributed(config) -> None:
     )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs ``config.mode`` in ``workdir``; rerunning the same command resumes it.
+def run(config: ml_collections.ConfigDict, workdir: str, notes: Sequence[str] = ()) -> dict:
+    """Runs ``config.mode`` in ``workdir``; rerunning the same command resumes it. ``notes``:
+    lines the launcher wants in the run's header (logged once JAX is up, by process 0).
 
     A workdir belongs to one config: a rerun with another one raises `WorkdirError` naming
     the keys, unless ``config.resume`` is False (the old run is moved aside, never deleted).
@@ -125,6 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     init_distributed(config)
     workdir = os.path.abspath(workdir)
     resume.prepare_workdir(config, workdir)
+    for line in notes:
+        utils.log(line)
     compute = kernels.ComputeOptions.from_config(config)
     utils.log(kernels.describe_convolutions(compute))
     utils.log(kernels.describe_masks(compute))
