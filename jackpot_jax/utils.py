@@ -1,5 +1,5 @@
-"""Small helpers the pipeline modules share: process 0 logs and writes, JSON, host copies, and
-the kill hook the crash tests use."""
+"""Small helpers the pipeline modules share: process 0 logs and writes, JSON, host copies, flat
+and nested dicts, and the kill hook the crash tests use."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -95,3 +96,33 @@ def kill_point(event: str) -> None:
     _KILL_COUNTS[event] = _KILL_COUNTS.get(event, 0) + 1
     if _KILL_COUNTS[event] == int(n):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def flatten_dict(nested: Mapping[str, Any], sep: str = "/", prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}}`` -> ``{'a/b': 1}`` (keys joined with ``sep``; mappings are walked,
+    anything else is a leaf)."""
+    flat = {}
+    for key, value in nested.items():
+        path = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_dict(value, sep, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def nest_dict(flat: Mapping[str, Any], sep: str = "/") -> dict:
+    """The inverse of `flatten_dict`: ``{'a/b': 1}`` -> ``{'a': {'b': 1}}``. Raises ValueError
+    when one path is a prefix of another (``'a'`` and ``'a/b'``)."""
+    nested: dict = {}
+    for path, value in flat.items():
+        parts = path.split(sep)
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"path {path!r} clashes with another path")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ValueError(f"path {path!r} clashes with another path")
+        node[parts[-1]] = value
+    return nested

@@ -32,10 +32,6 @@ def random_scores(rng: jax.Array, params: PyTree, filter_fn: FilterFn | None = N
     )
 
 
-def _prunable_part(tree: PyTree, like: PyTree) -> PyTree:
-    return jax.tree.map(lambda m, x: None if m is None else x, like, tree, is_leaf=_is_none)
-
-
 def _sum_grads(loss_fn, params, batches):
     grad_fn = jax.jit(jax.grad(loss_fn))
     total = None

@@ -20,7 +20,7 @@ from jackpot_jax.method.topk import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Persistent masks updated by balanced swaps (the authors' 2023 code, DESIGN.md section 7)
+# Persistent masks updated by balanced swaps (the authors' 2023 journal code)
 # ---------------------------------------------------------------------------------------------
 
 SWAP_SCHEDULES = ("official", "poly")

@@ -1,6 +1,6 @@
 """CIFAR ResNets (He et al. 2016, §4.2) with the option-A parameter-free shortcut.
 
-Layout and names follow the official code (DESIGN.md §2): `conv1`, `bn1`,
+Layout and names follow the official code: `conv1`, `bn1`,
 `layer{1,2,3}_{i}/conv{1,2}`, `layer{1,2,3}_{i}/bn{1,2}`, `classifier`.
 """
 

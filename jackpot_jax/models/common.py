@@ -6,7 +6,7 @@ from jax import lax
 
 from jackpot_jax import kernels
 
-# torch-equivalent explicit paddings (DESIGN.md §4): Flax 'SAME' pads stride-2 layers
+# torch-equivalent explicit paddings: Flax 'SAME' pads stride-2 layers
 # asymmetrically, torch pads symmetrically.
 PAD0 = ((0, 0), (0, 0))
 PAD1 = ((1, 1), (1, 1))

@@ -39,30 +39,6 @@ def _to_numpy(tree: Any) -> Any:
     return jax.tree.map(np.asarray, tree)
 
 
-def _nest(flat: Mapping[str, Any]) -> dict:
-    nested: dict = {}
-    for path, value in flat.items():
-        parts = path.split("/")
-        node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"score path {path!r} clashes with another score path")
-        node[parts[-1]] = value
-    return nested
-
-
-def _flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in nested.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, path))
-        else:
-            flat[path] = value
-    return flat
-
-
 def _save_tree(path: str, tree: Any) -> None:
     # Every process of a multi-process run calls this: orbax decides who writes what.
     with ocp.StandardCheckpointer() as ckptr:
@@ -124,7 +100,7 @@ def save_variables(
     utils.sync("save_variables:scores")
     if scores is not None:
         if scores:
-            _save_tree(sdir, _nest(_to_numpy(dict(scores))))
+            _save_tree(sdir, utils.nest_dict(_to_numpy(dict(scores))))
         elif utils.is_primary():
             os.makedirs(sdir)
     if (arch is not None or model_options) and utils.is_primary():
@@ -155,7 +131,7 @@ def load_scores(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
         return None
     if not os.listdir(sdir):
         return {}
-    return _flatten(_restore_tree(sdir))
+    return utils.flatten_dict(_restore_tree(sdir))
 
 
 def load_model_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -192,8 +168,10 @@ def check_variables(module, variables: Mapping[str, Any], input_shape, source: s
     )
     problems = []
     for col in ("params", "batch_stats"):
-        want = {p: tuple(v.shape) for p, v in _flatten(abstract.get(col, {})).items()}
-        got = {p: tuple(np.shape(v)) for p, v in _flatten(variables.get(col) or {}).items()}
+        want = {p: tuple(v.shape) for p, v in utils.flatten_dict(abstract.get(col, {})).items()}
+        got = {
+            p: tuple(np.shape(v)) for p, v in utils.flatten_dict(variables.get(col) or {}).items()
+        }
         problems += [
             f"{col}/{p}: shape {got[p]}, expected {want[p]}"
             for p in sorted(set(want) & set(got))

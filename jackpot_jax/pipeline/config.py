@@ -1,6 +1,6 @@
 """The defaults every config starts from (`configs/*.py` override what differs).
 
-Search defaults are the official code's (DESIGN.md): SGD lr 0.1, momentum 0.9, no Nesterov,
+Search defaults are the official code's: SGD lr 0.1, momentum 0.9, no Nesterov,
 cosine to 0 stepped per epoch, weight decay on the scores, batch 256, scores 1.0/0.95 from the
 magnitude mask, |scores| ranked, one global magnitude threshold fixing per-layer counts.
 """

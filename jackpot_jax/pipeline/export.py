@@ -129,8 +129,8 @@ def load_jackpot(path: str, input_shape=None) -> tuple[dict, dict, dict, dict]:
             "pipeline. Export it with tools/convert_torch_weights.py --to-torch --input "
             f"<checkpoint dir> --jackpot {_npz_path(path)} instead"
         )
-    params = ckpt_lib._nest(jackpot["params"])
-    batch_stats = ckpt_lib._nest(jackpot["batch_stats"])
+    params = utils.nest_dict(jackpot["params"])
+    batch_stats = utils.nest_dict(jackpot["batch_stats"])
     if input_shape is not None:
         ckpt_lib.check_variables(
             model_of(meta, path),

@@ -52,20 +52,10 @@ LAUNCH_KEYS = (
 # ---------------------------------------------------------------------------------------------
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_differences(saved: dict, new: dict) -> list[str]:
     """``'key: saved -> new'`` for every dotted key whose value differs (launch keys ignored)."""
-    a, b = _flat(saved), _flat(json.loads(json.dumps(new, default=utils.json_default)))
+    a = utils.flatten_dict(saved, sep=".")
+    b = utils.flatten_dict(json.loads(json.dumps(new, default=utils.json_default)), sep=".")
     keys = sorted(
         k
         for k in set(a) | set(b)
