@@ -1,29 +1,58 @@
 """Compiling and loading the package's small C++ XLA FFI handlers (``csrc/``).
 
-Two optional handlers live there: oneDNN's convolutions (`jackpot_jax.kernels.native.onednn`) and the exact
-top-k mask's radix select (`jackpot_jax.kernels.native.topk_select`). Each is compiled on first use with a
-C++17 compiler (``CXX``, else ``c++``/``g++``/``clang++``) against jaxlib's FFI headers, into
-``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``), keyed by the source, the
-compiler flags and the jaxlib version, so a second process loads the cached library at once.
-`OptionalLibrary` loads one of them on first use and says why it is unavailable; the handlers
-are registered for the CPU platform and have no sharding rule, so the package uses them with
-one device only (`placement_reason`).
+Two optional handlers live there: oneDNN's convolutions (`jackpot_jax.kernels.native.onednn`) and the
+exact top-k mask's radix select (`jackpot_jax.kernels.native.topk_select`).
+
+`build` compiles one on first use with a C++17 compiler (``CXX``, else ``c++``/``g++``/``clang++``)
+against jaxlib's FFI headers, linked with ``-Wl,--no-undefined`` (a missing symbol fails the
+build, not the first call), into ``$XDG_CACHE_HOME/jackpot_jax`` (else ``~/.cache/jackpot_jax``).
+The file name holds a key (`cache_key`) over the source, the whole command, jaxlib's version,
+the compiler's version (the first line of ``CXX --version``), the machine
+(`platform.machine`) and what the caller adds (oneDNN's header version), so a second process
+loads the cached library at once and a changed toolchain builds afresh. Several processes
+building the same library at once compile it once: the build holds an ``fcntl.flock`` on a
+lock file next to the output and the others wait for it (at most `LOCK_TIMEOUT_S`), then load
+what it wrote. A compile is killed after `BUILD_TIMEOUT_S`. When the cache directory cannot be
+written (no home, a read-only file system), libraries are built in a private temporary
+directory of the process instead, with a warning.
+
+`OptionalLibrary` loads one library on first use and says why it is unavailable; the first
+time it falls back for any reason but an explicit opt-out (or oneDNN not installed at all) it
+says so once with a `FallbackWarning`. Its lock is held while the library builds, which takes
+at most the build and lock timeouts, so no thread that traces a step waits on it forever. The
+handlers are registered for the CPU platform and have no sharding rule, so the package uses
+them with one device only (`placement_reason`).
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import errno
+import fcntl
+import functools
 import hashlib
 import os
+import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 
 from jackpot_jax.cache import cache_root
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+
+BUILD_TIMEOUT_S = 300  # one compile; killed (with its process group) after this
+LOCK_TIMEOUT_S = BUILD_TIMEOUT_S + 60  # waiting for another process's build of the same file
+
+
+class FallbackWarning(UserWarning):
+    """A native handler is unavailable (e.g. its build failed): the package computes without it."""
 
 
 def compiler() -> str | None:
@@ -35,11 +64,145 @@ def compiler() -> str | None:
     return None
 
 
-def build(source: str, *, flags: list[str] = (), libs: list[str] = ()) -> str:
-    """Compiles ``csrc/<source>`` into a shared library (once per source, flags and jaxlib
-    version) and returns its path. ``flags`` go before the source (e.g. ``-I`` directories),
-    ``libs`` after it (``-L``, ``-l``, rpath). Raises RuntimeError when no compiler is found
-    or compiling fails (with the command and the compiler's last words)."""
+@functools.cache
+def compiler_version(cxx: str) -> str:
+    """The first line ``cxx --version`` prints (e.g. ``g++ (Debian 12.2.0-14) 12.2.0``), or ""
+    when it prints nothing or cannot be run within 30 s."""
+    try:
+        proc = subprocess.run(
+            [cxx, "--version"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def cache_key(
+    source: bytes,
+    command: Sequence[str],
+    *,
+    jaxlib_version: str,
+    compiler_version: str,
+    machine: str,
+    extra: Sequence[str] = (),
+) -> str:
+    """16 hex digits naming one build: a library is reused only when the source, the compile
+    command, jaxlib's version, the compiler's version, the machine and ``extra`` (what else the
+    caller's build depends on, e.g. its library headers' version) are all the same."""
+    parts = [jaxlib_version, compiler_version, machine, *command, "", *extra]
+    return hashlib.sha256(source + b"\0" + "\0".join(parts).encode()).hexdigest()[:16]
+
+
+class _Unwritable(Exception):
+    """The directory cannot hold the build (cannot be created or written)."""
+
+
+_private_lock = threading.Lock()
+_private: list[str] = []  # this process's temporary build directory, once made
+
+
+def _private_dir(reason: str) -> str:
+    with _private_lock:
+        if not _private:
+            path = tempfile.mkdtemp(prefix="jackpot_jax_native_")
+            atexit.register(shutil.rmtree, path, True)
+            _private.append(path)
+            warnings.warn(
+                f"jackpot_jax: the cache directory cannot hold compiled handlers ({reason}); "
+                f"building them in {path} instead, for this process only",
+                FallbackWarning,
+                stacklevel=2,
+            )
+        return _private[0]
+
+
+def _flock(fd: int, path: str, timeout: float) -> None:
+    """Takes an exclusive lock on ``fd``, waiting at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"waited {timeout:.0f} s for the lock {path}, held by another process "
+                "building the same library"
+            )
+        time.sleep(0.05)
+
+
+def _compile(cmd: list[str], source: str) -> None:
+    # A session of its own, so a timeout kills the compiler driver and what it started.
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    except OSError as err:
+        raise RuntimeError(f"cannot run {cmd[0]}: {err}") from err
+    try:
+        _, stderr = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        raise RuntimeError(
+            f"compiling {source} took longer than the build timeout of {BUILD_TIMEOUT_S} s "
+            f"(jackpot_jax.kernels.native.BUILD_TIMEOUT_S):\n{' '.join(cmd)}"
+        ) from None
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"compiling {source} failed (exit status {proc.returncode}):\n{' '.join(cmd)}\n"
+            f"{stderr[-2000:]}"
+        )
+
+
+def _build_in(directory: str, name: str, cmd: list[str], source: str) -> str:
+    """Builds ``directory/name`` under the lock file next to it, unless it is there already."""
+    out = os.path.join(directory, name)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        lock = os.open(out + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise _Unwritable(f"{directory}: {err.strerror or err}") from err
+    try:
+        _flock(lock, out + ".lock", LOCK_TIMEOUT_S)
+        if os.path.exists(out):  # built by another process while this one waited
+            return out
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=directory)
+        except OSError as err:
+            raise _Unwritable(f"{directory}: {err.strerror or err}") from err
+        os.close(fd)
+        try:
+            _compile(cmd + ["-o", tmp], source)
+            os.replace(tmp, out)  # atomic: a reader sees no file or the whole library
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return out
+    finally:
+        os.close(lock)  # releases the flock
+
+
+def build(
+    source: str, *, flags: Sequence[str] = (), libs: Sequence[str] = (), key: Sequence[str] = ()
+) -> str:
+    """Compiles ``csrc/<source>`` into a shared library (once per `cache_key`; ``key`` adds
+    what else the build depends on) and returns its path. ``flags`` go before the source (e.g.
+    ``-I`` directories), ``libs`` after it (``-L``, ``-l``, rpath). Raises RuntimeError when
+    no compiler is found, compiling fails or times out (with the command and the compiler's
+    last words)."""
     import jax
     import jaxlib
 
@@ -60,68 +223,103 @@ def build(source: str, *, flags: list[str] = (), libs: list[str] = ()) -> str:
         *flags,
         path,
         *libs,
+        "-Wl,--no-undefined",
     ]
-    key = hashlib.sha256(
-        text + jaxlib.__version__.encode() + "\0".join(cmd[1:]).encode()
-    ).hexdigest()[:16]
-    out = os.path.join(cache_root(), f"{os.path.splitext(source)[0]}_{key}.so")
-    if os.path.exists(out):
-        return out
-    os.makedirs(cache_root(), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_root())
-    os.close(fd)
-    proc = subprocess.run(cmd + ["-o", tmp], capture_output=True, text=True)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"compiling {path} failed:\n{' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    os.replace(tmp, out)  # atomic: concurrent builds leave one complete file
-    return out
+    digest = cache_key(
+        text,
+        cmd,
+        jaxlib_version=jaxlib.__version__,
+        compiler_version=compiler_version(cxx),
+        machine=platform.machine(),
+        extra=key,
+    )
+    name = f"{os.path.splitext(source)[0]}_{digest}.so"
+    if os.path.exists(os.path.join(cache_root(), name)):
+        return os.path.join(cache_root(), name)
+    try:
+        return _build_in(cache_root(), name, cmd, path)
+    except _Unwritable as err:
+        return _build_in(_private_dir(str(err)), name, cmd, path)
 
 
-def register(path: str, targets: Mapping[str, str]) -> ctypes.CDLL:
-    """Loads the library at ``path`` and registers its XLA FFI handlers (custom-call target ->
-    symbol) for the CPU platform; returns the library."""
+def load(path: str) -> ctypes.CDLL:
+    """The library at ``path``, loaded (all its symbols bound now)."""
+    return ctypes.cdll.LoadLibrary(path)
+
+
+def register(lib: ctypes.CDLL, targets: Mapping[str, str]) -> None:
+    """Registers the XLA FFI handlers of ``lib`` (custom-call target -> symbol) for the CPU
+    platform."""
     import jax
 
-    lib = ctypes.cdll.LoadLibrary(path)
     for target, symbol in targets.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
-    return lib
 
 
 class Unavailable(Exception):
-    """Raised by an `OptionalLibrary`'s loader: the message says why the library is off."""
+    """Raised by an `OptionalLibrary`'s loader: the message says why the library is off.
+    ``announce=False`` for the expected cases (opted out, the optional dependency not
+    installed), which fall back without a warning."""
+
+    def __init__(self, reason: str, *, announce: bool = True):
+        super().__init__(reason)
+        self.announce = announce
 
 
 class OptionalLibrary:
     """A native library loaded once, on first use, by ``load()``: the loaded ctypes library,
-    or `Unavailable` with the reason. Thread-safe."""
+    or `Unavailable` with the reason. ``what`` names it and ``fallback`` says what runs
+    without it, for the one `FallbackWarning`. Thread-safe: the first caller builds; others
+    wait for it (bounded by the build's own timeouts)."""
 
-    def __init__(self, load: Callable[[], ctypes.CDLL]):
+    def __init__(self, load: Callable[[], ctypes.CDLL], what: str, fallback: str):
         self._load, self._lock = load, threading.Lock()
+        self._what, self._fallback = what, fallback
         self._lib: ctypes.CDLL | None = None
         self._reason: str | None = None
 
-    def available(self) -> bool:
-        """Whether the library loaded (loads it on the first call)."""
-        with self._lock:
+    def _status(self) -> str:
+        if self._reason is not None:
+            return self._reason
+        # Never forever: the loader's compile and lock waits have their own timeouts.
+        if not self._lock.acquire(timeout=BUILD_TIMEOUT_S + LOCK_TIMEOUT_S + 60):
+            return f"{self._what}: still being built by another thread"
+        try:
             if self._reason is None:
                 try:
                     self._lib, self._reason = self._load(), ""
                 except Unavailable as err:
                     self._reason = str(err)
-            return not self._reason
+                    if err.announce:
+                        warnings.warn(
+                            f"jackpot_jax: {self._what} unavailable ({self._reason}); "
+                            f"{self._fallback}",
+                            FallbackWarning,
+                            stacklevel=3,
+                        )
+            return self._reason
+        finally:
+            self._lock.release()
+
+    def available(self) -> bool:
+        """Whether the library loaded (loads it on the first call)."""
+        return not self._status()
 
     def reason(self) -> str:
         """Why `available` is False ("" when it is True)."""
-        self.available()
-        return self._reason
+        return self._status()
 
     @property
     def lib(self) -> ctypes.CDLL:
-        if not self.available():
-            raise RuntimeError(self._reason)
+        reason = self._status()
+        if reason:
+            raise RuntimeError(reason)
         return self._lib
+
+    @property
+    def path(self) -> str:
+        """The loaded library's file."""
+        return self.lib._name
 
 
 def placement_reason() -> str:

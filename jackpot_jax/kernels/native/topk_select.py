@@ -11,10 +11,12 @@ elsewhere, or without it, the counting search runs as before, and both give iden
 `kth_largest_key` is the same select on given keys with a traced k: the thresholds of the
 persistent-mask swap rule (`sparsity.swap_masks`), 2.1-2.7x faster swaps there.
 
-It needs a C++17 compiler (the handler is compiled on first use by `jackpot_jax.kernels.native.build`,
-in a few seconds, and cached) and, like the oneDNN convolutions, one device (the custom call
-has no sharding rule). ``JACKPOT_JAX_TOPK_SELECT=0`` turns it off; `unavailable_reason` says
-why it is off.
+It needs a C++17 compiler (the handler is compiled on first use by
+`jackpot_jax.kernels.native.build`, in a few seconds, and cached) and, like the oneDNN
+convolutions, one device (the custom call has no sharding rule). ``JACKPOT_JAX_TOPK_SELECT=0``
+turns it off; `unavailable_reason` says why it is off. A failed build or load is announced once
+by a `jackpot_jax.kernels.native.FallbackWarning`. Under `jax.vmap` the handlers run once per
+mapped element (``vmap_method="sequential"``).
 """
 
 from __future__ import annotations
@@ -32,14 +34,20 @@ _SYMBOLS = {TARGET: "JjTopkMask", KTH_TARGET: "JjKthLargestKey"}
 
 def _load():
     if os.environ.get("JACKPOT_JAX_TOPK_SELECT", "1") == "0":
-        raise native.Unavailable("JACKPOT_JAX_TOPK_SELECT=0")
+        raise native.Unavailable("JACKPOT_JAX_TOPK_SELECT=0", announce=False)
     try:
-        return native.register(native.build("topk_select.cc"), _SYMBOLS)
+        lib = native.load(native.build("topk_select.cc"))
+        native.register(lib, _SYMBOLS)
     except (OSError, RuntimeError, AttributeError) as err:
         raise native.Unavailable(f"native top-k select unavailable: {err}") from err
+    return lib
 
 
-_library = native.OptionalLibrary(_load)
+_library = native.OptionalLibrary(
+    _load,
+    "native top-k select",
+    "masks use the counting search (same masks, slower; JACKPOT_JAX_TOPK_SELECT=0 silences this)",
+)
 
 
 def available() -> bool:

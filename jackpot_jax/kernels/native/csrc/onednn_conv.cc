@@ -5,7 +5,9 @@
 // the kernel w (KH, KW, C, O) is HWIO; strides and explicit padding are attributes. oneDNN
 // reads and writes the activations in place (NHWC strides); the kernel is reordered into the
 // layout oneDNN chose for it (forward, input gradient) or from it (weight gradient). The
-// primitives are built once per shape and cached. Built and loaded by jackpot_jax/onednn.py.
+// primitives are built once per shape and cached. Built and loaded by
+// jackpot_jax/kernels/native/onednn.py, which refuses a oneDNN library older than the headers
+// this file was compiled against (JjOnednnHeaderVersion against JjOnednnLibraryVersion).
 //
 // XLA calls a handler from any of its threads, several at once. oneDNN's default (library)
 // scratchpad is shared by the primitives of the thread that created them, so the primitives
@@ -14,6 +16,7 @@
 // executions share one).
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -21,6 +24,7 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.h"
+#include "oneapi/dnnl/dnnl_version.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -274,10 +278,34 @@ ffi::Error WeightGrad(F32 x, F32 g, F32Out dw, int64_t sh, int64_t sw, int64_t p
 
 }  // namespace
 
-// The implementation oneDNN chose for the last primitive built ("" if none): for logs, tests.
-extern "C" const char* JjOnednnLastImpl() {
+// The implementation oneDNN chose for the last primitive built ("" if none), for logs and
+// tests: copied into buf (at most size - 1 characters and a NUL) under the lock, since another
+// thread may build a primitive and replace it at any time. Returns its whole length (a larger
+// buffer is needed when that is >= size).
+extern "C" size_t JjOnednnLastImpl(char* buf, size_t size) {
   std::lock_guard<std::mutex> lock(cache_mutex);
-  return last_impl->c_str();
+  const size_t length = last_impl->size();
+  if (buf != nullptr && size > 0) {
+    const size_t n = length < size - 1 ? length : size - 1;
+    std::memcpy(buf, last_impl->data(), n);
+    buf[n] = '\0';
+  }
+  return length;
+}
+
+// The oneDNN version of the headers this file was compiled against.
+extern "C" void JjOnednnHeaderVersion(int* major, int* minor, int* patch) {
+  *major = DNNL_VERSION_MAJOR;
+  *minor = DNNL_VERSION_MINOR;
+  *patch = DNNL_VERSION_PATCH;
+}
+
+// The version of the oneDNN library loaded with this one (the one its calls go to).
+extern "C" void JjOnednnLibraryVersion(int* major, int* minor, int* patch) {
+  const dnnl_version_t* version = dnnl_version();
+  *major = version->major;
+  *minor = version->minor;
+  *patch = version->patch;
 }
 
 #define JJ_CONV_BINDING \

@@ -13,7 +13,8 @@
 // the persistent-mask swap rule (sparsity._kth_largest_key).
 //
 // XLA may call the handlers from several threads at once: the scratch buffers are per thread
-// (grown on demand, kept for the next call). Built and loaded by jackpot_jax/topk_select.py.
+// (grown on demand, kept for the next call). Built and loaded by
+// jackpot_jax/kernels/native/topk_select.py.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
