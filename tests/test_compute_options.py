@@ -73,11 +73,11 @@ def _search_hlo(options):
 @needs_onednn
 @pytest.mark.parametrize("order", [(ON, OFF), (OFF, ON)], ids=["on_first", "off_first"])
 def test_cached_eval_steps_follow_their_options(order):
-    engine._eval_step.cache_clear()
+    engine.steps._eval_step.cache_clear()
     texts = {o: _eval_hlo(o) for o in order}
     assert ONEDNN_CALL in texts[ON]
     assert ONEDNN_CALL not in texts[OFF]
-    assert engine._eval_step.cache_info().currsize == 2  # two entries, not one reused
+    assert engine.steps._eval_step.cache_info().currsize == 2  # two entries, not one reused
 
 
 @needs_onednn
