@@ -457,7 +457,13 @@ def test_two_jax_processes_feed_their_rows_and_evaluate_as_one():
         )
         for i in (0, 1)
     ]
-    outs = [p.communicate(timeout=240) for p in procs]
+    try:
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:  # a hang (or any failure) leaves no process behind
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out.split('RESULT ', 1)[1]) for out, _ in outs]
