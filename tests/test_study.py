@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from jackpot_jax.experiments import study
+from jackpot_jax.experiments import runner, study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,7 +122,7 @@ def test_parallel_workers_match_the_serial_study(serial_study, tmp_path):
     c.seeds = (0,)
     c.workers = 2
     planner = study.Study(c, str(tmp_path), plan=True)
-    study._experiments(planner, c)
+    study.experiments(planner, c)
     n_pieces = len(planner.plan)
     res = study.run_study(c, str(tmp_path))
     assert res["run"]["pieces_run_this_invocation"] == n_pieces > 10
@@ -143,13 +143,13 @@ def test_parallel_workers_match_the_serial_study(serial_study, tmp_path):
 
 def test_claim_is_exclusive_and_taken_over_from_a_dead_owner(tmp_path):
     target = str(tmp_path / "piece" / "summary.json")
-    assert study._claim(target)
-    assert not study._claim(target)  # held by this (live) process
+    assert runner.claim(target)
+    assert not runner.claim(target)  # held by this (live) process
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with open(target + ".claim", "w") as f:
         f.write(f"{socket.gethostname()} {dead.pid}")
-    assert study._claim(target)  # its owner is gone: taken over
+    assert runner.claim(target)  # its owner is gone: taken over
     with open(target + ".claim") as f:
         assert f.read() == f"{socket.gethostname()} {os.getpid()}"
 
@@ -157,7 +157,7 @@ def test_claim_is_exclusive_and_taken_over_from_a_dead_owner(tmp_path):
 def test_plan_lists_each_piece_once_with_what_it_needs(tmp_path):
     c = _tiny_config()
     planner = study.Study(c, str(tmp_path), plan=True)
-    study._experiments(planner, c)
+    study.experiments(planner, c)
     tasks = planner.plan
     pre = {
         s: str(tmp_path / "lenet300_100" / f"seed{s}" / "pretrain" / "summary.json")
