@@ -58,9 +58,11 @@ def test_cli_pretrain_search_eval_on_real_fashion_mnist(tmp_path):
         *small,
     )
     assert "test_accuracy" in out.stdout  # the closing table
-    # Its first two lines say which convolutions and which top-k masks the steps run.
-    first = out.stdout.splitlines()[:2]
-    assert first[0].startswith("convolutions: ") and first[1].startswith("masks: "), first
+    # Its first three lines say which XLA flags the launcher added (the recommended ones, as
+    # jaxlib allows), and which convolutions and top-k masks the steps run.
+    first = out.stdout.splitlines()[:3]
+    assert first[0].startswith("XLA flags: "), first
+    assert first[1].startswith("convolutions: ") and first[2].startswith("masks: "), first
     summary = json.load(open(tmp_path / "search" / "summary.json"))
     for key in [
         "mode",

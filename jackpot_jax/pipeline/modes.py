@@ -6,64 +6,24 @@ exports (`jackpot_jax.pipeline.export`) and returns the run's summary (also in s
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
 import jax
-import numpy as np
 
-from jackpot_jax import models, utils
 from jackpot_jax import sparsity as sp
-from jackpot_jax.data import datasets as data_lib
-from jackpot_jax.errors import ConfigError, InputError, MissingInputError
+from jackpot_jax import utils
+from jackpot_jax.errors import ConfigError, MissingInputError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import engine, export
-from jackpot_jax.pipeline.pruning import budget_for, criterion_mask, pattern_report, prune_filter
-from jackpot_jax.pipeline.resume import MetricsLog
-
-
-def load_data(config) -> data_lib.Dataset:
-    try:
-        ds = data_lib.load_dataset(
-            config.dataset,
-            data_dir=config.data_dir or None,
-            val_examples=config.val_examples,
-            split_seed=config.split_seed,
-            train_subset=config.train_subset or None,
-            test_subset=config.test_subset or None,
-        )
-    except FileNotFoundError as e:  # data.py's message names the places it looked
-        raise MissingInputError(str(e)) from e
-    except ValueError as e:  # a bad dataset name, subset size or data file, named by data.py
-        raise InputError(f"dataset={config.dataset!r}: {e}") from e
-    if config.image_size:
-        if ds.augment != "inception":
-            raise ConfigError(
-                f"image_size={config.image_size} applies only to ImageNet-style "
-                f"data (resized crops); {config.dataset!r} has fixed-size images"
-            )
-        # Crop size of RandomResizedCrop / centre crop (eval resizes to 256/224 of it).
-        ds = dataclasses.replace(
-            ds, image_shape=(config.image_size, config.image_size, ds.image_shape[2])
-        )
-    return ds
-
-
-def model_options(config, ds) -> dict:
-    opts = dict(config.model_options)
-    opts["num_classes"] = ds.num_classes
-    return opts
-
-
-def init_model(config, ds, seed: int):
-    opts = model_options(config, ds)
-    module = models.get_model(config.model, **opts)
-    # Jitted: an eager init of ResNet-50 compiles hundreds of small programs.
-    variables = jax.jit(models.init_variables, static_argnums=(0, 2))(
-        module, jax.random.key(seed), (1, *ds.image_shape)
-    )
-    return module, variables, opts
+from jackpot_jax.pipeline.pruning import budget_for, criterion_mask, prune_filter
+from jackpot_jax.pipeline.sources import init_model, load_data, model_options  # noqa: F401
+from jackpot_jax.pipeline.summaries import (
+    base_summary,
+    mask_summary,
+    print_table,
+    same_on_every_process,
+)
 
 
 def dense_source(config, workdir: str, ds, mesh):
@@ -93,7 +53,7 @@ def dense_source(config, workdir: str, ds, mesh):
     return module, variables, info["options"], os.path.abspath(path)
 
 
-def _weights_for_masking(config, workdir, ds, mesh, weights: str, seed: int):
+def weights_for_masking(config, workdir, ds, mesh, weights: str, seed: int):
     if weights == "pretrained":
         return dense_source(config, workdir, ds, mesh)
     if weights == "random":
@@ -150,7 +110,7 @@ def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
         os.path.join(workdir, "model"), final, arch=config.model, model_options=opts, overwrite=True
     )
     test = _evaluate_test(config, module, final, ds, mesh)
-    summary = _base_summary(config, "pretrain", ds, log, t0)
+    summary = base_summary(config, "pretrain", ds, log, t0)
     summary.update(
         {
             "pretrained_checkpoint": model_dir,
@@ -161,7 +121,7 @@ def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
         }
     )
     utils.write_json(os.path.join(workdir, "summary.json"), summary)
-    _print_table(summary)
+    print_table(summary)
     return summary
 
 
@@ -169,7 +129,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     """The lottery-jackpot search: frozen weights, scores trained by SGD (Eq. 8)."""
     t0, ds, mesh = _start(workdir, config, ds, mesh)
     cfg = config.search
-    module, variables, opts, source = _weights_for_masking(
+    module, variables, opts, source = weights_for_masking(
         config, workdir, ds, mesh, cfg.weights, config.seed
     )
     filter_fn = prune_filter(config)
@@ -244,7 +204,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     )
     scores = utils.as_numpy(state.trainable)
     masks = utils.as_numpy(current_masks(state))
-    _same_on_every_process(masks, "final masks")
+    same_on_every_process(masks, "final masks")
     final_bs = utils.as_numpy(state.batch_stats)
     final_vars = utils.variables_of(utils.as_numpy(sp.apply_masks(params, masks)), final_bs)
     test = _evaluate_test(config, module, final_vars, ds, mesh)
@@ -260,8 +220,8 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         overwrite=True,
     )
     utils.kill_point("export")
-    summary = _base_summary(config, "search", ds, log, t0)
-    summary.update(_mask_summary(masks, config))
+    summary = base_summary(config, "search", ds, log, t0)
+    summary.update(mask_summary(masks, config))
     summary.update(
         {
             "pretrained_checkpoint": source,
@@ -280,7 +240,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         }
     )
     utils.write_json(os.path.join(workdir, "summary.json"), summary)
-    _print_table(summary)
+    print_table(summary)
     return summary
 
 
@@ -300,7 +260,7 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
             jackpot_path, config, ds.image_shape
         )
     else:
-        module, variables, opts, source = _weights_for_masking(
+        module, variables, opts, source = weights_for_masking(
             config, workdir, ds, mesh, cfg.weights, config.seed
         )
         budget = budget_for(config, variables["params"], filter_fn)
@@ -338,8 +298,8 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
         model_options=opts,
         overwrite=True,
     )
-    summary = _base_summary(config, "finetune", ds, log, t0)
-    summary.update(_mask_summary(masks, config))
+    summary = base_summary(config, "finetune", ds, log, t0)
+    summary.update(mask_summary(masks, config))
     summary.update(
         {
             "pretrained_checkpoint": source,
@@ -352,7 +312,7 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
         }
     )
     utils.write_json(os.path.join(workdir, "summary.json"), summary)
-    _print_table(summary)
+    print_table(summary)
     return summary
 
 
@@ -395,84 +355,7 @@ def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
         "wall_seconds": time.time() - t0,
     }
     if masks is not None:
-        summary.update(_mask_summary(masks, config, target=False))
+        summary.update(mask_summary(masks, config, target=False))
     utils.write_json(os.path.join(workdir, "summary.json"), summary)
-    _print_table(summary)
+    print_table(summary)
     return summary
-
-
-def _same_on_every_process(masks, what: str) -> None:
-    """Every process of a multi-process run must end with the same masks; each says so."""
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
-    digest = utils.digest(sp.flatten_paths(masks))
-    print(
-        f"process {jax.process_index()}/{jax.process_count()}: {what} sha256 {digest}", flush=True
-    )
-    multihost_utils.assert_equal(
-        np.frombuffer(bytes.fromhex(digest), np.uint8), f"the processes ended with different {what}"
-    )
-
-
-def _base_summary(config, mode, ds, log: MetricsLog, t0) -> dict:
-    best = max(log.records, key=lambda r: r.get("val_accuracy") or -1) if log.records else None
-    return {
-        "mode": mode,
-        "model": config.model,
-        "dataset": config.dataset,
-        "seed": config.seed,
-        "batch_size": engine.mode_batch_size(config, config.get(mode)),
-        "num_devices": jax.device_count() if not config.num_devices else config.num_devices,
-        "final_val_accuracy": log.records[-1].get("val_accuracy") if log.records else None,
-        "best_val_epoch": best["epoch"] if best else None,
-        "train_examples": len(ds.train),
-        "val_examples": len(ds.val),
-        "test_examples": len(ds.test),
-        "wall_seconds": time.time() - t0,
-    }
-
-
-def _mask_summary(masks, config, target: bool = True) -> dict:
-    per_layer = sp.sparsity_summary(masks)
-    total = per_layer.pop("_total_sparsity")
-    out = {"sparsity_achieved": total, "per_layer_sparsity": per_layer}
-    if target:
-        out["sparsity_target"] = config.sparsity
-    out.update(pattern_report(masks, config, target))  # N:M runs: over patterned kernels
-    return out
-
-
-def _print_table(summary: dict) -> None:
-    if jax.process_index() != 0:
-        return
-    rows = [
-        (k, summary[k])
-        for k in (
-            "mode",
-            "model",
-            "dataset",
-            "pattern",
-            "sparsity_target",
-            "sparsity_achieved",
-            "dense_test_accuracy",
-            "init_mask_test_accuracy",
-            "test_accuracy",
-            "test_top5",
-            "overlap_with_init",
-            "epochs",
-            "seed",
-            "wall_seconds",
-        )
-        if summary.get(k) is not None
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n" + "-" * (width + 16))
-    for k, v in rows:
-        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
-    if summary.get("per_layer_sparsity"):
-        print("per-layer sparsity:")
-        for k, v in summary["per_layer_sparsity"].items():
-            print(f"  {k:<{width}}  {v:.4f}")
-    print("-" * (width + 16), flush=True)
