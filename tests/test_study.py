@@ -91,6 +91,23 @@ def test_tiny_study_end_to_end(serial_study):
         for s in (0, 1)
     ]
     assert dense["test_acc_mean"] == pytest.approx(sum(accs) / 2)
+    assert dense["test_acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)  # ddof=1
+    assert dense["per_seed"]["test_acc"] == {"0": accs[0], "1": accs[1]}
+    # Every row and paired difference recomputes from its per-seed values.
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import check_results
+
+    errors, checked = check_results.check_file(str(tmp_path / "results.json"))
+    assert errors == [] and checked > len(saved["table1"])
+    names = {d["name"] for d in saved["differences"]}
+    assert {
+        "lenet300_100: jackpot@1 - dense",
+        "lenet300_100: jackpot@2 - dense",
+        "lenet300_100: jackpot+finetune - jackpot@1",
+        "lenet300_100: pretrained - random at 90%",
+    } <= names
+    claim5 = next(c for c in saved["claims"] if c["claim"] == 5)
+    assert "95% interval" in claim5["text"] and "over 2 seeds" in claim5["text"]
     ov = {(r["sparsity"], r["criterion"]): r["overlap_mean"] for r in saved["overlap"]}
     assert set(ov) == {(p, c) for p in (0.5, 0.9) for c in study.CRITERIA}
     # Two masks with sparsity p agree on at least 1 - 2(1 - p) of the weights.
@@ -101,6 +118,8 @@ def test_tiny_study_end_to_end(serial_study):
     assert {c["claim"] for c in saved["claims"]} == {1, 2, 3, 4, 5}
     report = open(tmp_path / "report.md").read()
     assert report.count("**Claim") == 5 and "Table 1 analogue" in report
+    assert "sample standard deviation over seeds (ddof=1)" in report
+    assert saved["run"]["commit"] and "dirty" in saved["run"] and saved["run"]["device"]
     # A rerun runs no piece again.
     again = study.run_study(_tiny_config(), str(tmp_path))
     assert again["run"]["pieces_run_this_invocation"] == 0
