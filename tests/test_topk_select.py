@@ -178,7 +178,7 @@ def test_auto_picks_it_on_the_cpu_and_says_so(monkeypatch, compute):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's mask layouts")
-def test_opt_out_and_several_devices_fall_back_to_the_counting_search():
+def test_opt_out_falls_back_to_the_counting_search():
     proc = python_script(
         "from jackpot_jax import kernels\nfrom jackpot_jax.kernels.native import topk_select\n"
         "print(kernels.options.mask_layout(), '|', kernels.describe_masks())\n"
@@ -194,15 +194,26 @@ def test_opt_out_and_several_devices_fall_back_to_the_counting_search():
         "(cpu; native: JACKPOT_JAX_TOPK_SELECT=0)"
     ) in proc.stdout
     assert "raised jackpot_jax.kernels.native.topk_select: JACKPOT_JAX_TOPK_SELECT=0" in proc.stdout
+
+
+@needs_select
+def test_several_devices_fall_back_to_the_counting_search():
+    # With two CPU devices the handler loads, but a custom call without a sharding rule would
+    # see one device's shard: 'auto' must pick the counting search there, and say why.
     proc = python_script(
         "import os\n"
         "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
         "import jax\n"
         "from jackpot_jax import kernels\n"
-        "print(jax.device_count(), kernels.options.mask_layout())\n"
+        "from jackpot_jax.kernels.native import topk_select\n"
+        "print(jax.device_count(), topk_select.available(), kernels.options.mask_layout())\n"
+        "print(kernels.describe_masks())\n"
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[-2:] == ["2", "per_layer"]
+    assert proc.stdout.splitlines()[0].split() == ["2", "True", "per_layer"]
+    assert proc.stdout.splitlines()[1] == (
+        "masks: 32-pass counting search per layer (cpu; native: used with one device only (2 here))"
+    )
 
 
 @needs_select

@@ -268,8 +268,8 @@ class Unavailable(Exception):
 
 class OptionalLibrary:
     """A native library loaded once, on first use, by ``load()``: the loaded ctypes library,
-    or `Unavailable` with the reason. ``what`` names it and ``fallback`` says what runs
-    without it, for the one `FallbackWarning`. Thread-safe: the first caller builds; others
+    or `Unavailable` with the reason (which names the library). ``what`` names it too, and
+    ``fallback`` says what runs without it, for the one `FallbackWarning`. Thread-safe: the first caller builds; others
     wait for it (bounded by the build's own timeouts)."""
 
     def __init__(self, load: Callable[[], ctypes.CDLL], what: str, fallback: str):
@@ -292,8 +292,7 @@ class OptionalLibrary:
                     self._reason = str(err)
                     if err.announce:
                         warnings.warn(
-                            f"jackpot_jax: {self._what} unavailable ({self._reason}); "
-                            f"{self._fallback}",
+                            f"jackpot_jax: {self._reason}; {self._fallback}",
                             FallbackWarning,
                             stacklevel=3,
                         )
