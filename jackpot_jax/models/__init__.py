@@ -4,11 +4,18 @@ Conventions every model follows (other code relies on them):
   * `module.apply(variables, x, train=False)` on NHWC float32 input returns logits (N, C);
   * variables are `{'params', 'batch_stats'}` (no 'batch_stats' without BatchNorm);
   * the last linear layer is a submodule named `classifier` (Dense with bias);
-    every other weight is named `kernel`;
+    every other weight is named `kernel` (ViTs also have `cls_token` and `pos_embedding`);
   * stage outputs are sown into the 'intermediates' collection (see `block_outputs`).
+
+ViTs come under three kinds of names (all `models.vit.ViT`): `vit_tiny` ... `vit_huge` and
+the small `vit_fmnist` (options `patch_size`, `image_size`); torchvision's `vit_b_16`,
+`vit_b_32`, `vit_l_16`, `vit_l_32`, `vit_h_14`; and timm's standard class-token ViTs as
+`timm:<name>` (`timm:vit_small_patch16_224`, `timm:deit_tiny_patch16_224`; see
+`TIMM_VIT_PATTERN`). The name also says which PyTorch layout the converter writes.
 """
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +28,9 @@ from jackpot_jax.models.cifar_resnet import CifarResNet
 from jackpot_jax.models.lenet import LeNet5, LeNet300100
 from jackpot_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from jackpot_jax.models.vgg import CFGS, VGG, VGGCifar
+from jackpot_jax.models.vit import SIZES as VIT_SIZES
+from jackpot_jax.models.vit import ViT
+from jackpot_jax.models.vit import vit as _vit_of_size
 
 # name -> (constructor, default options, default input shape HWC)
 _CIFAR = (32, 32, 3)
@@ -84,15 +94,64 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], tuple[int, 
     ),
     "lenet300_100": (LeNet300100, {"num_classes": 10}, _MNIST),
     "lenet5": (LeNet5, {"num_classes": 10}, _MNIST),
+    **{
+        f"vit_{size}": (
+            functools.partial(_vit_of_size, size),
+            {
+                "num_classes": 1000,
+                "patch_size": 14 if size == "huge" else 16,
+                "image_size": 224,
+                "dropout_rate": 0.0,
+            },
+            _IMAGENET,
+        )
+        for size in VIT_SIZES
+    },
+    # torchvision's names: the patch size is part of the architecture.
+    **{
+        f"vit_{size[0]}_{patch}": (
+            functools.partial(_vit_of_size, size, patch_size=patch),
+            {"num_classes": 1000, "image_size": 224, "dropout_rate": 0.0},
+            _IMAGENET,
+        )
+        for size, patch in (("base", 16), ("base", 32), ("large", 16), ("large", 32), ("huge", 14))
+    },
+    # Pretrains on Fashion-MNIST on two CPU cores in minutes: 7x7 patches of 4x4 pixels.
+    "vit_fmnist": (
+        functools.partial(ViT, width=64, depth=6, num_heads=4, mlp_dim=256),
+        {"num_classes": 10, "patch_size": 4, "image_size": 28, "dropout_rate": 0.0},
+        _MNIST,
+    ),
 }
 
 MODEL_NAMES = list(_REGISTRY)
 
+# timm's standard class-token ViTs (no distillation token, no register tokens, token pooling),
+# with an optional pretrained tag after a dot: `timm:vit_base_patch16_224.augreg_in21k`.
+TIMM_VIT_PATTERN = re.compile(
+    r"timm:(?:vit|deit)_(?P<size>tiny|small|base|large|huge)_patch(?P<patch>\d+)_(?P<image>\d+)"
+    r"(?:\.[A-Za-z0-9_]+)?"
+)
+TIMM_VIT_FORM = "timm:<vit|deit>_<tiny|small|base|large|huge>_patch<P>_<image size>"
+
+
+def valid_names() -> str:
+    """The model names `get_model` takes, for messages."""
+    return f"{', '.join(MODEL_NAMES)}, or {TIMM_VIT_FORM} (e.g. timm:vit_small_patch16_224)"
+
 
 def _entry(name: str):
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    match = TIMM_VIT_PATTERN.fullmatch(name) if isinstance(name, str) else None
+    if match:
+        image = int(match["image"])
+        return (
+            functools.partial(_vit_of_size, match["size"], patch_size=int(match["patch"])),
+            {"num_classes": 1000, "image_size": image, "dropout_rate": 0.0},
+            (image, image, 3),
+        )
+    raise ValueError(f"unknown model {name!r}; valid names: {valid_names()}")
 
 
 def default_options(name: str) -> dict[str, Any]:
@@ -100,16 +159,22 @@ def default_options(name: str) -> dict[str, Any]:
     return dict(_entry(name)[1])
 
 
-def input_shape(name: str) -> tuple[int, int, int]:
-    """The (H, W, C) input shape the model is meant for (CIFAR, ImageNet or MNIST)."""
-    return _entry(name)[2]
+def input_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+    """The (H, W, C) input shape the model is meant for (CIFAR, ImageNet or MNIST); for a ViT
+    built with `options` holding `image_size`, that size."""
+    h, w, c = _entry(name)[2]
+    size = (options or {}).get("image_size")
+    if size is not None and "image_size" in _entry(name)[1]:
+        h = w = int(size)
+    return (h, w, c)
 
 
 def get_model(name: str, num_classes: int | None = None, **options) -> nn.Module:
-    """Returns the Flax module `name` (one of MODEL_NAMES).
+    """Returns the Flax module `name` (one of MODEL_NAMES, or a `timm:` ViT name).
 
     `num_classes` defaults to 10 for CIFAR/MNIST models and 1000 for ImageNet ones;
-    `options` are model-specific (`width` for CIFAR ResNets, `dropout_rate` for VGG-bn).
+    `options` are model-specific (`width` for CIFAR ResNets, `dropout_rate` for VGG-bn,
+    `image_size` and, for `vit_tiny` ... `vit_huge` and `vit_fmnist`, `patch_size` for ViTs).
     """
     ctor, defaults, _ = _entry(name)
     unknown = sorted(set(options) - set(defaults))
@@ -129,7 +194,7 @@ def block_outputs(
     """Runs the model and returns its sown stage outputs by name ('stem', 'layer1', ...).
 
     ResNets sow `stem` and `layer{k}`; VGGs sow `pool{k}` after each max-pool; LeNet-5
-    sows `features`. In train mode the updated batch stats are discarded.
+    sows `features`; ViTs sow `embed` and `block{i}` (tokens, (N, 1 + patches, D)). In train mode the updated batch stats are discarded.
     """
     chex.assert_rank(x, 4)
     variables = {k: v for k, v in variables.items() if k != "intermediates"}
@@ -146,6 +211,8 @@ def init_variables(module: nn.Module, rng: jax.Array, shape: tuple[int, ...]) ->
 
 __all__ = [
     "MODEL_NAMES",
+    "TIMM_VIT_PATTERN",
+    "valid_names",
     "get_model",
     "default_options",
     "input_shape",

@@ -207,7 +207,7 @@ def load_model(path: str | os.PathLike, input_shape=None):
     check_variables(
         module,
         variables,
-        input_shape or models.input_shape(info["arch"]),
+        input_shape or models.input_shape(info["arch"], info["options"]),
         f"checkpoint {_abs(path)}",
     )
     return module, variables
