@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks' dry run on the CPU, against the GPU image's package set (not this machine's):
 #
-#   bash benchmarks/gpu_dry_run.sh      # ~6 min on 2 cores (+ ~2 min the first time: the venv)
+#   bash benchmarks/gpu_dry_run.sh      # 6-10 min on 2 cores (+ ~2 min the first time: the venv)
 #
 # 1. A venv .gpu_dry/image (git-ignored) with Python 3.12 and the image's packages at fixed
 #    versions (IMAGE_SET: jax/jaxlib 0.11.2 CPU, torch 2.11.0 / torchvision 0.26.0 -- PyPI has
