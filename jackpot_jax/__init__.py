@@ -7,6 +7,9 @@ models `jackpot_jax.models`; data `jackpot_jax.data`; the pipeline `jackpot_jax.
 `jackpot_jax.interop`; the paper's experiments `jackpot_jax.experiments`. docs/architecture.md
 is the map.
 
+`find_jackpot(module, variables, batches, ...)` searches a jackpot in any Flax model
+(`jackpot_jax.pipeline.search`; imported on first use).
+
 Importing the package changes nothing in the process: no XLA flag, no JAX backend. The
 launchers add the recommended XLA flags (`recommended_xla_flags`, `jackpot_jax.xla_flags`).
 """
@@ -15,4 +18,13 @@ from jackpot_jax.xla_flags import recommended_xla_flags
 
 __version__ = "0.1.0"
 
-__all__ = ["recommended_xla_flags"]
+__all__ = ["Jackpot", "find_jackpot", "recommended_xla_flags"]
+
+
+def __getattr__(name):
+    # Lazy: `import jackpot_jax` stays light (no JAX, Flax or data imports).
+    if name in ("find_jackpot", "Jackpot"):
+        from jackpot_jax.pipeline import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module 'jackpot_jax' has no attribute {name!r}")

@@ -10,6 +10,7 @@ public name below.
 
 from jackpot_jax.pipeline.engine.loop import (
     mode_batch_size,
+    swap_rate_fn,
     train_loop,
 )
 from jackpot_jax.pipeline.engine.optim import (
@@ -55,5 +56,6 @@ __all__ = [
     "replicate",
     "shard_batch",
     "shard_local_batch",
+    "swap_rate_fn",
     "train_loop",
 ]

@@ -23,6 +23,15 @@ from jackpot_jax.pipeline.engine.steps import TrainState, compute_options, evalu
 from jackpot_jax.pipeline.resume import Checkpointer, MetricsLog
 
 
+def swap_rate_fn(search_cfg, epochs: int, steps_per_epoch: int) -> Callable:
+    """step -> the fraction of eligible pairs the 2023 swap rule swaps after that step."""
+    sc = search_cfg
+    sp.check_swap_schedule(sc.swap_schedule, sc.swap_rate, sc.swap_power)
+    return lambda step: sp.swap_rate(
+        step // steps_per_epoch, epochs, sc.swap_schedule, sc.swap_rate, sc.swap_power
+    )
+
+
 def mode_batch_size(config, opt_cfg) -> int:
     """The global training batch of a mode: its own ``batch_size`` if set, else the config's."""
     return int((opt_cfg.get("batch_size") if opt_cfg is not None else 0) or config.batch_size)
@@ -81,11 +90,7 @@ def train_loop(
     if kind == "search" and config.search.get("mask_update", "topk") == "swap":
         if masks is None:
             raise ConfigError("search.mask_update='swap' needs the initial masks")
-        sc = config.search
-        sp.check_swap_schedule(sc.swap_schedule, sc.swap_rate, sc.swap_power)
-        swap_rate = lambda step: sp.swap_rate(
-            step // spe, epochs, sc.swap_schedule, sc.swap_rate, sc.swap_power
-        )
+        swap_rate = swap_rate_fn(config.search, epochs, spe)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         trainable=trainable,

@@ -64,6 +64,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     swap_rate: Callable | None = None,
     options: kernels.ComputeOptions | None = None,
+    loss_fn: Callable | None = None,
 ):
     """One jitted SGD step. ``kind``: 'dense' (trainable = params), 'search' (trainable =
     scores, frozen = pre-trained params) or 'masked' (trainable = params, frozen = masks).
@@ -75,8 +76,12 @@ def make_train_step(
     the (masked) params and the images enter the model in bfloat16, so activations and
     convolutions are bfloat16; the trainable tree, frozen params, optimiser state, BatchNorm
     statistics (Flax reduces them in float32) and the loss stay float32, and gradients reach
-    the float32 trainables through the casts."""
+    the float32 trainables through the casts.
+
+    ``loss_fn(logits, labels) -> scalar`` replaces the cross-entropy (``label_smoothing`` then
+    plays no part) for models that are not classifiers; the step's ``accuracy`` is then NaN."""
     options = kernels.resolve(options)
+    classify = loss_fn is None
     low = None if options.compute_dtype == "float32" else jnp.dtype(options.compute_dtype)
 
     def effective_params(trainable, frozen, masks):
@@ -95,7 +100,7 @@ def make_train_step(
     def traced_step(state: TrainState, frozen, images, labels):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-        def loss_fn(trainable):
+        def objective(trainable):
             params = effective_params(trainable, frozen, state.masks)
             x = images
             if low is not None:
@@ -106,10 +111,14 @@ def make_train_step(
             logits, updates = module.apply(
                 variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng}
             )
-            loss = cross_entropy(logits.astype(jnp.float32), labels, label_smoothing)
+            logits = logits.astype(jnp.float32)
+            if classify:
+                loss = cross_entropy(logits, labels, label_smoothing)
+            else:
+                loss = jnp.asarray(loss_fn(logits, labels), jnp.float32)
             return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             state.trainable
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
@@ -117,7 +126,7 @@ def make_train_step(
         masks = state.masks
         if swap_rate is not None:  # the 2023 rule: swap pairs after every optimiser step
             masks = sp.swap_masks(trainable, masks, budget, swap_rate(state.step), use_abs=use_abs)
-        acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+        acc = jnp.mean(jnp.argmax(logits, -1) == labels) if classify else jnp.float32(jnp.nan)
         new = TrainState(state.step + 1, trainable, opt_state, batch_stats, state.rng, masks)
         # The loop stops on the first step whose loss or updated trainables are not finite.
         finite = jnp.isfinite(loss) & jnp.all(
