@@ -12,6 +12,7 @@ import pytest
 from pipeline_helpers import ROOT, load_config
 
 from jackpot_jax.experiments import runner, stats, sweep, sweep_report
+from jackpot_jax.experiments.study_pieces import Study
 
 TABLE = {(1, 1): 0.50, (2, 1): 0.60, (3, 1): 0.55, (1, 2): 0.65, (2, 2): 0.70, (3, 2): 0.80}
 
@@ -300,8 +301,15 @@ def test_sweep_killed_then_resumed_by_replanned_workers(serial_sweep, tmp_path, 
     # seeds' pieces only once the selection has its numbers.
     assert all("seed0" in p for p in batches[0]) and len(batches) >= 2
     assert any("seed1" in p for p in batches[1])
+    assert sum(map(len, batches)) == len(after) - len(before)  # all by the "workers"
     assert res["selected"] == serial["selected"] and res["rows"] == serial["rows"]
     assert res["sweep"] == serial["sweep"]
+    assert res["run"]["device"] and res["run"]["workers"] == 2
+    # A planner now plans nothing and reads every finished piece's numbers back.
+    planner = Study(c, str(workdir), plan=True)
+    again = sweep.experiments(planner, c)
+    assert planner.plan == {} and again["sweep"] == serial["sweep"]
+    assert again["rows"] == serial["rows"]
 
 
 def test_write_report_tables_by_hand(tmp_path):

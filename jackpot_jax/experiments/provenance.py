@@ -50,9 +50,20 @@ def _load() -> list[float] | None:
         return None
 
 
+def _device() -> dict:
+    import jax
+
+    return {
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+    }
+
+
 def start(tool: str, workers: int = 1) -> dict:
     """The invocation's record so far, printed as the log's header. Reads the commit now: the
-    code that runs, not what the tree holds when it ends."""
+    code that runs, not what the tree holds when it ends. With worker processes the device is
+    read at the end: starting JAX's backend here would take the GPU memory the workers share."""
     import jax
 
     commit, dirty = git_state()
@@ -66,9 +77,7 @@ def start(tool: str, workers: int = 1) -> dict:
         "machine": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": jax.devices()[0].device_kind,
-        "device_count": jax.device_count(),
+        **(_device() if workers <= 1 else {}),
         "workers": workers,
         "load_average_start": _load(),
         "_t0": time.time(),
@@ -80,11 +89,15 @@ def start(tool: str, workers: int = 1) -> dict:
 
 def header_lines(run: dict) -> list[str]:
     dirty = {True: " (uncommitted changes)", False: " (clean tree)"}.get(run.get("dirty"), "")
+    device = (
+        f"{run['backend']}: {run['device']} x{run.get('device_count', 1)}"
+        if "device" in run
+        else "read after the worker processes ran"
+    )
     return [
         f"command: {run['command']}",
         f"commit: {run['commit']}{dirty}",
-        f"device: {run['backend']}: {run['device']} x{run.get('device_count', 1)}, "
-        f"{run['cpu_count']} CPU cores, {run['machine']}, JAX {run['jax']}, "
+        f"device: {device}, {run['cpu_count']} CPU cores, {run['machine']}, JAX {run['jax']}, "
         f"{run.get('workers', 1)} worker process(es)",
         f"date: {run['started']}; load average (1/5/15 min): {run.get('load_average_start')}",
     ]
@@ -93,6 +106,9 @@ def header_lines(run: dict) -> list[str]:
 def finish(run: dict, workdir: str, pieces_run: int) -> list[dict]:
     """Completes `run` (wall time, pieces run, load average at the end), prints it, appends it
     to DIR/invocations.jsonl and returns every invocation recorded there so far."""
+    if "device" not in run:
+        run.update(_device())
+        print(f"[{run['tool']}] device: {run['backend']}: {run['device']}", flush=True)
     run["wall_seconds_this_invocation"] = time.time() - run.pop("_t0")
     run["pieces_run_this_invocation"] = pieces_run
     run["load_average_end"] = _load()
