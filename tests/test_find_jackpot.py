@@ -3,13 +3,23 @@ without BatchNorm, with and without a ``train`` keyword), and equal to the CLI's
 same model, data and seed."""
 
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from pipeline_helpers import TINY, cli, cli_overrides, pretrained_dir, tiny_config
+from pipeline_helpers import (
+    ROOT,
+    TINY,
+    cli,
+    cli_overrides,
+    needs_fmnist,
+    pretrained_dir,
+    tiny_config,
+)
 
 import jackpot_jax
 from jackpot_jax import sparsity as sp
@@ -187,3 +197,18 @@ def test_equals_the_cli_for_the_same_model_data_and_seed(tmp_path):
     for path in ours:
         np.testing.assert_array_equal(ours[path], cli_masks[path], err_msg=path)
     assert sum(h["mask_flips"] for h in jp.history) > 0  # the masks moved: a real search
+
+
+@needs_fmnist
+def test_the_example_on_your_own_model_runs():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "own_model.py"), "--subset", "512"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("dense: ") and lines[-1].startswith("jackpot (90%")
+    assert [line.split(":")[0] for line in lines[1:-1]] == [f"search epoch {e}" for e in (1, 2, 3)]
