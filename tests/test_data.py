@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from jackpot_jax.data import augment as aug
+from jackpot_jax.data import cifar, files
 from jackpot_jax.data import datasets as d
-from jackpot_jax.data import files
 from jackpot_jax.data import input_pipeline as ip
 
 # --------------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def _cifar_batch(n, label_key, num_classes, rng):
 
 
 def _write_cifar(root, name, as_archive):
-    spec = files._CIFAR[name]
+    spec = cifar._CIFAR[name]
     rng = np.random.default_rng(1)
     folder = root / spec['folder']
     folder.mkdir(parents=True)
@@ -349,7 +349,7 @@ def _write_cifar(root, name, as_archive):
 @pytest.mark.parametrize('as_archive', [False, True])
 def test_cifar_loader_official_format(isolated, name, as_archive):
     batches = _write_cifar(isolated / 'data', name, as_archive)
-    spec = files._CIFAR[name]
+    spec = cifar._CIFAR[name]
     ds = d.load_dataset(name, data_dir=str(isolated / 'data'), val_examples=3)
     n_train = 4 * len(spec['train'])
     assert (len(ds.train), len(ds.val), len(ds.test)) == (n_train - 3, 3, 4)
@@ -380,7 +380,7 @@ def _tiny_cifar_archive(directory, name='cifar10', n=4):
     """An archive in the official layout (protocol-2 pickles) with n images per batch file."""
     work = directory / 'build'
     batches = _write_cifar(work, name, as_archive=True)
-    archive = work / files._CIFAR[name]['archive']
+    archive = work / cifar._CIFAR[name]['archive']
     target = directory / archive.name
     archive.rename(target)
     return target, batches
@@ -390,7 +390,7 @@ def test_cifar_download_from_local_server(isolated, http_dir, monkeypatch):
     root, url = http_dir
     archive, batches = _tiny_cifar_archive(root)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setitem(files._CIFAR['cifar10'], 'md5', md5)
+    monkeypatch.setitem(cifar._CIFAR['cifar10'], 'md5', md5)
     ds = d.load_dataset('cifar10', val_examples=2, download_url=url)
     np.testing.assert_array_equal(ds.test.labels, batches['test_batch'][b'labels'])
     cache = isolated / 'cache' / 'jackpot_jax' / 'cifar10'
@@ -404,7 +404,7 @@ def test_cifar_download_md5_mismatch_names_both_sums_and_the_file(isolated, http
     root, url = http_dir
     archive, _ = _tiny_cifar_archive(root)
     served = hashlib.md5(archive.read_bytes()).hexdigest()
-    official = files._CIFAR['cifar10']['md5']
+    official = cifar._CIFAR['cifar10']['md5']
     assert official == 'c58f30108f718f92721af3b95e74349a'  # the published sum
     with pytest.raises(d.ChecksumError) as info:
         d.load_dataset('cifar10', download_url=url)
@@ -412,7 +412,7 @@ def test_cifar_download_md5_mismatch_names_both_sums_and_the_file(isolated, http
     assert served in message and official in message and 'cifar-10-python.tar.gz' in message
     cache = isolated / 'cache' / 'jackpot_jax' / 'cifar10'
     assert os.listdir(cache) == []
-    assert files._CIFAR['cifar100']['md5'] == 'eb9058c3a382ffc7106e4002c42a8d85'
+    assert cifar._CIFAR['cifar100']['md5'] == 'eb9058c3a382ffc7106e4002c42a8d85'
 
 
 class _RunsCode:
@@ -445,18 +445,18 @@ def test_restricted_unpickler_admits_the_official_contents():
     array = np.arange(12, dtype=np.uint8).reshape(2, 6)
     obj = {b'a': [1, 2], b'b': b'bytes', 'c': 'str', b'data': array, b't': (1.5, None)}
     for protocol in (2, pickle.DEFAULT_PROTOCOL):
-        back = files.restricted_loads(pickle.dumps(obj, protocol=protocol), 'x')
+        back = cifar.restricted_loads(pickle.dumps(obj, protocol=protocol), 'x')
         np.testing.assert_array_equal(back[b'data'], array)
         assert back[b'a'] == [1, 2] and back['c'] == 'str'
     with pytest.raises(pickle.UnpicklingError, match='where.*collections.OrderedDict'):
-        files.restricted_loads(pickle.dumps(collections.OrderedDict(a=1), protocol=2), 'where')
+        cifar.restricted_loads(pickle.dumps(collections.OrderedDict(a=1), protocol=2), 'where')
 
     class Rot13:
         def __reduce__(self):
             return (codecs.encode, ('text', 'rot13'))
 
     with pytest.raises(pickle.UnpicklingError, match='not a bytes literal'):
-        files.restricted_loads(pickle.dumps(Rot13(), protocol=2), 'where')
+        cifar.restricted_loads(pickle.dumps(Rot13(), protocol=2), 'where')
 
 
 # --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jackpot_jax.data import cifar
 from jackpot_jax.data import files as data_files
 from jackpot_jax.data.files import ChecksumError  # noqa: F401  (re-exported)
 from jackpot_jax.data.image_folder import load_image_folder
@@ -346,12 +347,12 @@ def load_dataset(
         return _make_dataset(
             name, 10, (28, 28, 1), train, val, test, FASHION_MNIST_MEAN, FASHION_MNIST_STD, 'none'
         )
-    if name in data_files.CIFAR_NUM_CLASSES:
-        arrays = data_files.load_cifar(name, data_dir, download, download_url)
+    if name in cifar.CIFAR_NUM_CLASSES:
+        arrays = cifar.load_cifar(name, data_dir, download, download_url)
         train, val, test = _array_splits(name, *arrays, **split_kwargs)
         return _make_dataset(
             name,
-            data_files.CIFAR_NUM_CLASSES[name],
+            cifar.CIFAR_NUM_CLASSES[name],
             (32, 32, 3),
             train,
             val,
