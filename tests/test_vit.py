@@ -206,3 +206,210 @@ def test_resize_pos_embedding_is_timms(old, new):
 def test_resize_pos_embedding_refuses_a_non_square_grid():
     with pytest.raises(ValueError, match="10 grid tokens"):
         vit_lib.resize_pos_embedding(np.zeros((1, 11, 4)), 3)
+
+
+# ------------------------------------------------------------ torch conversion (both ways)
+
+ATOL = 1e-4  # relative to the largest logit / activation
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch", reason="torch is optional; conversion tests need it")
+
+
+@pytest.fixture(scope="module")
+def torchvision():
+    return pytest.importorskip("torchvision", reason="torchvision is optional; parity needs it")
+
+
+@pytest.fixture(scope="module")
+def timm():
+    return pytest.importorskip("timm", reason="timm is optional; timm parity needs it")
+
+
+def _perturb(torch, net, seed=0):
+    """Noise on every parameter: torch initialises biases, LayerNorms and (torchvision) the
+    head and class token to constants, which would hide a wrongly mapped tensor."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+def _torch_forward(torch, net, x, blocks):
+    """Logits and the outputs of the torch blocks `blocks` ({name: module}) on NHWC `x`."""
+    outs = {}
+    for key, m in blocks.items():
+        m.register_forward_hook(lambda _m, _i, o, key=key: outs.__setitem__(key, o.numpy()))
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    return logits, outs
+
+
+def _close(ours, ref, what):
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=ATOL * scale, rtol=0, err_msg=what)
+
+
+def _logits(module, variables, x):
+    return np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x))
+
+
+def _check_both_ways(torch, tc, arch, net, make_net, hw, blocks):
+    """torch -> Flax gives torch's logits and block outputs; Flax -> torch is exact, loads
+    with strict=True, and a jackpot (masks applied) gives the project's logits in torch."""
+    sd = net.state_dict()
+    variables, scores, options = tc.convert_state_dict(arch, sd)
+    assert scores is None and options["image_size"] == hw
+    module = models.get_model(arch, **options)
+    x = np.random.RandomState(0).randn(2, hw, hw, 3).astype(np.float32)
+    ref, ref_blocks = _torch_forward(torch, net, x, blocks(net))
+    _close(_logits(module, variables, x), ref, "logits")
+    ours = jax.jit(lambda v, x: models.block_outputs(module, v, x))(variables, x)
+    for key, value in ref_blocks.items():
+        _close(ours[key], value, key)
+
+    back = tc.export_to_torch_state_dict(arch, variables)
+    assert back.keys() == sd.keys()
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+
+    rng = np.random.RandomState(1)
+    masks = {
+        p: (rng.rand(*np.shape(v)) < 0.5).astype(np.float32)
+        for p, v in _flat(variables["params"]).items()
+        if sp.default_filter(p, v)
+    }
+    fresh = make_net()
+    fresh.load_state_dict(tc.export_to_torch_state_dict(arch, variables, masks), strict=True)
+    fresh.eval()
+    with torch.no_grad():
+        theirs = fresh(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    masked = flax.traverse_util.unflatten_dict(
+        {p: v * masks[p] if p in masks else v for p, v in _flat(variables["params"]).items()},
+        sep="/",
+    )
+    _close(theirs, _logits(module, {"params": masked}, x), "jackpot logits")
+
+
+@pytest.mark.parametrize("arch,hw", [("vit_b_16", 224), ("vit_b_32", 64)])
+def test_torchvision_vit_parity_both_ways(torch, torchvision, arch, hw):
+    from jackpot_jax.interop import torch_convert as tc
+
+    def make():
+        return getattr(torchvision.models, arch)(weights=None, image_size=hw, num_classes=10)
+
+    torch.manual_seed(0)
+    net = _perturb(torch, make())
+    layers = lambda n: {f"block{i}": n.encoder.layers[i] for i in (0, 5, 11)}
+    _check_both_ways(torch, tc, arch, net, make, hw, layers)
+
+
+@pytest.mark.parametrize("name,hw", [("vit_tiny_patch16_224", 64), ("deit_tiny_patch16_224", 48)])
+def test_timm_vit_parity_both_ways(torch, timm, name, hw):
+    from jackpot_jax.interop import torch_convert as tc
+
+    def make():
+        return timm.create_model(name, pretrained=False, img_size=hw, num_classes=10)
+
+    torch.manual_seed(0)
+    net = _perturb(torch, make())
+    blocks = lambda n: {f"block{i}": n.blocks[i] for i in (0, 11)}
+    _check_both_ways(torch, tc, f"timm:{name}", net, make, hw, blocks)
+
+
+def _keys_and_shapes(tc, arch, options):
+    _, variables = _abstract(arch, **options)
+    return {e.torch_key: e.torch_shape for e in tc._entries(arch, variables)}
+
+
+@pytest.mark.parametrize("arch", ["vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"])
+def test_every_torchvision_vit_maps_key_for_key(torch, torchvision, arch):
+    from jackpot_jax.interop import torch_convert as tc
+
+    with torch.device("meta"):  # names and shapes without allocating the weights
+        sd = getattr(torchvision.models, arch)(weights=None).state_dict()
+    assert _keys_and_shapes(tc, arch, {}) == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vit_small_patch16_224",
+        "vit_base_patch32_384",
+        "vit_large_patch16_224",
+        "vit_huge_patch14_224",
+        "deit_base_patch16_224",
+    ],
+)
+def test_timm_vits_map_key_for_key(torch, timm, name):
+    from jackpot_jax.interop import torch_convert as tc
+
+    with torch.device("meta"):
+        net = timm.create_model(name, pretrained=False, num_classes=1000)
+    sd = net.state_dict()
+    assert _keys_and_shapes(tc, f"timm:{name}", {}) == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def test_timm_checkpoint_converted_at_another_image_size(torch, timm):
+    """A 224 checkpoint converted for 64x64 inputs computes what timm computes when it loads
+    the same checkpoint into a 64x64 model (position embedding resized on load)."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from jackpot_jax.interop import torch_convert as tc
+
+    torch.manual_seed(0)
+    big = _perturb(torch, timm.create_model("vit_tiny_patch16_224", num_classes=10))
+    small = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10)
+    small.load_state_dict(checkpoint_filter_fn(big.state_dict(), small), strict=True)
+    small.eval()
+    arch = "timm:vit_tiny_patch16_224"
+    variables, _, options = tc.convert_state_dict(arch, big.state_dict(), image_size=64)
+    assert options == {"num_classes": 10, "image_size": 64}
+    x = np.random.RandomState(0).randn(2, 64, 64, 3).astype(np.float32)
+    ref, _ = _torch_forward(torch, small, x, {})
+    _close(_logits(models.get_model(arch, **options), variables, x), ref, "logits")
+    with pytest.raises(ValueError, match="multiple of its patch size"):
+        tc.convert_state_dict(arch, big.state_dict(), image_size=60)
+
+
+def test_nonstandard_timm_vit_is_refused_by_key(torch, timm):
+    """A timm ViT with layer scale (deit3-style `ls1.gamma`) is not silently half-converted."""
+    from jackpot_jax.interop import torch_convert as tc
+
+    net = timm.create_model("vit_tiny_patch16_224", img_size=32, init_values=1e-5)
+    with pytest.raises(ValueError, match=r"unexpected keys \(24\): blocks\.0\.ls1\.gamma"):
+        tc.convert_state_dict("timm:vit_tiny_patch16_224", net.state_dict())
+
+
+def test_own_vit_exports_to_timm_and_cli_both_ways(torch, timm, tmp_path):
+    """vit_fmnist (1 channel) goes out in timm's layout and back through the CLI, exactly."""
+    from jackpot_jax.interop import torch_convert as tc
+    from jackpot_jax.pipeline import checkpoint
+
+    module = models.get_model("vit_fmnist")
+    variables = _init(module, (1, 28, 28, 1), seed=3)
+    ckpt = checkpoint.save_variables(
+        tmp_path / "ckpt", variables, arch="vit_fmnist", model_options={"num_classes": 10}
+    )
+    pth = str(tmp_path / "vit.pth")
+    tc.main(["--to-torch", "--input", ckpt, "--output", pth])
+    net = timm.models.VisionTransformer(
+        img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=6, num_heads=4, num_classes=10
+    )
+    net.load_state_dict(torch.load(pth, weights_only=True), strict=True)
+    net.eval()
+    x = np.random.RandomState(0).randn(2, 28, 28, 1).astype(np.float32)
+    ref, _ = _torch_forward(torch, net, x, {})
+    _close(_logits(module, variables, x), ref, "logits")
+    back = tc.main(["--arch", "vit_fmnist", "--input", pth, "--output", str(tmp_path / "back")])
+    assert checkpoint.load_model_info(back)["options"] == {
+        "num_classes": 10,
+        "patch_size": 4,
+        "image_size": 28,
+    }
+    _, again = checkpoint.load_model(back)
+    for p, v in _flat(variables["params"]).items():
+        np.testing.assert_array_equal(np.asarray(v), _flat(again["params"])[p], err_msg=p)

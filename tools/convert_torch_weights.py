@@ -5,6 +5,8 @@
   python tools/convert_torch_weights.py --to-torch --input ckpt/r50 --output r50.pth \
       [--jackpot jackpot.npz]
   python tools/convert_torch_weights.py --to-torch --input runs/search --output jackpot.pth
+  python tools/convert_torch_weights.py --arch timm:vit_small_patch16_224 --image-size 64 \
+      --input vit_s16.pth --output ckpt/vit_s16_64
 
 An existing --output is refused unless --overwrite. Errors are one `error: ...` line (exit 1).
 """

@@ -7,7 +7,15 @@ files. Supported layouts:
 * the official CIFAR layouts (`resnet20`, `resnet32`, `resnet56`, `vgg19_cifar`), whose
   classifier is a 1x1 conv with bias and whose pruned convs carry a `<name>.mask` tensor
   holding their scores;
-* `lenet300_100` / `lenet5` with the Flax names (`conv1`, `fc1`, `classifier`, ...).
+* `lenet300_100` / `lenet5` with the Flax names (`conv1`, `fc1`, `classifier`, ...);
+* Vision Transformers: torchvision's `vit_b_16`, `vit_b_32`, `vit_l_16`, `vit_l_32`,
+  `vit_h_14`, and timm's standard class-token ViTs as `timm:<name>` (`vit_*_patch*_*`,
+  `deit_*` without distillation token) in timm's `VisionTransformer` layout, which is also the
+  layout of the project's own `vit_tiny` ... `vit_huge` and `vit_fmnist`. torch's fused
+  `(3D, D)` q/k/v projection (`self_attention.in_proj_weight`, `attn.qkv.weight`) is split
+  into the Flax model's `query`, `key`, `value` kernels and joined back on export. A
+  checkpoint at another image size gets its position embedding resized as timm does it
+  (`--image-size`; `models.vit.resize_pos_embedding`).
 
 Names map by replacing `.<i>` with `_<i>` (`layer1.0.conv1` <-> `layer1_0/conv1`,
 `features.3` <-> `features_3`), except for the classifier: torchvision's `fc` and
@@ -37,6 +45,7 @@ import numpy as np
 
 from jackpot_jax import models
 from jackpot_jax.errors import InputError, JackpotError, MissingInputError, OutputExistsError
+from jackpot_jax.models.vit import ViT, resize_pos_embedding
 from jackpot_jax.pipeline import checkpoint, export
 
 # Layouts whose classifier is stored as a 1x1 conv `(classes, in, 1, 1)` with bias.
@@ -83,6 +92,7 @@ class _Entry:
     path: tuple  # path inside the collection
     kind: str  # 'conv' | 'linear' | 'conv_linear' | 'vector'
     torch_shape: tuple
+    part: int | None = None  # ViTs: q (0), k (1) or v (2) of a fused (3D, ...) tensor
 
     @property
     def flax_path(self) -> str:
@@ -100,6 +110,9 @@ _LEAF_NAMES = {
 
 def _entries(arch: str, variables: Mapping[str, Any]) -> list[_Entry]:
     """The torch tensors a model's variables correspond to, in the model's order."""
+    layout = vit_layout(arch)
+    if layout is not None:
+        return _vit_entries(layout, variables)
     out = []
     for collection in ("params", "batch_stats"):
         if collection not in variables:
@@ -124,7 +137,151 @@ def _entries(arch: str, variables: Mapping[str, Any]) -> list[_Entry]:
     return out
 
 
-def _to_flax(kind: str, w: np.ndarray) -> np.ndarray:
+# ------------------------------------------------------------------------------ ViTs
+
+TORCHVISION_VITS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
+
+# Flax module path (with `{i}` for the block) -> torch module name, per layout.
+_VIT_NAMES = {
+    "torchvision": {
+        "patch_embed": "conv_proj",
+        "blocks_{i}/ln1": "encoder.layers.encoder_layer_{i}.ln_1",
+        "blocks_{i}/attn/out": "encoder.layers.encoder_layer_{i}.self_attention.out_proj",
+        "blocks_{i}/ln2": "encoder.layers.encoder_layer_{i}.ln_2",
+        "blocks_{i}/mlp/fc1": "encoder.layers.encoder_layer_{i}.mlp.0",
+        "blocks_{i}/mlp/fc2": "encoder.layers.encoder_layer_{i}.mlp.3",
+        "norm": "encoder.ln",
+        "classifier": "heads.head",
+    },
+    "timm": {
+        "patch_embed": "patch_embed.proj",
+        "blocks_{i}/ln1": "blocks.{i}.norm1",
+        "blocks_{i}/attn/out": "blocks.{i}.attn.proj",
+        "blocks_{i}/ln2": "blocks.{i}.norm2",
+        "blocks_{i}/mlp/fc1": "blocks.{i}.mlp.fc1",
+        "blocks_{i}/mlp/fc2": "blocks.{i}.mlp.fc2",
+        "norm": "norm",
+        "classifier": "head",
+    },
+}
+# Tensors that are not a module's weight/bias: the tokens and the fused q/k/v projection.
+_VIT_TENSORS = {
+    "torchvision": {
+        "cls_token": "class_token",
+        "pos_embedding": "encoder.pos_embedding",
+        "qkv_weight": "encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight",
+        "qkv_bias": "encoder.layers.encoder_layer_{i}.self_attention.in_proj_bias",
+    },
+    "timm": {
+        "cls_token": "cls_token",
+        "pos_embedding": "pos_embed",
+        "qkv_weight": "blocks.{i}.attn.qkv.weight",
+        "qkv_bias": "blocks.{i}.attn.qkv.bias",
+    },
+}
+_QKV = ("query", "key", "value")
+
+
+def vit_layout(arch: str) -> str | None:
+    """'torchvision' or 'timm' for a ViT name (the PyTorch layout its weights take), None
+    for the CNNs. The project's own ViTs (`vit_tiny` ..., `vit_fmnist`) use timm's layout,
+    whose `VisionTransformer` takes any width, depth, patch, image size and channel count."""
+    if arch in TORCHVISION_VITS:
+        return "torchvision"
+    try:
+        module = models.get_model(arch)
+    except ValueError:
+        return None
+    return "timm" if isinstance(module, ViT) else None
+
+
+def _vit_entries(layout: str, variables: Mapping[str, Any]) -> list[_Entry]:
+    names, tensors = _VIT_NAMES[layout], _VIT_TENSORS[layout]
+    out = []
+    for path, leaf in flax.traverse_util.flatten_dict(dict(variables["params"])).items():
+        shape = tuple(np.shape(leaf))
+        *module, leaf_name = path
+        block = re.fullmatch(r"blocks_(\d+)", module[0]) if module else None
+        i = block[1] if block else None
+        generic = "/".join(["blocks_{i}", *module[1:]] if block else module)
+        if not module and leaf_name in ("cls_token", "pos_embedding"):
+            out.append(_Entry(tensors[leaf_name], "params", path, "vector", shape))
+        elif block and module[1:2] == ["attn"] and module[2:] and module[2] in _QKV:
+            part = _QKV.index(module[2])
+            if leaf_name == "kernel":
+                key, kind = tensors["qkv_weight"], "qkv_linear"
+                tshape = (3 * shape[1], shape[0])
+            else:
+                key, kind, tshape = tensors["qkv_bias"], "qkv_vector", (3 * shape[0],)
+            out.append(_Entry(key.format(i=i), "params", path, kind, tshape, part))
+        elif generic in names and (leaf_name, len(shape)) in (
+            ("kernel", 4),
+            ("kernel", 2),
+            ("bias", 1),
+            ("scale", 1),
+        ):
+            key = f"{names[generic].format(i=i)}.{_LEAF_NAMES['params', leaf_name]}"
+            if leaf_name == "kernel" and len(shape) == 4:
+                kind, tshape = "conv", (shape[3], shape[2], shape[0], shape[1])
+            elif leaf_name == "kernel":
+                kind, tshape = "linear", (shape[1], shape[0])
+            else:
+                kind, tshape = "vector", shape
+            out.append(_Entry(key, "params", path, kind, tshape))
+        else:
+            raise ValueError(f"no torch equivalent for params/{'/'.join(path)}")
+    return out
+
+
+def _vit_grid(arch: str, state_dict: Mapping[str, Any]) -> int | None:
+    """The side of the position embedding's patch grid in a ViT state_dict (None if absent)."""
+    key = _VIT_TENSORS[vit_layout(arch)]["pos_embedding"]
+    if key not in state_dict or np.ndim(state_dict[key]) != 3:
+        return None
+    tokens = int(np.shape(state_dict[key])[1]) - 1
+    side = int(round(tokens**0.5))
+    return side if side * side == tokens else None
+
+
+def _infer_vit_options(arch: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """num_classes (head rows), patch_size (where the name leaves it open: the patch
+    embedding's kernel) and image_size (position-embedding grid x patch)."""
+    layout = vit_layout(arch)
+    options = {k: v for k, v in models.default_options(arch).items() if k != "dropout_rate"}
+    head = f"{_VIT_NAMES[layout]['classifier']}.weight"
+    if np.ndim(state_dict.get(head)) == 2:
+        options["num_classes"] = int(np.shape(state_dict[head])[0])
+    proj = state_dict.get(f"{_VIT_NAMES[layout]['patch_embed']}.weight")
+    patch = models.get_model(arch).patch_size
+    if np.ndim(proj) == 4 and "patch_size" in options:
+        options["patch_size"] = patch = int(np.shape(proj)[2])
+    grid = _vit_grid(arch, state_dict)
+    if grid is not None:
+        options["image_size"] = grid * patch
+    return options
+
+
+def _resize_vit(arch, state_dict, options, image_size):
+    """Sets options['image_size'] and resizes the state_dict's position embedding to it."""
+    patch = options.get("patch_size") or models.get_model(arch).patch_size
+    if image_size <= 0 or image_size % patch:
+        raise InputError(
+            f"--image-size {image_size}: a ViT needs a positive multiple of its patch size "
+            f"({patch}) for {arch}"
+        )
+    options["image_size"] = int(image_size)
+    key = _VIT_TENSORS[vit_layout(arch)]["pos_embedding"]
+    grid = _vit_grid(arch, state_dict)
+    if grid is not None and grid != image_size // patch:
+        state_dict[key] = resize_pos_embedding(state_dict[key], image_size // patch)
+
+
+def _to_flax(kind: str, w: np.ndarray, part: int | None = None) -> np.ndarray:
+    if kind == "qkv_linear":
+        d = w.shape[0] // 3
+        return w.reshape(3, d, w.shape[1])[part].T
+    if kind == "qkv_vector":
+        return w.reshape(3, -1)[part]
     if kind == "conv":
         return np.transpose(w, (2, 3, 1, 0))
     if kind == "conv_linear":
@@ -135,6 +292,11 @@ def _to_flax(kind: str, w: np.ndarray) -> np.ndarray:
 
 
 def _to_torch(kind: str, w: np.ndarray) -> np.ndarray:
+    """One Flax leaf in torch's layout (a q, k or v part: its rows of the fused tensor)."""
+    if kind == "qkv_linear":
+        return w.T
+    if kind == "qkv_vector":
+        return w
     if kind == "conv":
         return np.transpose(w, (3, 2, 0, 1))
     if kind == "conv_linear":
@@ -193,7 +355,10 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def infer_options(arch: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Model options read from tensor shapes: num_classes (classifier rows) and, for the
-    CIFAR ResNets, the width multiplier (stem channels / 16)."""
+    CIFAR ResNets, the width multiplier (stem channels / 16); for ViTs the image size
+    (position-embedding grid x patch) and, where the name leaves it open, the patch size."""
+    if vit_layout(arch) is not None:
+        return _infer_vit_options(arch, state_dict)
     options = models.default_options(arch)
     options = {k: v for k, v in options.items() if k in ("num_classes", "width")}
     classifier = f"{torch_module_name(arch, ['classifier'])}.weight"
@@ -209,7 +374,7 @@ def infer_options(arch: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def _abstract_variables(arch: str, options: Mapping[str, Any]):
     module = models.get_model(arch, **options)
-    shape = (1,) + models.input_shape(arch)
+    shape = (1,) + models.input_shape(arch, options)
     return module, jax.eval_shape(lambda: models.init_variables(module, jax.random.key(0), shape))
 
 
@@ -219,12 +384,14 @@ def convert_state_dict(
     *,
     num_classes: int | None = None,
     source: str = "state_dict",
+    image_size: int | None = None,
 ):
     """Converts a torch state_dict (numpy or torch values) to Flax variables for `arch`.
 
     Returns `(variables, scores, options)`: `scores` is the flat `{path: array}` dict built
     from `<conv>.mask` tensors, or None when the state_dict has none. Raises one ValueError
-    listing every missing key, unexpected key and shape mismatch.
+    listing every missing key, unexpected key and shape mismatch. `image_size` (ViTs only)
+    builds the model for that image size, resizing the position embedding as timm does.
     """
     state_dict = {
         k: np.asarray(v.detach().cpu().float() if hasattr(v, "detach") else v)
@@ -233,6 +400,12 @@ def convert_state_dict(
     options = infer_options(arch, state_dict)
     if num_classes is not None:
         options["num_classes"] = int(num_classes)
+    if image_size is not None:
+        if vit_layout(arch) is None:
+            raise InputError(
+                f"--image-size applies to ViTs only; {arch} takes any input size it was built for"
+            )
+        _resize_vit(arch, state_dict, options, int(image_size))
     _, abstract = _abstract_variables(arch, options)
     entries = _entries(arch, abstract)
 
@@ -253,7 +426,7 @@ def convert_state_dict(
             if tuple(value.shape) != e.torch_shape:
                 mismatched.append(f"{key}: expected {e.torch_shape}, got {tuple(value.shape)}")
                 continue
-            value = np.ascontiguousarray(_to_flax(e.kind, value.astype(np.float32)))
+            value = np.ascontiguousarray(_to_flax(e.kind, value.astype(np.float32), e.part))
             if is_mask:
                 scores[e.flax_path] = value
             else:
@@ -275,6 +448,7 @@ def convert_state_dict(
             ("unexpected keys", unexpected),
             ("shape mismatches", mismatched),
         ):
+            items = list(dict.fromkeys(items))  # a fused q/k/v tensor is read three times
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
         raise InputError("\n".join(lines))
@@ -288,16 +462,21 @@ def convert_checkpoint(
     *,
     num_classes: int | None = None,
     overwrite: bool = False,
+    image_size: int | None = None,
 ) -> str:
     """Reads a torch `.pth` state_dict and writes a jackpot_jax checkpoint directory
     (variables, model.json and, when `.mask` tensors exist, scores). Returns its path.
 
     An existing, non-empty `output_dir` is refused (`OutputExistsError`) before anything is
-    read, unless `overwrite`."""
+    read, unless `overwrite`. `image_size`: ViTs only, see `convert_state_dict`."""
     _refuse_existing(output_dir, overwrite)
     state_dict = load_torch_state_dict(input_path)
     variables, scores, options = convert_state_dict(
-        arch, state_dict, num_classes=num_classes, source=os.fspath(input_path)
+        arch,
+        state_dict,
+        num_classes=num_classes,
+        source=os.fspath(input_path),
+        image_size=image_size,
     )
     return checkpoint.save_variables(
         output_dir, variables, arch=arch, model_options=options, scores=scores, overwrite=overwrite
@@ -366,16 +545,26 @@ def export_to_torch_state_dict(
             )
     scores = _flat_by_path("scores", scores, kernels)
     out: OrderedDict = OrderedDict()
+    fused: dict[str, dict[int, np.ndarray]] = {}  # ViTs: q, k, v parts of one torch tensor
+
+    def put(key: str, e: _Entry, value: np.ndarray):
+        if e.part is None:
+            out[key] = torch.from_numpy(np.array(_to_torch(e.kind, value), order="C"))
+            return
+        parts = fused.setdefault(key, {})
+        parts[e.part] = _to_torch(e.kind, value)
+        if len(parts) == 3:
+            joined = np.concatenate([parts[i] for i in range(3)], 0)
+            out[key] = torch.from_numpy(np.array(joined, order="C"))
+
     for e in entries:
         value = np.asarray(_leaf(variables, e), dtype=np.float32)
         if e.flax_path in masks and e.collection == "params":
             value = value * masks[e.flax_path].astype(np.float32)
-        out[e.torch_key] = torch.from_numpy(np.array(_to_torch(e.kind, value), order="C"))
+        put(e.torch_key, e, value)
         if e.collection == "params" and e.flax_path in scores:
             s = np.asarray(scores[e.flax_path], dtype=np.float32)
-            out[e.torch_key[: -len("weight")] + "mask"] = torch.from_numpy(
-                np.array(_to_torch(e.kind, s), order="C")
-            )
+            put(e.torch_key[: -len("weight")] + "mask", e, s)
         if e.collection == "batch_stats" and e.path[-1] == "var":
             out[e.torch_key[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
     return out
@@ -492,8 +681,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     )
     p.add_argument(
         "--arch",
-        choices=models.MODEL_NAMES,
-        help="model name (required unless --to-torch, where model.json gives it)",
+        metavar="NAME",
+        help="model name (required unless --to-torch, where model.json gives it): "
+        + models.valid_names(),
     )
     p.add_argument(
         "--input",
@@ -511,6 +701,13 @@ def main(argv: Sequence[str] | None = None) -> str:
         type=int,
         default=None,
         help="expected number of classes (default: read from the classifier)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="ViTs: the image size to build the model for (default: the checkpoint's); the "
+        "position embedding is resized as timm does it",
     )
     p.add_argument(
         "--to-torch",
@@ -542,7 +739,14 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 def _run(p, args) -> str:
+    if args.arch is not None:
+        try:
+            models.default_options(args.arch)
+        except ValueError as e:
+            raise InputError(f"--arch {args.arch}: {e}") from None
     if args.to_torch:
+        if args.image_size is not None:
+            p.error("--image-size applies when reading torch weights, not with --to-torch")
         if args.arch:
             if _is_jackpot_only(args.input):
                 arch = export.load_jackpot(args.input)[0]["arch"]
@@ -562,7 +766,12 @@ def _run(p, args) -> str:
     if args.jackpot or args.include_scores:
         p.error("--jackpot/--include-scores only apply with --to-torch")
     return convert_checkpoint(
-        args.arch, args.input, args.output, num_classes=args.num_classes, overwrite=args.overwrite
+        args.arch,
+        args.input,
+        args.output,
+        num_classes=args.num_classes,
+        overwrite=args.overwrite,
+        image_size=args.image_size,
     )
 
 
@@ -575,6 +784,8 @@ __all__ = [
     "export_checkpoint",
     "load_jackpot",
     "torch_module_name",
+    "vit_layout",
+    "TORCHVISION_VITS",
     "UnsafeCheckpointError",
     "main",
 ]
