@@ -6,8 +6,7 @@ import os
 
 from jackpot_jax.experiments import provenance
 from jackpot_jax.experiments.claims import CLAIMS
-from jackpot_jax.experiments.stats import STD_NOTE
-from jackpot_jax.experiments.stats import pct as _pct
+from jackpot_jax.experiments.stats import STD_NOTE, pct
 from jackpot_jax.experiments.study_pieces import CRITERIA
 
 _DIFF_NOTE = (
@@ -77,7 +76,7 @@ def _paper_sections(res: dict, workdir: str) -> list[str]:
         cost = f"{r['epochs']}({r['cost']})" if r["cost"] else "0"
         lines.append(
             f"| {r['network']} | {r['sparsity']:.0%} | {r['method']} | {cost} | "
-            f"{_pct(r['test_acc_mean'], r['test_acc_std'])} | {r['seeds']} |"
+            f"{pct(r['test_acc_mean'], r['test_acc_std'])} | {r['seeds']} |"
         )
     lines += [
         "",
@@ -89,7 +88,7 @@ def _paper_sections(res: dict, workdir: str) -> list[str]:
     for r in res["table4"]:
         lines.append(
             f"| {r['network']} | {r['sparsity']:.0%} | {r['epochs']} | "
-            f"{_pct(r['test_acc_mean'], r['test_acc_std'])} | "
+            f"{pct(r['test_acc_mean'], r['test_acc_std'])} | "
             f"{r['overlap_with_magnitude_mean']:.4f} |"
         )
     lines += [
@@ -104,7 +103,7 @@ def _paper_sections(res: dict, workdir: str) -> list[str]:
         o = ovl.get((r["network"], r["sparsity"], r["criterion"]))
         lines.append(
             f"| {r['network']} | {r['sparsity']:.0%} | {r['criterion']} | "
-            f"{_pct(r['test_acc_mean'], r['test_acc_std'])} | "
+            f"{pct(r['test_acc_mean'], r['test_acc_std'])} | "
             f"{'—' if o is None else f'{o:.4f}'} |"
         )
     lines += [
@@ -117,7 +116,7 @@ def _paper_sections(res: dict, workdir: str) -> list[str]:
     for r in res["fig2"]:
         lines.append(
             f"| {r['network']} | {r['sparsity']:.0%} | {r['weights']} | "
-            f"{_pct(r['test_acc_mean'], r['test_acc_std'])} |"
+            f"{pct(r['test_acc_mean'], r['test_acc_std'])} |"
         )
     lines += [
         "",
@@ -241,7 +240,7 @@ def _nm_sections(res: dict) -> list[str]:
         moved = r.get("overlap_with_init_mean")
         lines.append(
             f"| {r['network']} | {r['structure']} | {r['sparsity']:.0%} | {r['method']} | "
-            f"{cost} | {_pct(r['test_acc_mean'], r['test_acc_std'])} | "
+            f"{cost} | {pct(r['test_acc_mean'], r['test_acc_std'])} | "
             f"{'—' if moved is None else f'{1 - moved:.4f}'} | {r['seeds']} |"
         )
     lines.append("")

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 
 from jackpot_jax.experiments import provenance
-from jackpot_jax.experiments.stats import STD_NOTE, difference_record, difference_text
-from jackpot_jax.experiments.stats import pct as _pct
+from jackpot_jax.experiments.stats import STD_NOTE, difference_record, difference_text, pct
 
 METHODS = ("jackpot_official", "jackpot_selected", "weight_tuning_selected")
 NAMES = {
@@ -159,7 +158,7 @@ def write_report(res: dict, workdir: str) -> str:
         lines.append(
             f"- **{v['network']}**: target {'met' if met else 'not met'}. After "
             f"{v['target_epochs']} epochs the selected jackpot is {v['gap_to_dense']:.2f} points "
-            f"below dense ({_pct(v['dense'])}%; target <= 0.30; negative: above dense) and "
+            f"below dense ({pct(v['dense'])}%; target <= 0.30; negative: above dense) and "
             f"{v['jackpot_minus_weight_tuning']:+.2f} points against the selected weight tuning "
             f"(target >= 0)." + _paired_text(v)
         )
@@ -183,7 +182,7 @@ def write_report(res: dict, workdir: str) -> str:
         dense = next(r for r in rows if r["method"] == "dense")
         lines += [
             f"### {net} at {st['sparsity']:.0%} sparsity (dense: "
-            f"{_pct(dense['test_acc_mean'], dense['test_acc_std'])}, "
+            f"{pct(dense['test_acc_mean'], dense['test_acc_std'])}, "
             f"{dense['epochs']} pretraining epochs; seeds "
             f"{', '.join(dense.get('per_seed', {}).get('test_acc', {}))})",
             "",
@@ -195,7 +194,7 @@ def write_report(res: dict, workdir: str) -> str:
             cells = []
             for m in METHODS:
                 r = next((r for r in rows if r["method"] == m and r["epochs"] == e), None)
-                cells.append(_pct(r["test_acc_mean"], r["test_acc_std"]) if r else "n/a")
+                cells.append(pct(r["test_acc_mean"], r["test_acc_std"]) if r else "n/a")
             margin = ""
             if b["margin"] is not None:
                 p = b.get("margin_paired")
@@ -229,7 +228,7 @@ def write_report(res: dict, workdir: str) -> str:
             dval = res["selected"][net].get("dense_val_accuracy")
             lines += [
                 f"### {net}, {kind.replace('_', ' ')} (the dense network: "
-                f"{_pct(dval)} on the same validation split)",
+                f"{pct(dval)} on the same validation split)",
                 "",
                 "| # | " + " | ".join(factors) + " | val. acc. |",
                 "|---|" + "---|" * len(factors) + "---|",
@@ -246,7 +245,7 @@ def write_report(res: dict, workdir: str) -> str:
                         else str(r["recipe"][f])
                         for f in factors
                     )
-                    + f" | {_pct(r['val_accuracy'])}"
+                    + f" | {pct(r['val_accuracy'])}"
                     f"{mark} |"
                 )
             best = res["selected"][net][kind]
@@ -258,7 +257,7 @@ def write_report(res: dict, workdir: str) -> str:
                     p = dict(best, **{f: lvl})
                     hit = next((r for r in sweep if r["recipe"] == p), None)
                     cells.append(f"{lvl:g}" if isinstance(lvl, float) else str(lvl))
-                    cells[-1] += f": {_pct(hit['val_accuracy']) if hit else 'not run'}"
+                    cells[-1] += f": {pct(hit['val_accuracy']) if hit else 'not run'}"
                 around.append(f"- {f}: " + ", ".join(cells))
             lines += ["", "One factor at a time around the selected point (validation, %):", ""]
             lines += around + [""]
