@@ -13,7 +13,8 @@ a time in the order of `jackpot_factors` (every level of the factor with the oth
 best point so far; a tie keeps the current level), repeated until a round changes nothing or
 `max_rounds` rounds; the weight-tuning baseline (magnitude mask + fine-tuning of the weights)
 the same way over batch size and lr. Selection reads only the final-epoch validation accuracy
-(5,000 images held out of the training set) of `select_seed`; the final runs use other seeds.
+(5,000 images held out of the training set) of `select_seed`, whose runs are made with
+`evaluate_test=False` (they never evaluate the test split); the final runs use other seeds.
 """
 
 import ml_collections
