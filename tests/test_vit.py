@@ -413,3 +413,49 @@ def test_own_vit_exports_to_timm_and_cli_both_ways(torch, timm, tmp_path):
     _, again = checkpoint.load_model(back)
     for p, v in _flat(variables["params"]).items():
         np.testing.assert_array_equal(np.asarray(v), _flat(again["params"])[p], err_msg=p)
+
+
+# ------------------------------------------------------------- names a user types (CLI)
+
+
+def test_unknown_model_is_one_error_line_from_the_cli(tmp_path):
+    from pipeline_helpers import ROOT, cli
+
+    out = cli(
+        tmp_path / "run",
+        f"{ROOT}/configs/fashion_mnist_lenet300.py",
+        "--config.model=vit_bse",
+        "--config.dataset=synthetic:fashion_mnist",
+        check=False,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, out.stderr
+    for needle in ("unknown model 'vit_bse'", "vit_base", "lenet5", "timm:"):
+        assert needle in errors[0], errors[0]
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+    out = cli(
+        tmp_path / "run",
+        f"{ROOT}/configs/fashion_mnist_lenet300.py",
+        "--config.model=vit_fmnist",
+        "--config.model_options={'width': 2}",
+        check=False,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "does not take options ['width']" in out.stderr and "patch_size" in out.stderr
+
+
+def test_unknown_arch_is_one_error_line_from_the_converter(tmp_path, capsys):
+    from jackpot_jax.interop import torch_convert as tc
+
+    for args in (
+        ["--arch", "vit_b_15", "--input", "w.pth", "--output", str(tmp_path / "c")],
+        ["--to-torch", "--arch", "resnet51", "--input", "c", "--output", "w.pth"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            tc.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 1 and err.count("error: ") == 1, err
+        assert err.startswith(f"error: --arch {args[args.index('--arch') + 1]}: unknown model")
+        assert "vit_b_16" in err and "resnet50" in err and "timm:" in err

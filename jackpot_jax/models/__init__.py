@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jackpot_jax.errors import ConfigError
 from jackpot_jax.models.cifar_resnet import CifarResNet
 from jackpot_jax.models.lenet import LeNet5, LeNet300100
 from jackpot_jax.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -151,7 +152,7 @@ def _entry(name: str):
             {"num_classes": 1000, "image_size": image, "dropout_rate": 0.0},
             (image, image, 3),
         )
-    raise ValueError(f"unknown model {name!r}; valid names: {valid_names()}")
+    raise ConfigError(f"unknown model {name!r}; valid names: {valid_names()}")
 
 
 def default_options(name: str) -> dict[str, Any]:
@@ -179,7 +180,7 @@ def get_model(name: str, num_classes: int | None = None, **options) -> nn.Module
     ctor, defaults, _ = _entry(name)
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} does not take options {unknown}; valid options: {sorted(defaults)}"
         )
     kwargs = {**defaults, **options}

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 
-from jackpot_jax import kernels, utils
+from jackpot_jax import kernels, models, utils
 from jackpot_jax import sparsity as sp
 from jackpot_jax.errors import ConfigError
 from jackpot_jax.pipeline import modes, resume
@@ -56,6 +56,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             node = config[section]
         if node[leaf] not in allowed:
             raise ConfigError(f"{key}={node[leaf]!r}; expected one of {tuple(allowed)}")
+    try:  # the model's name and options (building a Flax module allocates nothing)
+        models.get_model(config.model, **dict(config.model_options))
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
     if not 0.0 <= config.sparsity < 1.0:
         raise ConfigError(f"sparsity={config.sparsity!r} must be in [0, 1)")
     if config.search.mask_update == "swap":
