@@ -84,7 +84,7 @@ def not_found_reason() -> str:
     if libs:
         return (
             f"oneDNN's library is in {os.path.join(libs[0], 'lib')} but its C headers "
-            f"(include/oneapi/dnnl/dnnl.h) are not (pip install 'jackpot_jax[onednn]' "
+            "(include/oneapi/dnnl/dnnl.h) are not there (pip install 'jackpot_jax[onednn]' "
             "installs both: onednn-cpu-gomp and onednn-devel-cpu-gomp)"
         )
     return (
