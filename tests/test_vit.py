@@ -459,3 +459,77 @@ def test_unknown_arch_is_one_error_line_from_the_converter(tmp_path, capsys):
         assert e.value.code == 1 and err.count("error: ") == 1, err
         assert err.startswith(f"error: --arch {args[args.index('--arch') + 1]}: unknown model")
         assert "vit_b_16" in err and "resnet50" in err and "timm:" in err
+
+
+# ------------------------------------------------------------------ budgets on a ViT
+
+
+@pytest.fixture(scope="module")
+def fmnist_params():
+    return _init(models.get_model("vit_fmnist"), (1, 28, 28, 1), seed=7)["params"]
+
+
+def _prunable(params):
+    return {p: np.asarray(v) for p, v in _flat(params).items() if sp.default_filter(p, v)}
+
+
+@pytest.mark.parametrize("distribution", ["global_magnitude", "uniform", "erk", "global"])
+def test_budgets_give_exact_counts_on_vit(fmnist_params, distribution):
+    sparsity = 0.9
+    layers = _prunable(fmnist_params)
+    sizes = {p: v.size for p, v in layers.items()}
+    total = sum(sizes.values())
+    target = total - int(np.floor(sparsity * total))
+    budget = sp.keep_counts(fmnist_params, sparsity, distribution)
+    scores = sp.map_prunable(lambda _, w: w, fmnist_params)
+    masks = {p: m for p, m in _flat(sp.masks_from_scores(scores, budget)).items() if m is not None}
+    assert masks.keys() == layers.keys()
+    if distribution == "global":
+        assert budget == target
+        kept = {p: int(np.asarray(m).sum()) for p, m in masks.items()}
+        assert sum(kept.values()) == target
+        return
+    counts = {p: k for p, k in _flat(budget).items() if k is not None}
+    assert counts.keys() == layers.keys()
+    for p, m in masks.items():  # the masks keep exactly the budget, layer by layer
+        assert int(np.asarray(m).sum()) == counts[p], p
+    if distribution == "uniform":
+        assert counts == {p: n - int(np.floor(sparsity * n)) for p, n in sizes.items()}
+    elif distribution == "global_magnitude":
+        mags = np.concatenate([np.abs(v).ravel() for v in layers.values()])
+        threshold = np.sort(mags)[::-1][target - 1]
+        assert counts == {p: int((np.abs(v) >= threshold).sum()) for p, v in layers.items()}
+    else:  # ERK: density proportional to sum(dims) / prod(dims) for the layers not dense
+        assert abs(sum(counts.values()) - target) <= len(counts)
+        raw = {p: sum(v.shape) / v.size for p, v in layers.items()}
+        free = [p for p in layers if counts[p] < sizes[p]]
+        q, fc1 = "blocks_0/attn/query/kernel", "blocks_0/mlp/fc1/kernel"
+        assert q in free and fc1 in free and raw[q] == 128 / 64**2
+        ratio = (counts[q] / sizes[q]) / (counts[fc1] / sizes[fc1])
+        assert ratio == pytest.approx(raw[q] / raw[fc1], rel=1e-2)
+
+
+def test_two_four_along_each_linear_input_axis(fmnist_params):
+    pattern = sp.NMPattern(2, 4)
+    budget = {p: b for p, b in _flat(sp.nm_budget(fmnist_params, pattern)).items() if b is not None}
+    layers = _prunable(fmnist_params)
+    # the patch embedding has one input channel: no group of 4 along its input axis
+    assert budget.pop("patch_embed/kernel") == layers["patch_embed/kernel"].size
+    assert set(budget) == set(layers) - {"patch_embed/kernel"}
+    assert all(b == pattern for b in budget.values())
+    scores = sp.map_prunable(lambda _, w: w, fmnist_params)
+    masks = _flat(sp.masks_from_scores(scores, sp.nm_budget(fmnist_params, pattern)))
+    for p, w in layers.items():
+        m = np.asarray(masks[p])
+        if p == "patch_embed/kernel":
+            assert m.all()
+            continue
+        fan_in, fan_out = w.shape  # Dense kernels are (in, out)
+        groups = np.abs(w).reshape(fan_in // 4, 4, fan_out)
+        kept = m.reshape(fan_in // 4, 4, fan_out)
+        assert (kept.sum(1) == 2).all(), p
+        # the two kept are the two largest |w| of each group of 4 inputs
+        top2 = np.argsort(-groups, axis=1, kind="stable")[:, :2]
+        want = np.zeros_like(kept)
+        np.put_along_axis(want, top2, 1, axis=1)
+        np.testing.assert_array_equal(kept, want, err_msg=p)
