@@ -62,6 +62,7 @@ import time
 
 import numpy as np
 
+START = time.perf_counter()
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
@@ -795,7 +796,7 @@ def main(argv=None):
                         if failure:
                             failures.append(f"{name} batch {batch} {mode} {v}: {failure}")
                     rows.append(row)
-    print(f"load average at the end: {_load()}")
+    print(f"load average at the end: {_load()}; wall time {time.perf_counter() - START:.0f} s")
     print_table(rows, variants)
     if args.json:
         with open(args.json, "w") as f:
