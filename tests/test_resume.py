@@ -1,6 +1,7 @@
 """Nothing lost: a workdir belongs to one config, damaged checkpoints fall back one step, a
 cut-short metrics line is dropped, and a search killed at any of 10 places ends, once rerun,
-with the masks of the uninterrupted run."""
+with the masks of the uninterrupted run, having trained only the epochs after its newest
+finished checkpoint."""
 
 import glob
 import json
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import ROOT, cli_overrides, pretrained_dir, tiny_config
 
-from jackpot_jax import errors
+from jackpot_jax import errors, utils
 from jackpot_jax.pipeline import resume, train
 
 # Scores 1.0 / 0.999: masks flip in every epoch of these tiny searches, so equal final masks
@@ -238,8 +239,32 @@ KILLS = [
 ]
 
 
+# The epoch each kill must resume from at least: a save's write is in flight until the next
+# save is issued (which waits for it) or the run closes (export: training had finished).
+RESUMED_AT_LEAST = {
+    "step:1": 0,
+    "step:5": 0,
+    "step:13": 0,
+    "step:24": 1,
+    "save:1": 0,
+    "save:2": 1,
+    "save:3": 2,
+    "export:1": 3,
+    "export:2": 3,
+    "export:3": 3,
+}
+STEPS_PER_EPOCH, EPOCHS = 8, 3
+
+
+def _finished_checkpoints(workdir):
+    """Epochs whose checkpoint was completely written (orbax renames a step's temporary
+    directory to its number once the write is done)."""
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
 @pytest.mark.parametrize("kill_at", KILLS)
-def test_killed_search_resumes_to_the_same_masks(reference, tmp_path, kill_at, capfd):
+def test_killed_search_resumes_to_the_same_masks(reference, tmp_path, kill_at, capfd, monkeypatch):
     config, ref = reference
     work = tmp_path / "run"
     args = cli_overrides(
@@ -276,11 +301,24 @@ def test_killed_search_resumes_to_the_same_masks(reference, tmp_path, kill_at, c
     killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL, where asked
     assert not (work / "summary.json").exists()
+    # What the rerun must resume from: the newest completely written checkpoint.
+    saved = _finished_checkpoints(work)
+    resume_from = max(saved, default=0)
+    assert resume_from >= RESUMED_AT_LEAST[kill_at], (kill_at, saved)
+    logged = open(work / "metrics.jsonl").readlines()
+    steps = []  # the rerun's training steps, counted where the loop would kill
+    monkeypatch.setattr(utils, "kill_point", lambda event: steps.append(event == "step"))
     capfd.readouterr()
     summary = train.run(config, str(work))  # the same config, rerun
     out = capfd.readouterr().out
-    if kill_at.startswith("export"):  # training had finished: nothing is trained again
-        assert f"resuming {work} from epoch 3" in out
+    if resume_from:
+        assert f"resuming {work} from epoch {resume_from}" in out, out
+    else:
+        assert "resuming" not in out, out
+    # Only the epochs after the checkpoint were trained again; the lines of those before it
+    # are the killed run's, untouched.
+    assert sum(steps) == STEPS_PER_EPOCH * (EPOCHS - resume_from), (kill_at, resume_from)
+    assert open(work / "metrics.jsonl").readlines()[:resume_from] == logged[:resume_from]
     _assert_same_masks(work, ref)
     assert _epochs(work) == [1, 2, 3]
     ref_summary = json.load(open(ref / "summary.json"))
