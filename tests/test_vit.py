@@ -1,12 +1,14 @@
 """Vision Transformers: shapes, parameter counts, the prunable set, a numpy reference forward,
 position-embedding resizing (against timm), and exact conversion to and from torchvision's
-and timm's ViTs. Tests needing torch, torchvision or timm skip without them."""
+and timm's ViTs, names a user types, budgets and N:M on a ViT, and a CLI jackpot search of
+vit_fmnist on Fashion-MNIST. Tests needing torch, torchvision or timm skip without them."""
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pipeline_helpers import needs_fmnist
 from scipy.special import erf
 
 from jackpot_jax import models
@@ -533,3 +535,70 @@ def test_two_four_along_each_linear_input_axis(fmnist_params):
         want = np.zeros_like(kept)
         np.put_along_axis(want, top2, 1, axis=1)
         np.testing.assert_array_equal(kept, want, err_msg=p)
+
+
+# ------------------------------------------- a ViT jackpot search on Fashion-MNIST (CLI)
+
+_SMALL = [
+    "--config.model=vit_fmnist",
+    "--config.train_subset=256",
+    "--config.val_examples=64",
+    "--config.test_subset=128",
+    "--config.batch_size=32",
+    "--config.search.batch_size=32",
+    "--config.eval_batch_size=128",
+]
+
+
+def _fmnist_cli(workdir, *over):
+    from pipeline_helpers import ROOT, cli
+
+    return cli(workdir, f"{ROOT}/configs/fashion_mnist_lenet5.py", *_SMALL, *over)
+
+
+@pytest.fixture(scope="module")
+def vit_fmnist_dense(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vit_dense")
+    _fmnist_cli(work, "--config.mode=pretrain", "--config.pretrain.epochs=1")
+    return work / "model"
+
+
+@needs_fmnist
+@pytest.mark.parametrize("distribution,pattern", [("erk", ""), ("global_magnitude", "2:4")])
+def test_cli_search_of_vit_fmnist_keeps_exact_budgets(
+    vit_fmnist_dense, tmp_path, distribution, pattern
+):
+    from jackpot_jax.pipeline import checkpoint, export
+
+    out = _fmnist_cli(
+        tmp_path / "search",
+        "--config.mode=search",
+        f"--config.pretrained={vit_fmnist_dense}",
+        "--config.search.epochs=1",
+        f"--config.search.distribution={distribution}",
+        f"--config.search.pattern={pattern}",
+        "--config.sparsity=0.8",
+    )
+    assert "test_accuracy" in out.stdout
+    dense = checkpoint.load_variables(vit_fmnist_dense)["params"]
+    jackpot = export.read_jackpot(tmp_path / "search")
+    assert jackpot["meta"]["arch"] == "vit_fmnist"
+    masks, params = jackpot["masks"], jackpot["params"]
+    flat_dense = {p: np.asarray(v) for p, v in _flat(dense).items()}
+    assert set(masks) == set(_prunable(dense)) and set(params) == set(flat_dense)
+    if pattern:
+        for p, m in masks.items():
+            if p == "patch_embed/kernel":  # one input channel: kept dense
+                assert m.all()
+            else:
+                assert (m.reshape(m.shape[0] // 4, 4, -1).sum(1) == 2).all(), p
+    else:
+        counts = {
+            p: k for p, k in _flat(sp.keep_counts(dense, 0.8, "erk")).items() if k is not None
+        }
+        assert {p: int(m.sum()) for p, m in masks.items()} == counts
+    for p, m in masks.items():  # kept weights are the pre-trained ones, bit for bit
+        np.testing.assert_array_equal(params[p][m == 1], flat_dense[p][m == 1], err_msg=p)
+        assert np.all(params[p][m == 0] == 0)
+    for p in set(params) - set(masks):  # tokens, position embedding, LayerNorms, head
+        np.testing.assert_array_equal(params[p], flat_dense[p], err_msg=p)
