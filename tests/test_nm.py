@@ -265,11 +265,13 @@ def test_study_2of4_rows(tmp_path):
     assert all(r["seeds"] == 1 and 0 <= r["test_acc_mean"] <= 1 for r in rows.values())
     assert rows[("2:4", "jackpot")]["pattern_satisfied"] is True
     assert rows[("2:4", "magnitude+finetune")]["pattern_satisfied"] is True
+    assert rows[("2:4", "magnitude")]["pattern_satisfied"] is True  # its own (starting) masks
     assert rows[("2:4", "jackpot")]["dense_kept"] == []  # LeNet-300-100: 784 and 300 inputs
     piece = tmp_path / "lenet300_100" / "seed0"
     search = json.load(open(piece / "search_pretrained_magnitude_nm2of4_e1" / "summary.json"))
     assert rows[("2:4", "jackpot")]["test_acc_mean"] == search["test_accuracy"]
     assert rows[("2:4", "magnitude")]["test_acc_mean"] == search["init_mask_test_accuracy"]
+    assert search["init_mask_pattern_satisfied"] is True
     ft = export.read_jackpot(piece / "finetune_pretrained_magnitude_nm2of4_e1")
     for path, m in ft["masks"].items():
         assert np.all(_groups_of(m, 4) == 2), path

@@ -16,7 +16,7 @@ from jackpot_jax import utils
 from jackpot_jax.errors import ConfigError, MissingInputError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import engine, export
-from jackpot_jax.pipeline.pruning import budget_for, criterion_mask, prune_filter
+from jackpot_jax.pipeline.pruning import budget_for, criterion_mask, pattern_report, prune_filter
 from jackpot_jax.pipeline.sources import init_model, load_data, model_options  # noqa: F401
 from jackpot_jax.pipeline.summaries import (
     base_summary,
@@ -236,6 +236,10 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
             "test_accuracy": test.get("accuracy"),
             "test_top5": test.get("top5"),
             "overlap_with_init": float(sp.overlap(masks, init_mask)),
+            # N:M runs: the starting mask's own check (the magnitude row of a study reads it)
+            "init_mask_pattern_satisfied": pattern_report(init_mask, config).get(
+                "pattern_satisfied"
+            ),
             "epochs": cfg.epochs,
         }
     )
