@@ -20,8 +20,9 @@ and not Flax's `MultiHeadDotProductAttention` `(D, heads, head_dim)` kernels:
   its weights to the others; as three layers each keeps its own share, as every separate
   projection does in per-layer pruning of transformers;
 * a 2-D `(in, out)` kernel is what every Linear is here: ERK's `sum(dims) / prod(dims)`
-  sees `D + D` over `D * D` (a 3-D `(D, heads, head_dim)` kernel would count three dims) and
-  N:M groups run along the input axis (-2), the reduction axis of the matmul.
+  sees `D + D` over `D * D`, and N:M groups run along axis -2, the input (reduction) axis of
+  the matmul. A 3-D `(D, heads, head_dim)` kernel would give ERK three dims and put the N:M
+  groups along the heads axis instead of the inputs.
 
 torch's fused `(3D, D)` `in_proj_weight` / `qkv.weight` is their concatenation: the
 converter splits and joins it exactly (rows `[0, D)` are q, `[D, 2D)` k, `[2D, 3D)` v).
