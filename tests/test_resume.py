@@ -293,9 +293,11 @@ def test_killed_search_resumes_to_the_same_masks(reference, tmp_path, kill_at, c
         str(work),
         *args,
     ]
+    # The launcher adds no XLA flags: the CLI's epochs round as the reference's (run here).
     env = dict(
         os.environ,
         JACKPOT_JAX_KILL_AT=kill_at,
+        JACKPOT_JAX_XLA_FLAGS="0",
         PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

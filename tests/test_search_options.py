@@ -1,6 +1,6 @@
 """The search's options for efficiency (issue 13): the 2023 swap rule against a numpy
 transcription of the authors' code, its rate schedule, the per-step cosine schedule, and a
-swap search resumed after a crash."""
+swap search killed and resumed."""
 
 import json
 import os
@@ -9,19 +9,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pipeline_helpers import ROOT, TINY, cli, cli_overrides, pretrained_dir, tiny_config
 
 from jackpot_jax import sparsity as sp
+from jackpot_jax import utils
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import engine, train
 from jackpot_jax.pipeline.config import base_config
 
+CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_lenet300.py")
+
+
+def _ranks(scores):
+    """Dense ranks of float32 scores in the order the swap rule uses: NaN below every number
+    (-inf included), all NaNs equal, -0.0 equal to 0.0."""
+    m = np.asarray(scores, np.float32).ravel()
+    nan = np.isnan(m)
+    ranks = np.zeros(m.size, np.int64)
+    ranks[~nan] = np.unique(m[~nan], return_inverse=True)[1].ravel() + 1
+    return ranks
+
 
 def reference_swap(scores, mask, keep, rate, use_abs=False):
     """The authors' `final_pop_up` (utils/conv_type.py, 2023) in numpy, ties made explicit:
-    of equal scores the lower flat index rises first and falls last.
-    Returns (new mask, pairs swapped, whether the two sets were balanced)."""
-    m = np.abs(scores) if use_abs else np.asarray(scores)
-    m = m.astype(np.float32).ravel()
+    of equal scores the lower flat index rises first and falls last; NaN ranks below every
+    number (numpy's sort would put it above). Returns (new mask, pairs swapped, whether the
+    two sets were balanced)."""
+    m = _ranks(np.abs(scores) if use_abs else scores)  # ranks compare as the scores do
     b = np.asarray(mask).ravel().copy()
     prune_num = m.size - keep
     if prune_num == 0 or keep == 0:
@@ -67,6 +81,19 @@ def test_swap_by_hand():
         np.asarray(sp.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0, use_abs=True)["w"]),
         [1, 1, 0, 0],
     )
+    # NaN ranks below every number, -inf included: the kept NaN is the one faller (cut: the
+    # 2nd smallest score, -inf), the pruned 0.5 the one riser. Were NaN the highest score, the
+    # cut would be 0.5 and nothing would rise.
+    s4, m4 = jnp.array([jnp.nan, 0.9, -jnp.inf, 0.5]), jnp.array([1.0, 1, 0, 0])
+    np.testing.assert_array_equal(
+        np.asarray(sp.swap_masks({"w": s4}, {"w": m4}, {"w": 2}, 1.0)["w"]), [0, 1, 0, 1]
+    )
+    np.testing.assert_array_equal(reference_swap(s4, m4, 2, 1.0)[0], [0, 1, 0, 1])
+    # A pruned NaN never rises, whatever the rate; |NaN| is NaN.
+    s5, m5 = jnp.array([0.3, jnp.nan, 0.1, 0.2]), jnp.array([1.0, 0, 0, 1])
+    for use_abs in (False, True):
+        got = sp.swap_masks({"w": s5}, {"w": m5}, {"w": 2}, 1.0, use_abs=use_abs)["w"]
+        np.testing.assert_array_equal(np.asarray(got), [1, 0, 0, 1])
 
 
 @pytest.mark.parametrize("layout", ["per_layer", "native"])
@@ -100,7 +127,7 @@ def test_swap_matches_the_numpy_transcription_over_many_steps(layout, monkeypatc
             masks[p][rng.permutation(n)[: keeps[p]]] = 1
             masks[p] = masks[p].reshape(shape)
             scores[p] = np.where(masks[p] > 0, 1.0, 0.95).astype(np.float32)
-        seen = {"partial": 0, "all": 0, "unbalanced": 0}
+        seen = {"partial": 0, "all": 0, "unbalanced": 0, "nan fell": 0}
         for step in range(12):
             rate = [1.0, 0.5, 0.3, 0.75][step % 4]
             scores = {
@@ -109,13 +136,19 @@ def test_swap_matches_the_numpy_transcription_over_many_steps(layout, monkeypatc
             }
             if use_abs:  # negative scores, where raw and |s| ranks differ
                 scores["c"][:10] = -np.abs(scores["c"][:10]) - 0.5
-            new = jax.device_get(swap(scores, masks, rate))
+            # NaN scores this step (the scores carried on stay numbers): below every number
+            shown = {p: s.copy() for p, s in scores.items()}
+            for p in ("a", "c", "f"):
+                flat = shown[p].reshape(-1)
+                flat[rng.choice(flat.size, 2 + step % 3, replace=False)] = np.nan
+            new = jax.device_get(swap(shown, masks, rate))
             for p in shapes:
-                ref, pairs, balanced = reference_swap(scores[p], masks[p], keeps[p], rate, use_abs)
+                ref, pairs, balanced = reference_swap(shown[p], masks[p], keeps[p], rate, use_abs)
                 np.testing.assert_array_equal(new[p], ref, err_msg=f"{p} step {step} {use_abs}")
                 assert new[p].sum() == keeps[p]  # counts never change
                 assert int((new[p] != masks[p]).sum()) == 2 * pairs  # pairs only
                 seen["unbalanced"] += not balanced
+                seen["nan fell"] += int((np.isnan(shown[p]) & (masks[p] > 0) & (new[p] == 0)).sum())
                 if pairs:
                     seen["all" if rate == 1.0 else "partial"] += 1
             masks = {p: np.asarray(v) for p, v in new.items()}
@@ -209,40 +242,28 @@ def test_cosine_per_step_learning_rates_by_hand():
 # --- a swap search end to end: resume ---------------------------------------------------------
 
 
-def _tiny_swap_config(tmp_path):
-    """LeNet-300-100 on a small synthetic Fashion-MNIST stand-in, searching with swaps."""
-    from jackpot_jax.pipeline import checkpoint as ckpt_lib
-    from jackpot_jax.pipeline import modes
-
-    c = base_config()
-    c.model, c.dataset = "lenet300_100", "synthetic:fashion_mnist"
-    c.train_subset, c.test_subset, c.val_examples = 256, 32, 16
-    c.batch_size, c.eval_batch_size = 32, 16
-    c.update_from_flattened_dict(
-        {
-            "search.epochs": 4,
-            "sparsity": 0.8,
-            "search.mask_update": "swap",
-            "search.use_abs": False,
-            "search.swap_schedule": "poly",
-            "search.swap_rate": 0.5,
-            "search.swap_power": 1.0,
-            "search.lr": 2.0,
-            "search.score_pruned": 0.99,
-            "search.schedule": "cosine_step",
-            "search.batch_size": 16,
-        }
-    )
-    ds = modes.load_data(c)
-    module, variables, opts = modes.init_model(c, ds, seed=123)
-    c.pretrained = ckpt_lib.save_variables(
-        tmp_path / "init_dense", variables, arch=c.model, model_options=opts
-    )
-    return c
+SWAP = {
+    "search.epochs": 4,
+    "sparsity": 0.8,
+    "search.mask_update": "swap",
+    "search.use_abs": False,
+    "search.swap_schedule": "poly",
+    "search.swap_rate": 0.5,
+    "search.swap_power": 1.0,
+    "search.lr": 2.0,
+    "search.score_pruned": 0.99,
+    "search.schedule": "cosine_step",
+    "search.batch_size": 16,
+}
 
 
-def test_swap_search_resumed_after_a_crash_ends_with_the_same_mask(tmp_path, monkeypatch):
-    config = _tiny_swap_config(tmp_path)
+def test_swap_search_killed_and_rerun_resumes_to_the_same_mask(tmp_path, monkeypatch, capfd):
+    """LeNet-300-100 on a small synthetic Fashion-MNIST stand-in, searching with swaps (16
+    steps an epoch, 4 epochs): the CLI's run SIGKILLed right after issuing epoch 3's
+    checkpoint, rerun, resumes from its newest finished checkpoint (epoch 2 at least) and ends
+    with the uninterrupted run's masks."""
+    config = tiny_config(**SWAP)
+    config.pretrained = pretrained_dir(tmp_path, config)
     ref = train.run(config, str(tmp_path / "ref"))
     assert ref["mask_update"] == "swap" and ref["schedule"] == "cosine_step"
     assert ref["batch_size"] == 16  # the search's own batch, not the config's
@@ -259,21 +280,25 @@ def test_swap_search_resumed_after_a_crash_ends_with_the_same_mask(tmp_path, mon
     }
     assert any((topk[p] != ref_masks["masks/" + p]).any() for p in topk)
 
-    save = engine.Checkpointer.save
-
-    def crash_after_epoch_2(self, epoch, state):
-        save(self, epoch, state)
-        if epoch == 2:
-            self.mgr.wait_until_finished()
-            raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(engine.Checkpointer, "save", crash_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train.run(config, str(tmp_path / "crashed"))
-    monkeypatch.setattr(engine.Checkpointer, "save", save)
-    assert not os.path.exists(tmp_path / "crashed" / "summary.json")
-    again = train.run(config, str(tmp_path / "crashed"))
-    with np.load(tmp_path / "crashed" / "jackpot.npz") as z:
+    work = tmp_path / "killed"
+    keys = ["dataset", "pretrained", "eval_batch_size", "pretrain.epochs", *TINY, *SWAP]
+    # The launcher adds no XLA flags: the CLI's first epochs round as this process does (the
+    # swaps, lr 2.0, follow score differences that a fusion flag's rounding can change).
+    env = dict(os.environ, JACKPOT_JAX_KILL_AT="save:3", JACKPOT_JAX_XLA_FLAGS="0")
+    killed = cli(work, CONFIG, *cli_overrides(config, keys), check=False, timeout=600, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL, where asked
+    assert not (work / "summary.json").exists()
+    # The rerun resumes from the newest finished checkpoint: epoch 2's at least (saving
+    # epoch 3's waited for it), epoch 3's if its write had finished before the kill.
+    done = [int(n) for n in os.listdir(work / "checkpoints") if n.isdigit()]
+    assert max(done) in (2, 3), done
+    steps = []  # the rerun's training steps, counted where the loop would kill
+    monkeypatch.setattr(utils, "kill_point", lambda event: steps.append(event == "step"))
+    capfd.readouterr()
+    again = train.run(config, str(work))
+    assert f"resuming {work} from epoch {max(done)}" in capfd.readouterr().out
+    assert sum(steps) == 16 * (4 - max(done))
+    with np.load(work / "jackpot.npz") as z:
         for k, v in ref_masks.items():
             np.testing.assert_array_equal(z[k], v, err_msg=k)
     assert again["test_accuracy"] == ref["test_accuracy"]
