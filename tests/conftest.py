@@ -1,8 +1,8 @@
 """Keeps the tests apart from the machine: caches (JAX's compilation cache included, shared by
-the session's processes) and config dirs under a temporary directory,
-the CPU backend, no dataset location from the environment, and no network (a dead proxy for
-HTTP in subprocesses too; connections to anything but this machine are refused in-process).
-Local HTTP servers on 127.0.0.1 still work."""
+the session's processes) and config dirs under a temporary directory, the CPU backend (unless
+JACKPOT_TEST_PLATFORMS names another, e.g. cuda), no dataset location from the environment,
+and no network (a dead proxy for HTTP in subprocesses too; connections to anything but this
+machine are refused in-process). Local HTTP servers on 127.0.0.1 still work."""
 
 import os
 import socket
@@ -16,7 +16,9 @@ os.environ.update(
         "XDG_CACHE_HOME": os.path.join(_HOME, "cache"),  # data.py's download cache
         "MPLCONFIGDIR": os.path.join(_HOME, "matplotlib"),
         "TORCH_HOME": os.path.join(_HOME, "torch"),
-        "JAX_PLATFORMS": "cpu",
+        # The CPU backend, unless JACKPOT_TEST_PLATFORMS names others (benchmarks/gpu_checks.sh
+        # runs the GPU tests with JACKPOT_TEST_PLATFORMS=cuda).
+        "JAX_PLATFORMS": os.environ.get("JACKPOT_TEST_PLATFORMS", "cpu"),
         # One compilation cache for the session, subprocesses included: the same small programs
         # are compiled by many tests (each run builds its own jitted step).
         "JAX_COMPILATION_CACHE_DIR": os.path.join(_HOME, "jax_cache"),
