@@ -650,7 +650,8 @@ def parse_args(argv=None):
         "--torch-variants",
         default=None,
         help=f"comma-separated PyTorch variants, each a '+'-joined set of "
-        f"{', '.join(VARIANT_PARTS)} (default {CPU_VARIANTS}; on a GPU also autocast)",
+        f"{', '.join(VARIANT_PARTS)} (default {CPU_VARIANTS}; on a GPU in float32 also "
+        "autocast; with --dtype bfloat16 every variant runs under autocast)",
     )
     ap.add_argument(
         "--torch-mask",
@@ -694,7 +695,10 @@ def main(argv=None):
     variants = (
         []
         if args.no_torch
-        else (args.torch_variants or (GPU_VARIANTS if gpu else CPU_VARIANTS)).split(",")
+        else (
+            args.torch_variants
+            or (GPU_VARIANTS if gpu and args.dtype == "float32" else CPU_VARIANTS)
+        ).split(",")
     )
     for v in variants:
         parse_variant(v)
