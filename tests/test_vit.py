@@ -59,7 +59,7 @@ def _vit_count(width, depth, patch, image, classes, channels=3, mlp=None):
         ("vit_large", {"image_size": 384}, _vit_count(1024, 24, 16, 384, 1000)),
         ("vit_h_14", {}, 632_045_800),  # torchvision's vit_h_14
         ("timm:deit_tiny_patch16_224", {}, 5_717_416),  # timm's count
-        ("vit_fmnist", {}, _vit_count(64, 6, 4, 28, 10, channels=1)),
+        ("vit_fmnist", {}, _vit_count(64, 4, 4, 28, 10, channels=1)),
     ],
 )
 def test_param_counts(name, options, count):
@@ -93,7 +93,7 @@ def test_default_filter_prunes_exactly_the_projection_mlp_and_patch_kernels():
     chosen = set(sp.prunable_paths(variables["params"]))
     want = {"patch_embed/kernel"} | {
         f"blocks_{i}/{m}/kernel"
-        for i in range(6)
+        for i in range(4)
         for m in ("attn/query", "attn/key", "attn/value", "attn/out", "mlp/fc1", "mlp/fc2")
     }
     assert chosen == want
@@ -183,8 +183,8 @@ def test_block_outputs_are_sown():
     blocks = jax.jit(lambda v, x: models.block_outputs(module, v, x))(
         variables, jnp.ones((2, 28, 28, 1))
     )
-    assert set(blocks) == {"embed"} | {f"block{i}" for i in range(6)}
-    assert blocks["block5"].shape == (2, 50, 64)
+    assert set(blocks) == {"embed"} | {f"block{i}" for i in range(4)}
+    assert blocks["block3"].shape == (2, 50, 64)
 
 
 # -------------------------------------------------------------- position embeddings
@@ -399,7 +399,7 @@ def test_own_vit_exports_to_timm_and_cli_both_ways(torch, timm, tmp_path):
     pth = str(tmp_path / "vit.pth")
     tc.main(["--to-torch", "--input", ckpt, "--output", pth])
     net = timm.models.VisionTransformer(
-        img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=6, num_heads=4, num_classes=10
+        img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4, num_classes=10
     )
     net.load_state_dict(torch.load(pth, weights_only=True), strict=True)
     net.eval()

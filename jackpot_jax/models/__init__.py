@@ -119,7 +119,7 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], tuple[int, 
     },
     # Pretrains on Fashion-MNIST on two CPU cores in minutes: 7x7 patches of 4x4 pixels.
     "vit_fmnist": (
-        functools.partial(ViT, width=64, depth=6, num_heads=4, mlp_dim=256),
+        functools.partial(ViT, width=64, depth=4, num_heads=4, mlp_dim=256),
         {"num_classes": 10, "patch_size": 4, "image_size": 28, "dropout_rate": 0.0},
         _MNIST,
     ),
