@@ -392,7 +392,9 @@ def test_bfloat16_through_the_cli(tmp_path):
             *cli_overrides(config, keys),
             f"--config.compute_dtype={dtype}",
         )
-        assert f"(cpu, {dtype}" in out.stdout.splitlines()[1], out.stdout[:500]  # the header
+        # the run's header: "convolutions: ... (<backend>, <dtype>...)"
+        (header,) = [ln for ln in out.stdout.splitlines() if ln.startswith("convolutions: ")]
+        assert f"({jax.default_backend()}, {dtype}" in header, out.stdout[:500]
         assert json.load(open(tmp_path / dtype / "config.json"))["compute_dtype"] == dtype
         (line,) = open(tmp_path / dtype / "metrics.jsonl")
         losses[dtype] = json.loads(line)["loss"]
