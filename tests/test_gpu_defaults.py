@@ -128,6 +128,16 @@ def test_gpu_code_paths_forced_give_the_cpu_defaults_step(cpu_defaults):
         assert cpu.count("ffi_call") > gpu.count("ffi_call")
 
 
+def test_auto_resolves_to_the_gpu_defaults_on_a_gpu_backend(monkeypatch):
+    """What 'auto' means where JAX's backend is a GPU (the backend faked for the resolution
+    only): the paths the test above forces."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    resolved = kernels.resolve(kernels.ComputeOptions())
+    monkeypatch.undo()
+    assert resolved == GPU_DEFAULTS.replace(onednn="off")
+    assert (resolved.conv_impl, resolved.mask_layout) == ("xla", "together")
+
+
 @pytest.mark.skipif(not ON_GPU, reason=f"needs a GPU (backend: {jax.default_backend()})")
 def test_resolved_defaults_on_the_gpu_give_the_cpu_defaults_step():
     resolved = kernels.resolve(kernels.ComputeOptions())
