@@ -13,7 +13,7 @@ import pytest
 
 from jackpot_jax import errors, models
 from jackpot_jax.interop import torch_convert
-from jackpot_jax.pipeline import checkpoint
+from jackpot_jax.pipeline import checkpoint, export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-4
@@ -596,7 +596,7 @@ def test_importing_jackpot_jax_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
 
 
-def test_load_jackpot_reads_the_pipeline_export_format(tmp_path):
+def test_read_jackpot_reads_the_pipeline_export_format(tmp_path):
     # The pipeline's jackpot.npz also holds batch_stats/<path> and a JSON meta entry.
     mask = np.array([[1, 0], [0, 1]], np.uint8)
     np.savez(
@@ -609,11 +609,12 @@ def test_load_jackpot_reads_the_pipeline_export_format(tmp_path):
             "meta": np.asarray(json.dumps({"arch": "lenet5"})),
         },
     )
-    masks, params, batch_stats = torch_convert.load_jackpot(tmp_path / "jackpot.npz")
+    jackpot = export.read_jackpot(tmp_path / "jackpot.npz")  # the one reader of the format
+    masks, params, batch_stats = jackpot["masks"], jackpot["params"], jackpot["batch_stats"]
     assert sorted(masks) == ["conv1/kernel"]
     assert sorted(params) == ["classifier/bias", "conv1/kernel"]
     np.testing.assert_array_equal(params["conv1/kernel"], mask * 2.0)
     assert sorted(batch_stats) == ["bn1/mean"]
     np.savez(tmp_path / "bad.npz", **{"weights/conv1": mask})
     with pytest.raises(ValueError, match="unexpected key 'weights/conv1'"):
-        torch_convert.load_jackpot(tmp_path / "bad.npz")
+        export.read_jackpot(tmp_path / "bad.npz")
