@@ -82,6 +82,8 @@ MODELS = {
     "resnet32x2": ("resnet32", {"width": 2}, 10),
     "vgg19_cifar": ("vgg19_cifar", {}, 10),
     "resnet50": ("resnet50", {}, 1000),
+    # ViT-S/16 at 224 px: JAX side only (the PyTorch side has no ViT jackpot step yet)
+    "vit_small": ("vit_small", {"image_size": 224, "patch_size": 16}, 1000),
 }
 CPU_DEFAULT = "lenet5,resnet20,resnet32x2,vgg19_cifar"
 GPU_DEFAULT = CPU_DEFAULT + ",resnet50"
@@ -104,8 +106,11 @@ IMAGE_SIZE = 0  # --image-size
 CONV_IMPL = None  # --conv (None: the library's default, 'auto')
 
 
+JAX_ONLY = ("vit_small",)  # no PyTorch step to compare with: run with --no-torch
+
+
 def input_shape(name: str) -> tuple:
-    h, w, c = models.input_shape(MODELS[name][0])
+    h, w, c = models.input_shape(MODELS[name][0], MODELS[name][1])
     return (IMAGE_SIZE, IMAGE_SIZE, c) if IMAGE_SIZE else (h, w, c)
 
 
@@ -703,6 +708,11 @@ def main(argv=None):
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; valid: {','.join(MODELS)}")
+    if set(names) & set(JAX_ONLY) and not args.no_torch:
+        raise SystemExit(
+            f"--models {','.join(sorted(set(names) & set(JAX_ONLY)))}: the PyTorch side has no "
+            "step for these models yet; time them with --no-torch"
+        )
     run_modes = args.modes.split(",")
     if not set(run_modes) <= {"search", "dense"} or not run_modes:
         raise SystemExit(f"--modes={args.modes!r}; expected search, dense or search,dense")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of this project, as ONE command for one NVIDIA H100 or H200: the tests that
-# need a GPU and bench_step (issue 9), bench_input (issue 10) and bench_nm (issue 12), run on
+# need a GPU (the GPU's default code paths included), bench_step (CNNs beside PyTorch, ViT-S),
+# bench_masks, bench_input and bench_nm (2:4 sparse tensor cores), run on
 # the GPU machine's image as it is (Python 3.12, jax/jaxlib 0.11.2 + jax-cuda13 plugins, flax,
 # optax, orbax-checkpoint, chex, numpy, pillow, tqdm, absl-py, torch 2.11, torchvision 0.26,
 # timm; no network), with the wheels it lacks shipped alongside:
@@ -128,41 +129,59 @@ fi
 if [ "$TINY" = "1" ]; then
   # The same steps at toy size (CPU-friendly): shapes, options and log format are checked.
   section tests 300 python -m pytest -q -x tests/test_sparsity.py tests/test_ops.py \
-      tests/test_nm.py -k "layout or radix or bfloat16 or switch or hand or reference"
+      tests/test_nm.py tests/test_gpu_defaults.py \
+      -k "layout or radix or bfloat16 or options or hand or reference or gpu or default"
   section bench_step_resnet32x2_float32 300 python benchmarks/bench_step.py \
       --models resnet32x2 --batch 8 --steps 1 --warmup 1 --dtype float32 \
-      --json "$OUT/bench_step_resnet32x2_float32.json"
+      --torch-variants eager,channels_last --json "$OUT/bench_step_resnet32x2_float32.json"
   section bench_step_resnet50_bfloat16 300 python benchmarks/bench_step.py \
       --models resnet50 --batch 2 --image-size 32 --modes search --steps 1 --warmup 1 \
-      --dtype bfloat16 --json "$OUT/bench_step_resnet50_bfloat16.json"
+      --dtype bfloat16 --torch-variants eager,channels_last \
+      --json "$OUT/bench_step_resnet50_bfloat16.json"
+  section bench_step_vit_small 300 python benchmarks/bench_step.py --models vit_small \
+      --batch 2 --steps 1 --warmup 1 --rounds 1 --no-torch --json "$OUT/bench_step_vit_small.json"
   section bench_input 300 python benchmarks/bench_input.py --only cifar --only imagenet \
       --imagenet-files 128 --seconds 2 --json "$OUT/bench_input.json"
   section bench_nm 300 python benchmarks/bench_nm.py --device cpu --batch 1 --repeats 2
 else
-  # GPU tests: exact masks in every layout and radix, the conv switch, the bfloat16 step.
-  section tests 60 bash -c "python -m pytest -q tests/test_sparsity.py \
-      -k 'topk or layout or radix or ste or global' && python -m pytest -q tests/test_ops.py \
+  # GPU tests, on the GPU (conftest pins the CPU unless JACKPOT_TEST_PLATFORMS says
+  # otherwise): exact masks in every layout and radix, the options, the bfloat16 step, and the
+  # GPU's default code paths (XLA convolutions, the together layout) against the CPU's.
+  section tests 50 env JACKPOT_TEST_PLATFORMS=cuda bash -c "python -m pytest -q \
+      tests/test_sparsity.py -k 'topk or layout or radix or ste or global' \
+      && python -m pytest -q tests/test_ops.py -k 'not fusion_barrier_adds' \
       && python -m pytest -q tests/test_nm.py -k 'hand or reference or straight or budget_through'"
-  # The benchmark table on the card: search and dense, float32 and bfloat16 (PyTorch
-  # float32 and torch.autocast bfloat16 on the same card), batch 256.
-  for dtype in float32 bfloat16; do
-    section "bench_step_resnet32x2_$dtype" 50 python benchmarks/bench_step.py \
-        --models resnet32x2 --batch 256 --steps 10 --warmup 3 --dtype "$dtype" \
-        --json "$OUT/bench_step_resnet32x2_$dtype.json"
+  section gpu_defaults 30 env JACKPOT_TEST_PLATFORMS=cuda python -m pytest -q \
+      tests/test_gpu_defaults.py
+  # The benchmark table on the card: search and dense, float32 and bfloat16 (PyTorch eager,
+  # channels_last, and torch.autocast bfloat16 on the same card), batch 256; torch.compile
+  # in a section of its own (its compile time is the cost).
+  for model in resnet32x2 resnet50; do
+    limit=45; [ "$model" = resnet50 ] && limit=55
+    section "bench_step_${model}_float32" "$limit" python benchmarks/bench_step.py \
+        --models "$model" --batch 256 --steps 10 --warmup 3 --dtype float32 \
+        --torch-variants eager,channels_last,autocast --json "$OUT/bench_step_${model}_float32.json"
+    section "bench_step_${model}_bfloat16" "$limit" python benchmarks/bench_step.py \
+        --models "$model" --batch 256 --steps 10 --warmup 3 --dtype bfloat16 \
+        --torch-variants eager,channels_last --json "$OUT/bench_step_${model}_bfloat16.json"
   done
+  section bench_step_resnet32x2_compile 50 python benchmarks/bench_step.py \
+      --models resnet32x2 --batch 256 --modes search --steps 10 --warmup 3 \
+      --torch-variants compile+channels_last --json "$OUT/bench_step_resnet32x2_compile.json"
+  # ViT-S/16 at 224 px, batch 256: search and dense, float32 and bfloat16 (JAX side only).
   for dtype in float32 bfloat16; do
-    section "bench_step_resnet50_$dtype" 85 python benchmarks/bench_step.py \
-        --models resnet50 --batch 256 --steps 10 --warmup 3 --dtype "$dtype" \
-        --json "$OUT/bench_step_resnet50_$dtype.json"
+    section "bench_step_vit_small_$dtype" 30 python benchmarks/bench_step.py \
+        --models vit_small --batch 256 --steps 10 --warmup 3 --dtype "$dtype" --no-torch \
+        --json "$OUT/bench_step_vit_small_$dtype.json"
   done
   # Mask cost per layout (the radix search is the 'together' layout's default here).
-  section bench_masks 25 python benchmarks/bench_masks.py --skip-step --repeats 5
+  section bench_masks 20 python benchmarks/bench_masks.py --skip-step --repeats 5
   # The input pipeline feeding the GPU: CIFAR and ImageNet-size JPEGs, ResNet-32 loop with
-  # and without prefetch (issue 10).
-  section bench_input 70 python benchmarks/bench_input.py --only resnet32 --only cifar \
-      --only imagenet --imagenet-files 1024 --seconds 4 --json "$OUT/bench_input_gpu.json"
-  # 2:4 sparse tensor cores: the exported jackpot's layers dense vs semi-structured (issue 12).
-  section bench_nm 35 python benchmarks/bench_nm.py --repeats 50
+  # and without prefetch.
+  section bench_input 40 python benchmarks/bench_input.py --only resnet32 --only cifar \
+      --only imagenet --imagenet-files 1024 --seconds 3 --json "$OUT/bench_input_gpu.json"
+  # 2:4 sparse tensor cores: the exported jackpot's layers dense vs semi-structured.
+  section bench_nm 25 python benchmarks/bench_nm.py --repeats 50
 fi
 
 if [ "${#FAILED[@]}" -gt 0 ]; then
