@@ -1,15 +1,14 @@
 """Exact top-k masks on the CPU by a radix select in C++, as an XLA custom call (optional).
 
-On the CPU the exact mask (`jackpot_jax.sparsity.topk_mask`: 32 counting passes of a bitwise
-bisection per layer) was 22% of a LeNet-5 search step and 16% of a VGG-19 one on 2 cores.
-``csrc/topk_select.cc`` finds the same threshold with a 16-bit histogram and a selection among
-the few keys of one bucket, and writes the same mask (ties to the lower flat index, NaN below
-every number): four cheap passes instead of 32, 3.3-6.9x faster for the masks of ResNet-20,
-ResNet-32x2 and ResNet-50 on 2 cores (`benchmarks/bench_masks.py`). `sparsity` uses it for
-every mask on the CPU backend (``ComputeOptions.mask_layout="auto"``) when `available()`;
-elsewhere, or without it, the counting search runs as before, and both give identical masks.
-`kth_largest_key` is the same select on given keys with a traced k: the thresholds of the
-persistent-mask swap rule (`sparsity.swap_masks`), 2.1-2.7x faster swaps there.
+The exact mask (`jackpot_jax.sparsity.topk_mask`) is otherwise 32 counting passes of a bitwise
+bisection per layer. ``csrc/topk_select.cc`` finds the same threshold with a 16-bit histogram
+and a selection among the few keys of one bucket, and writes the same mask (ties to the lower
+flat index, NaN below every number): four cheap passes instead of 32
+(`benchmarks/bench_masks.py` measures both). The method uses it for every mask on the CPU
+backend (``ComputeOptions.mask_layout="auto"``) when `available()`; elsewhere, or without it,
+the counting search runs, and both give identical masks. `kth_largest_key` is the same select
+on given keys with a traced k: the thresholds of the persistent-mask swap rule
+(`sparsity.swap_masks`).
 
 It needs a C++17 compiler (the handler is compiled on first use by
 `jackpot_jax.kernels.native.build`, in a few seconds, and cached) and, like the oneDNN
