@@ -216,4 +216,7 @@ if __name__ == "__main__":
     from jackpot_jax import xla_flags
 
     print(xla_flags.apply_recommended(), flush=True)  # before JAX starts its backend
+    import _provenance
+
+    _provenance.begin("bench_conv")
     main()

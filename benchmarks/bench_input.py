@@ -481,4 +481,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    import _provenance
+
+    _provenance.begin('bench_input')
     main()
