@@ -199,7 +199,8 @@ def describe(failures: dict[str, BaseException]) -> str:
         ):
             top = e.name.split(".")[0]
             missing.setdefault(DIST_OF.get(top, top), []).append(
-                "the checks" if name in TOOLS else name)
+                "the checks" if name in TOOLS else name
+            )
         else:
             other.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     parts = []
