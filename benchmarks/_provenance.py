@@ -4,8 +4,6 @@ end the wall time and load average (the same record the study and the sweep keep
 `jackpot_jax.experiments.provenance`)."""
 
 import atexit
-import contextlib
-import io
 import os
 import sys
 import time
@@ -13,21 +11,11 @@ import time
 from jackpot_jax.experiments import provenance
 
 
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def begin(tool: str) -> dict:
     """Prints the header (JAX starts here: call it after setting XLA flags) and registers the
     footer for the end of the process; returns the record."""
-    with contextlib.redirect_stdout(io.StringIO()):  # its own command line is for jackpot_jax
-        run = provenance.start(tool)
-    run["command"] = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
-    for line in provenance.header_lines(run):
-        print(f"[{tool}] {line}", flush=True)
+    argv = [os.path.relpath(sys.argv[0]), *sys.argv[1:]]
+    run = provenance.start(tool, command_line="python " + " ".join(argv))
     atexit.register(_end, run)
     return run
 
@@ -35,6 +23,6 @@ def begin(tool: str) -> dict:
 def _end(run: dict) -> None:
     print(
         f"[{run['tool']}] wall time {time.time() - run['_t0']:.0f} s; load average at the end "
-        f"(1/5/15 min): {_load()}",
+        f"(1/5/15 min): {provenance.load_average()}",
         flush=True,
     )

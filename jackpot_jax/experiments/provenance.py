@@ -43,7 +43,8 @@ def command(tool: str, argv: list[str] | None = None) -> str:
     return "called from Python: " + " ".join(argv or ["?"])
 
 
-def _load() -> list[float] | None:
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages, rounded; None where the system has none."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -60,8 +61,9 @@ def _device() -> dict:
     }
 
 
-def start(tool: str, workers: int = 1) -> dict:
-    """The invocation's record so far, printed as the log's header. Reads the commit now: the
+def start(tool: str, workers: int = 1, command_line: str | None = None) -> dict:
+    """The invocation's record so far, printed as the log's header (``command_line``: what
+    to record as the command, default `command(tool)`). Reads the commit now: the
     code that runs, not what the tree holds when it ends. With worker processes the device is
     read at the end: starting JAX's backend here would take the GPU memory the workers share."""
     import jax
@@ -69,7 +71,7 @@ def start(tool: str, workers: int = 1) -> dict:
     commit, dirty = git_state()
     run = {
         "tool": tool,
-        "command": command(tool),
+        "command": command_line or command(tool),
         "commit": commit,
         "dirty": dirty,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -79,7 +81,7 @@ def start(tool: str, workers: int = 1) -> dict:
         "jax": jax.__version__,
         **(_device() if workers <= 1 else {}),
         "workers": workers,
-        "load_average_start": _load(),
+        "load_average_start": load_average(),
         "_t0": time.time(),
     }
     for line in header_lines(run):
@@ -111,7 +113,7 @@ def finish(run: dict, workdir: str, pieces_run: int) -> list[dict]:
         print(f"[{run['tool']}] device: {run['backend']}: {run['device']}", flush=True)
     run["wall_seconds_this_invocation"] = time.time() - run.pop("_t0")
     run["pieces_run_this_invocation"] = pieces_run
-    run["load_average_end"] = _load()
+    run["load_average_end"] = load_average()
     print(
         f"[{run['tool']}] wall time {run['wall_seconds_this_invocation']:.0f} s, "
         f"{pieces_run} pieces run; load average at the end: {run['load_average_end']}",

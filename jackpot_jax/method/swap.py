@@ -148,14 +148,14 @@ def swap_masks(
                 f"keep count {b_paths[path]} for layer {path!r} is outside [0, {np.size(m)}]"
             )
     key = tuple(sorted((p, int(k)) for p, k in b_paths.items()))
-    return _swap_fn(key, bool(use_abs), _layout_key())(
+    # the resolved mask layout (radix bits play no part in the swap rule): part of the cache key
+    return _swap_fn(key, bool(use_abs), _layout_key()[0])(
         scores, masks, jnp.asarray(rate, jnp.float32)
     )
 
 
 @functools.lru_cache(maxsize=64)
-def _swap_fn(budget_key, use_abs: bool, layout: tuple):
-    layout = layout[0]
+def _swap_fn(budget_key, use_abs: bool, layout: str):
     counts = dict(budget_key)
 
     @jax.jit

@@ -16,7 +16,13 @@ from jackpot_jax import utils
 from jackpot_jax.errors import ConfigError, MissingInputError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import engine, export
-from jackpot_jax.pipeline.pruning import budget_for, criterion_mask, pattern_report, prune_filter
+from jackpot_jax.pipeline.pruning import (
+    budget_for,
+    criterion_mask,
+    initial_scores,
+    pattern_report,
+    prune_filter,
+)
 from jackpot_jax.pipeline.sources import init_model, load_data, model_options  # noqa: F401
 from jackpot_jax.pipeline.summaries import (
     base_summary,
@@ -135,13 +141,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     filter_fn = prune_filter(config)
     params, batch_stats = variables["params"], utils.batch_stats_of(variables)
     budget = budget_for(config, params, filter_fn)
-    if cfg.init == "kaiming":  # edge-popup's random scores, no warm-up mask
-        scores = sp.kaiming_uniform_scores(jax.random.key(config.seed), params, filter_fn)
-    else:
-        init_mask = criterion_mask(
-            cfg.init, config, module, variables, ds, config.seed, filter_fn, budget
-        )
-        scores = sp.init_scores_from_mask(init_mask, cfg.score_kept, cfg.score_pruned)
+    scores = initial_scores(config, module, variables, ds, config.seed, filter_fn, budget)
     hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
     init_mask = hard_masks(scores)
     swap = cfg.mask_update == "swap"

@@ -85,6 +85,17 @@ def criterion_mask(name: str, config, module, variables, ds, seed, filter_fn, bu
     return sp.criterion_mask(importance, budget)
 
 
+def initial_scores(config, module, variables, ds, seed: int, filter_fn, budget):
+    """The search's starting scores (``config.search``): the warm-up criterion's mask under
+    ``budget`` as two score levels (``score_kept`` / ``score_pruned``), or edge-popup's random
+    Kaiming scores (``init='kaiming'``, no warm-up mask)."""
+    cfg = config.search
+    if cfg.init == "kaiming":
+        return sp.kaiming_uniform_scores(jax.random.key(seed), variables["params"], filter_fn)
+    mask = criterion_mask(cfg.init, config, module, variables, ds, seed, filter_fn, budget)
+    return sp.init_scores_from_mask(mask, cfg.score_kept, cfg.score_pruned)
+
+
 def pattern_report(masks, config, target: bool = True) -> dict:
     """Summary fields of an N:M run, {} without a pattern: the pattern, the sparsity over the
     patterned kernels (``sparsity_achieved``, exactly ``1 - n/m``) and over every masked

@@ -147,13 +147,7 @@ def find_jackpot(
     except ValueError as e:
         raise ConfigError(f"no prunable parameter: {e}") from None
     budget = pruning.budget_for(config, params, filter_fn)
-    if cfg.init == "kaiming":
-        scores = sp.kaiming_uniform_scores(jax.random.key(seed), params, filter_fn)
-    else:
-        init = pruning.criterion_mask(
-            cfg.init, config, applier, variables, None, seed, filter_fn, budget
-        )
-        scores = sp.init_scores_from_mask(init, cfg.score_kept, cfg.score_pruned)
+    scores = pruning.initial_scores(config, applier, variables, None, seed, filter_fn, budget)
     hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
     init_mask = utils.as_numpy(hard_masks(scores))
     swap = cfg.mask_update == "swap"
