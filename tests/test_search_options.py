@@ -239,6 +239,30 @@ def test_cosine_per_step_learning_rates_by_hand():
         engine.make_optimizer(cfg, 2, 3)
 
 
+def test_adamw_updates_by_hand():
+    """optimizer='adamw': Adam's bias-corrected moments written out in numpy, plus decoupled
+    weight decay (lr * wd * p, not through the moments), under the per-step cosine."""
+    cfg = base_config().search
+    cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule = "adamw", 0.01, 0.1, "cosine_step"
+    cfg.b1, cfg.b2 = 0.8, 0.9
+    tx, schedule = engine.make_optimizer(cfg, epochs=1, steps_per_epoch=4)
+    grads = np.array([0.5, -2.0, 1.0, 0.25])
+    p, state = jnp.asarray(3.0), None
+    state = tx.init(p)
+    ref_p, m, v = 3.0, 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        lr = 0.5 * 0.01 * (1 + np.cos(np.pi * (t - 1) / 4))
+        m, v = 0.8 * m + 0.2 * g, 0.9 * v + 0.1 * g * g
+        m_hat, v_hat = m / (1 - 0.8**t), v / (1 - 0.9**t)
+        ref_p -= lr * (m_hat / (np.sqrt(v_hat) + 1e-8) + 0.1 * ref_p)
+        upd, state = tx.update(jnp.asarray(g, jnp.float32), state, p)
+        p = p + upd
+        np.testing.assert_allclose(float(p), ref_p, rtol=1e-6)
+    cfg.optimizer = "adam"
+    with pytest.raises(ValueError, match="optimizer='adam'.*sgd.*adamw"):
+        engine.make_optimizer(cfg, 2, 3)
+
+
 # --- a swap search end to end: resume ---------------------------------------------------------
 
 

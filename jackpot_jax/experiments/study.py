@@ -230,7 +230,16 @@ def main(argv):
     utils.log(xla_flags.apply_recommended())  # before JAX starts its backend
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    res = run_study(flags.FLAGS.config, flags.FLAGS.workdir)
+    config = flags.FLAGS.config
+    if config.get("study") == "vit":  # configs/study_fashion_mnist_vit.py
+        from jackpot_jax.experiments import vit_report, vit_study
+
+        res = vit_study.run_vit_study(config, flags.FLAGS.workdir)
+        for line in vit_report.answers(res) if res.get("complete") else []:
+            print(line)
+        print(f"report: {os.path.join(os.path.abspath(flags.FLAGS.workdir), 'report.md')}")
+        return
+    res = run_study(config, flags.FLAGS.workdir)
     for claim in sorted(res["claims"], key=lambda x: (x["claim"], x["network"])):
         print(f"claim {claim['claim']} {claim['network']}: {claim['verdict']}")
     print(f"report: {os.path.join(os.path.abspath(flags.FLAGS.workdir), 'report.md')}")

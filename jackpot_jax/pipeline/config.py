@@ -10,16 +10,21 @@ from ml_collections import config_dict
 
 
 def _sgd(lr, epochs, weight_decay, momentum=0.9):
-    # schedule: "cosine_epoch" (cosine stepped once per epoch, the official code) or
-    # "cosine_step" (the same cosine stepped every optimiser step); batch_size: this mode's
-    # global batch (0 = the config's batch_size)
+    # optimizer: "sgd" (torch's SGD: weight decay added to the gradient, momentum, the official
+    # code) or "adamw" (optax.adamw: decoupled weight decay, betas b1 / b2; momentum and
+    # nesterov unused); schedule: "cosine_epoch" (cosine stepped once per epoch, the official
+    # code) or "cosine_step" (the same cosine stepped every optimiser step); batch_size: this
+    # mode's global batch (0 = the config's batch_size)
     return ml_collections.ConfigDict(
         dict(
+            optimizer="sgd",
             lr=lr,
             epochs=epochs,
             weight_decay=weight_decay,
             momentum=momentum,
             nesterov=False,
+            b1=0.9,
+            b2=0.999,
             schedule="cosine_epoch",
             batch_size=0,
         )

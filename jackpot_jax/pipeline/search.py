@@ -128,8 +128,8 @@ def find_jackpot(
     ``epochs`` (default the CLI's, 30) and ``steps_per_epoch`` (default: the batches' length,
     or one counting pass over epoch 0). ``loss_fn(logits, labels) -> scalar`` replaces the
     cross-entropy. ``options``: how the step is computed (`kernels.ComputeOptions`).
-    ``search``: any key of the CLI's ``config.search`` (``lr``, ``momentum``,
-    ``weight_decay``, ``schedule``, ``distribution``, ``init`` (magnitude, random, kaiming),
+    ``search``: any key of the CLI's ``config.search`` (``optimizer`` ('sgd' or 'adamw'),
+    ``lr``, ``momentum``, ``weight_decay``, ``schedule``, ``distribution``, ``init`` (magnitude, random, kaiming),
     ``score_kept``, ``score_pruned``, ``use_abs``, ``mask_update`` ('topk' or 'swap'),
     ``swap_*``, ``pattern`` (e.g. "2:4")) and ``include`` / ``exclude`` (regexes over
     '/'-joined parameter paths choosing what is pruned; default: every kernel except a

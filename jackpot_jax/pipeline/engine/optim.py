@@ -33,13 +33,29 @@ def cosine_per_step(lr: float, epochs: int, steps_per_epoch: int) -> optax.Sched
 SCHEDULES = {"cosine_epoch": cosine_per_epoch, "cosine_step": cosine_per_step}
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def make_optimizer(opt_cfg, epochs: int, steps_per_epoch: int):
-    """(optimizer, schedule): torch-style SGD: weight decay added to the gradient, then momentum
-    (no Nesterov); ``opt_cfg.schedule`` is 'cosine_epoch' (the official code) or 'cosine_step'."""
+    """(optimizer, schedule) of ``opt_cfg.optimizer``: 'sgd' is torch-style SGD (weight decay
+    added to the gradient, then momentum, Nesterov if asked: the official code); 'adamw' is
+    Adam with decoupled weight decay (``optax.adamw``, betas ``b1`` / ``b2``), what
+    transformers are trained with. ``opt_cfg.schedule`` is 'cosine_epoch' (the official code)
+    or 'cosine_step'; it scales the learning rate of either."""
     name = opt_cfg.get("schedule", "cosine_epoch")
     if name not in SCHEDULES:
         raise ConfigError(f"schedule={name!r}; expected one of {sorted(SCHEDULES)}")
+    kind = opt_cfg.get("optimizer", "sgd")
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"optimizer={kind!r}; expected one of {list(OPTIMIZERS)}")
     schedule = SCHEDULES[name](opt_cfg.lr, epochs, steps_per_epoch)
+    if kind == "adamw":
+        return optax.adamw(
+            schedule,
+            b1=opt_cfg.get("b1", 0.9),
+            b2=opt_cfg.get("b2", 0.999),
+            weight_decay=opt_cfg.weight_decay,
+        ), schedule
     return optax.chain(
         optax.add_decayed_weights(opt_cfg.weight_decay),
         optax.sgd(schedule, momentum=opt_cfg.momentum or None, nesterov=opt_cfg.nesterov),
