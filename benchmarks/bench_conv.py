@@ -29,14 +29,13 @@ synchronised around each call); it was written for, and run on, the CPU.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_step  # noqa: E402  (sets OMP_WAIT_POLICY and sys.path before JAX starts)
+import bench_step  # noqa: E402  (puts the repository on sys.path before JAX starts)
 import jax
 import jax.numpy as jnp
 
@@ -140,17 +139,15 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"  # the same device
     print(
-        f"date: {datetime.datetime.now().isoformat(timespec='seconds')}, "
-        f"commit {bench_step._commit()}; device: {bench_step.device_name()}; JAX "
+        f"versions: {bench_step.device_name()}; JAX "
         f"{jax.__version__}, torch {torch.__version__} ({torch_device}, {args.threads} threads); "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')}"
+        f"{os.environ.get('OMP_WAIT_POLICY')} (set by the user, not by this script)"
     )
-    print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
     print(
         f"batch {args.batch}, float32, 3x3 stride 1 padding 1; median of {args.rounds} "
         f"rounds x {args.steps} calls per side (sides in turn) after {args.warmup} warm-up "
-        f"calls; load average {bench_step._load()}",
+        "calls",
         flush=True,
     )
 
@@ -178,7 +175,6 @@ def main(argv=None):
                 f"  {h}x{h}x{c} {part}: " + ", ".join(f"{s} {res[s][0]:.2f} ms" for s in sides),
                 flush=True,
             )
-    print(f"load average at the end: {bench_step._load()}")
     print()
     head = (
         "| stage | part | torch ms | torch GFLOP/s | "

@@ -52,18 +52,15 @@ the machine's load average at the start and the end.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-START = time.perf_counter()
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
@@ -82,7 +79,8 @@ MODELS = {
     "resnet32x2": ("resnet32", {"width": 2}, 10),
     "vgg19_cifar": ("vgg19_cifar", {}, 10),
     "resnet50": ("resnet50", {}, 1000),
-    # ViT-S/16 at 224 px: JAX side only (the PyTorch side has no ViT jackpot step yet)
+    # ViT-S/16 at 224 px; the PyTorch side is timm's VisionTransformer (fused q/k/v, masked
+    # block by block)
     "vit_small": ("vit_small", {"image_size": 224, "patch_size": 16}, 1000),
 }
 CPU_DEFAULT = "lenet5,resnet20,resnet32x2,vgg19_cifar"
@@ -104,9 +102,6 @@ MIN_TIMED_STEPS = 20  # per side and cell, unless --rounds says otherwise
 
 IMAGE_SIZE = 0  # --image-size
 CONV_IMPL = None  # --conv (None: the library's default, 'auto')
-
-
-JAX_ONLY = ("vit_small",)  # no PyTorch step to compare with: run with --no-torch
 
 
 def input_shape(name: str) -> tuple:
@@ -242,11 +237,15 @@ def torch_weights(name: str, setup, mode: str):
     )
     counts = {}
     if search:
+        targets = torch_convert.kernel_targets(arch, utils.as_numpy(variables))
         for path, keep in sp.flatten_paths(budget).items():
-            *module, leaf = path.split("/")
-            if leaf != "kernel":
+            if path not in targets:
                 raise ValueError(f"budget path {path!r}: expected a '<module>/kernel' path")
-            counts[torch_convert.torch_module_name(arch, module)] = int(keep)
+            module, part = targets[path]
+            if part is None:
+                counts[module] = int(keep)
+            else:  # a ViT's q, k, v: three counts for the three blocks of one fused weight
+                counts.setdefault(module, [None, None, None])[part] = int(keep)
     return state_dict, counts
 
 
@@ -307,6 +306,18 @@ def torch_modules():
 
         def forward(self, x):
             m = GetMask.apply(self.mask.abs(), self.keep)
+            return F.linear(x, self.weight * m, self.bias)
+
+    class MaskedQKV(nn.Linear):
+        """timm's fused q/k/v Linear with three masks in one: each (D, D) block of the fused
+        (3D, D) weight keeps its own count, as our q, k, v layers do."""
+
+        def setup_scores(self, keeps):
+            MaskedConv2d.setup_scores(self, list(keeps))
+
+        def forward(self, x):
+            s = self.mask.abs().chunk(3, dim=0)
+            m = torch.cat([GetMask.apply(si, k) for si, k in zip(s, self.keep)], dim=0)
             return F.linear(x, self.weight * m, self.bias)
 
     class LeNet5(nn.Module):
@@ -401,6 +412,8 @@ def torch_modules():
                     old.groups,
                     old.bias is not None,
                 )
+            elif type(old) is nn.Linear and isinstance(keep, list):
+                new = MaskedQKV(old.in_features, old.out_features, old.bias is not None)
             elif type(old) is nn.Linear:
                 new = MaskedLinear(old.in_features, old.out_features, old.bias is not None)
             else:
@@ -410,12 +423,21 @@ def torch_modules():
             setattr(named[parent] if parent else net, attr, new)
         return net
 
+    def vit_small(classes):
+        """timm's ViT-S/16 (`vit_small_patch16_224`): the layout our converter writes."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(
+            img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, num_classes=classes
+        )
+
     builders = {
         "lenet5": LeNet5,
         "resnet20": lambda c: CifarResNet(c, 3, 1),
         "resnet32x2": lambda c: CifarResNet(c, 5, 2),
         "vgg19_cifar": VGGCifar,
         "resnet50": resnet50,
+        "vit_small": vit_small,
     }
     return torch, builders, masked
 
@@ -583,26 +605,6 @@ def time_sides(builders: dict, steps: int, warmup: int, rounds: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover
-        return "unknown"
-
-
 def device_name() -> str:
     d = jax.devices()[0]
     if d.platform == "cpu":
@@ -708,11 +710,6 @@ def main(argv=None):
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; valid: {','.join(MODELS)}")
-    if set(names) & set(JAX_ONLY) and not args.no_torch:
-        raise SystemExit(
-            f"--models {','.join(sorted(set(names) & set(JAX_ONLY)))}: the PyTorch side has no "
-            "step for these models yet; time them with --no-torch"
-        )
     run_modes = args.modes.split(",")
     if not set(run_modes) <= {"search", "dense"} or not run_modes:
         raise SystemExit(f"--modes={args.modes!r}; expected search, dense or search,dense")
@@ -756,13 +753,12 @@ def main(argv=None):
         torch_info = (
             f"torch {torch.__version__} ({torch.get_num_threads()} threads; {_inductor_cache()}), "
         )
-    print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}, commit {_commit()}")
+    # Command, commit, device, date and load are in the provenance header printed at the start.
     print(
-        f"device: {device}; JAX {jax.__version__} ({jax.default_backend()}), {torch_info}"
+        f"versions: {device}; JAX {jax.__version__} ({jax.default_backend()}), {torch_info}"
         f"Python {platform.python_version()}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
         f"thread environment (set by nobody here, shared by both sides): {_thread_env()}"
     )
-    print(f"command: {' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])}")
     print(
         f"{args.rounds} rounds x {args.steps} steps per side (sides in turn, order rotating) "
         f"after {args.warmup} warm-up steps: median [interquartile range] of "
@@ -772,7 +768,7 @@ def main(argv=None):
         f"(global_magnitude) on both sides; jackpot_jax.kernels: {opts.conv_impl} "
         f"(-> {kernels.options.conv_impl(opts)}); {kernels.describe_convolutions(opts)}; "
         f"{kernels.describe_masks(opts)}; torch variants: {','.join(variants) or 'none'} "
-        f"(mask: {TORCH_MASK}); load average {_load()}",
+        f"(mask: {TORCH_MASK})",
         flush=True,
     )
 
@@ -834,7 +830,6 @@ def main(argv=None):
                         if failure:
                             failures.append(f"{name} batch {batch} {mode} {v}: {failure}")
                     rows.append(row)
-    print(f"load average at the end: {_load()}; wall time {time.perf_counter() - START:.0f} s")
     print_table(rows, variants)
     if args.json:
         with open(args.json, "w") as f:

@@ -105,6 +105,16 @@ def _entries(arch: str, variables: Mapping[str, Any]) -> list[_Entry]:
     return out
 
 
+def kernel_targets(arch: str, variables: Mapping[str, Any]) -> dict[str, tuple[str, int | None]]:
+    """{Flax kernel path: (torch module name, part)} of every kernel: `part` is None, or for a
+    ViT's q, k, v the block (0, 1, 2) of the fused `(3D, D)` torch weight they share."""
+    return {
+        e.flax_path: (e.torch_key[: -len(".weight")], e.part)
+        for e in _entries(arch, variables)
+        if e.collection == "params" and e.path[-1] == "kernel"
+    }
+
+
 # ------------------------------------------------------------------------------ ViTs
 
 TORCHVISION_VITS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")

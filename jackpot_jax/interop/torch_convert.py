@@ -52,6 +52,7 @@ from jackpot_jax.interop.layouts import (
     _resize_vit,
     _to_flax,
     _to_torch,
+    kernel_targets,
     torch_module_name,
     vit_layout,
 )
@@ -426,6 +427,7 @@ __all__ = [
     "infer_options",
     "export_to_torch_state_dict",
     "export_checkpoint",
+    "kernel_targets",
     "torch_module_name",
     "vit_layout",
     "TORCHVISION_VITS",
