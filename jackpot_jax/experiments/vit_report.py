@@ -18,6 +18,8 @@ def _recipe_text(kind: str, r: dict) -> str:
     text = f"{'SGD' if opt == 'sgd' else 'AdamW'} lr {lr:g}"
     if kind == "jackpot":
         text += f", pruned score {r['score_pruned']:g}, budget `{r['distribution']}`"
+    elif "distribution" in r:
+        text += f" (magnitude mask under `{r['distribution']}`)"
     return text
 
 
@@ -125,9 +127,11 @@ def write_report(res: dict, workdir: str) -> str:
     if not res.get("complete", True):
         lines += ["**Incomplete**: the selection has not finished; rerun the command.", ""]
     pre, se, tu = st["pretrain"], st["search"], st["tune"]
+    options = ", ".join(f"{k} {v}" for k, v in sorted(st.get("model_options", {}).items()))
     lines += [
         "## Setting",
         "",
+        f"- model: `{st['network']}`" + (f" ({options})" if options else ""),
         f"- data: {st['train_examples']:,} training images of Fashion-MNIST, "
         f"{st['val_examples']:,} validation images held out of the training set, the "
         f"{st['test_examples']:,}-image test set",
@@ -147,8 +151,8 @@ def write_report(res: dict, workdir: str) -> str:
         "",
         "## Selection (validation only)",
         "",
-        f"Seed {st['select_seed']}, sparsity {st['select_sparsity']:g}, one round of "
-        f"coordinate descent ({st['max_rounds']} round(s)): each factor in turn, every level "
+        f"Seed {st['select_seed']}, sparsity {st['select_sparsity']:g}, "
+        f"{st['max_rounds']} round(s) of coordinate descent: each factor in turn, every level "
         "with the others at the best point so far; the final-epoch validation accuracy decides "
         "(a tie keeps the current level). These runs and their dense checkpoint never "
         "evaluated the test split. Dense validation accuracy: "

@@ -370,6 +370,7 @@ def run_vit_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     b = c.base
     res["settings"] = {
         "network": c.network,
+        "model_options": _plain(b.model_options),
         "dataset": b.dataset,
         "train_examples": len(st.ds.train),
         "val_examples": len(st.ds.val),
