@@ -63,8 +63,9 @@ def answers(res: dict) -> list[str]:
 
 
 def plot_module_sparsity(res: dict, path: str) -> bool:
-    """One panel per level: the jackpot's (solid) and the magnitude mask's (dashed) pruned
-    fraction per module type against depth (0 = patch embedding), means over seeds."""
+    """One panel per unstructured level: the jackpot's (solid) and the magnitude mask's
+    (dashed) pruned fraction per module type against depth (0 = patch embedding), means over
+    seeds, on one 0-100% scale."""
     rows = [r for r in res["layers"] if r["module"] != "other"]
     levels = [x for x in dict.fromkeys(r["level"] for r in rows) if ":" not in x]
     if not levels:
@@ -77,7 +78,7 @@ def plot_module_sparsity(res: dict, path: str) -> bool:
     fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.6), squeeze=False)
     colors = dict(zip(MODULE_TYPES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, level in zip(axes[0], levels):
-        for mask, style in (("jackpot", "-o"), ("magnitude", "--")):
+        for mask, style in (("jackpot", "-o"), ("magnitude", "--x")):
             for kind in MODULE_TYPES:
                 pts = sorted(
                     (r["depth"], 100 * r["pruned_mean"])
@@ -89,6 +90,7 @@ def plot_module_sparsity(res: dict, path: str) -> bool:
                 x, y = zip(*pts)
                 label = kind if mask == "jackpot" else None
                 ax.plot(x, y, style, color=colors[kind], label=label, ms=4, lw=1.2)
+        ax.set_ylim(0, 101)  # one scale: a budget that fixes per-layer counts draws flat lines
         ax.set_title(f"sparsity {level}")
         ax.set_xlabel("depth (0 = patch embedding, i = block i)")
         ax.set_ylabel("pruned (%)")
