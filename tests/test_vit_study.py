@@ -15,13 +15,17 @@ from jackpot_jax.experiments import vit_study
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_config():
+def _study_config():
     spec = importlib.util.spec_from_file_location(
         "vit_cfg", os.path.join(ROOT, "configs", "study_fashion_mnist_vit.py")
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    c = mod.get_config()
+    return mod.get_config()
+
+
+def _tiny_config():
+    c = _study_config()
     b = c.base
     b.dataset = "synthetic:fashion_mnist"
     b.train_subset, b.test_subset, b.val_examples = 96, 32, 32
@@ -56,12 +60,7 @@ def test_module_of_by_hand():
 
 
 def test_the_study_config_is_valid():
-    spec = importlib.util.spec_from_file_location(
-        "vit_cfg", os.path.join(ROOT, "configs", "study_fashion_mnist_vit.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = _study_config()
     for kind in ("jackpot", "wt"):
         start, levels = c[f"{kind}_start"], c[f"{kind}_levels"]
         for f in c[f"{kind}_factors"]:

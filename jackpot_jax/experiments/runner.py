@@ -270,3 +270,19 @@ def run_workers(factory, config, workdir: str, tasks: list[Task], workers: int) 
     if errors:
         raise RuntimeError("a worker process failed:\n" + "\n".join(errors))
     return ran
+
+
+def run_replanned(factory, experiments, config, workdir: str) -> int:
+    """With `config.workers` > 1: plans `experiments(factory(..., plan=True), config)`, runs the
+    planned pieces in that many worker processes, and plans again until nothing is left (for
+    experiments that decide their next pieces from finished ones, as a selection does).
+    Returns how many pieces the workers ran; 0 with one worker (the caller runs them)."""
+    ran = 0
+    while config.get("workers", 1) > 1:
+        planner = factory(config, workdir, plan=True)
+        experiments(planner, config)
+        tasks = list(planner.plan.values())
+        if not tasks:
+            break
+        ran += run_workers(factory, config, workdir, tasks, config.workers)
+    return ran

@@ -98,10 +98,21 @@ class Study(Pieces):
         c = self.cfg(
             network, seed, sparsity=sparsity, pretrained=os.path.join(dense["dir"], "model")
         )
+        out = {
+            name: {"test_accuracy": acc, "overlap_with_jackpot": overlap}
+            for name, _, acc, overlap in self.criterion_masks(c, seed, jackpot_masks)
+        }
+        out["jackpot"] = {"test_accuracy": jackpot["test_accuracy"], "overlap_with_jackpot": 1.0}
+        utils.write_json(path, out)
+        return out
+
+    def criterion_masks(self, c, seed, jackpot_masks):
+        """(name, masks, test accuracy with no tuning, overlap with `jackpot_masks`) of every
+        criterion's mask under the budget of pipeline config `c` (sparsity or N:M pattern),
+        computed on `c.pretrained`'s dense network."""
         module, variables, _, _ = modes.dense_source(c, self.workdir, self.ds, self.mesh)
         filter_fn = pruning.prune_filter(c)
         budget = pruning.budget_for(c, variables["params"], filter_fn)
-        out = {}
         for name in CRITERIA:
             masks = pruning.criterion_mask(
                 name, c, module, variables, self.ds, seed, filter_fn, budget
@@ -118,10 +129,4 @@ class Study(Pieces):
                 self.mesh,
                 options=engine.compute_options(c),
             )
-            out[name] = {
-                "test_accuracy": acc["accuracy"],
-                "overlap_with_jackpot": float(sp.overlap(masks, jackpot_masks)),
-            }
-        out["jackpot"] = {"test_accuracy": jackpot["test_accuracy"], "overlap_with_jackpot": 1.0}
-        utils.write_json(path, out)
-        return out
+            yield name, masks, acc["accuracy"], float(sp.overlap(masks, jackpot_masks))

@@ -256,16 +256,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config = runner.apply_quick(config)
     c = config
     run = provenance.start("sweep", c.get("workers", 1))
-    ran_by_workers = 0
-    if c.get("workers", 1) > 1:
-        # Coordinate descent decides its next points from finished runs: plan, run, re-plan.
-        while True:
-            planner = Study(c, workdir, plan=True)
-            experiments(planner, c)
-            tasks = list(planner.plan.values())
-            if not tasks:
-                break
-            ran_by_workers += runner.run_workers(Study, c, workdir, tasks, c.workers)
+    # Coordinate descent decides its next points from finished runs: plan, run, re-plan.
+    ran_by_workers = runner.run_replanned(Study, experiments, c, workdir)
     st = Study(c, workdir)
     res = experiments(st, c)
     res["settings"] = {

@@ -36,7 +36,7 @@ from jackpot_jax.experiments import provenance, runner
 from jackpot_jax.experiments.stats import STD_LABEL, difference_record, per_seed, summary_row
 from jackpot_jax.experiments.study_pieces import CRITERIA, Study, level_name, pattern_overrides
 from jackpot_jax.experiments.sweep import coordinate_search
-from jackpot_jax.pipeline import engine, export, modes, pruning
+from jackpot_jax.pipeline import export
 
 METHODS = ("dense", "magnitude", "random", "magnitude+weight_tuning", "jackpot")
 
@@ -151,30 +151,9 @@ class VitStudy(Study):
             **{"search.distribution": distribution},
             **pattern_overrides(pattern),
         )
-        module, variables, _, _ = modes.dense_source(c, self.workdir, self.ds, self.mesh)
-        filter_fn = pruning.prune_filter(c)
-        budget = pruning.budget_for(c, variables["params"], filter_fn)
         out = {"criteria": {}, "layers": {}}
-        for name in CRITERIA:
-            masks = pruning.criterion_mask(
-                name, c, module, variables, self.ds, seed, filter_fn, budget
-            )
-            masked = utils.variables_of(
-                sp.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
-            )
-            acc = engine.evaluate(
-                module,
-                masked,
-                self.ds,
-                "test",
-                c.eval_batch_size,
-                self.mesh,
-                options=engine.compute_options(c),
-            )
-            out["criteria"][name] = {
-                "test_accuracy": acc["accuracy"],
-                "overlap_with_jackpot": float(sp.overlap(masks, jackpot_masks)),
-            }
+        for name, masks, acc, overlap in self.criterion_masks(c, seed, jackpot_masks):
+            out["criteria"][name] = {"test_accuracy": acc, "overlap_with_jackpot": overlap}
             if name == "magnitude":
                 out["layers"]["magnitude"] = _pruned_fractions(masks)
         out["layers"]["jackpot"] = _pruned_fractions(jackpot_masks)
@@ -354,15 +333,8 @@ def run_vit_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "the final runs need fresh seeds"
         )
     run = provenance.start("study", c.get("workers", 1))
-    ran_by_workers = 0
-    if c.get("workers", 1) > 1:
-        while True:  # the selection decides the final runs: plan, run, re-plan
-            planner = VitStudy(c, workdir, plan=True)
-            experiments(planner, c)
-            tasks = list(planner.plan.values())
-            if not tasks:
-                break
-            ran_by_workers += runner.run_workers(VitStudy, c, workdir, tasks, c.workers)
+    # The selection decides the final runs: plan, run, re-plan.
+    ran_by_workers = runner.run_replanned(VitStudy, experiments, c, workdir)
     st = VitStudy(c, workdir)
     res = experiments(st, c)
     res["differences"] = differences(res)
