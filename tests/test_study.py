@@ -9,21 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from pipeline_helpers import ROOT, load_config
 
 from jackpot_jax.experiments import runner, study
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _tiny_config():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "study_cfg", os.path.join(ROOT, "configs", "study_fashion_mnist.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config(os.path.join(ROOT, "configs", "study_fashion_mnist.py"))
     c.base.dataset = "synthetic:fashion_mnist"
     c.base.train_subset, c.base.test_subset, c.base.val_examples = 128, 32, 16
     c.base.batch_size, c.base.eval_batch_size = 32, 16

@@ -2,26 +2,19 @@
 only and picks the best recipe, the final rows are the pieces' own numbers, the per-layer
 sparsities are those of the saved masks, every table recomputes, a rerun runs nothing."""
 
-import importlib.util
 import json
 import os
 import sys
 
 import numpy as np
 import pytest
+from pipeline_helpers import ROOT, load_config
 
 from jackpot_jax.experiments import vit_study
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _study_config():
-    spec = importlib.util.spec_from_file_location(
-        "vit_cfg", os.path.join(ROOT, "configs", "study_fashion_mnist_vit.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config()
+    return load_config(os.path.join(ROOT, "configs", "study_fashion_mnist_vit.py"))
 
 
 def _tiny_config():
