@@ -9,7 +9,7 @@ For the prunable kernels of ResNet-20, ResNet-32x2 and ResNet-50 (param trees bu
 mask computation over the whole tree -- every prunable layer, per-layer keep counts from the
 `global_magnitude` distribution at 90% sparsity -- for
 
-  (a) ours:     `jackpot_jax.sparsity.masks_from_scores` (exact count, no sort) in its
+  (a) ours:     `jackpot_jax.method.masks_from_scores` (exact count, no sort) in its
                 layouts: "per_layer" (one 32-pass bisection `fori_loop` per layer, the CPU
                 default), "together" with 1 bit per pass (one unrolled 32-pass bisection over
                 all layers), "together" with ``ComputeOptions.radix_bits`` bits per pass (the radix
@@ -47,7 +47,7 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jackpot_jax import kernels
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.models import get_model, input_shape
 
 SPARSITY = 0.9
@@ -103,12 +103,12 @@ def random_params(shapes, seed: int):
 
 def two_level_scores(params, budget):
     """The official init: 1.0 where the magnitude mask keeps, 0.95 elsewhere."""
-    mask = sp.criterion_mask(sp.magnitude_scores(params), budget)
-    return sp.init_scores_from_mask(mask)
+    mask = jm.criterion_mask(jm.magnitude_scores(params), budget)
+    return jm.init_scores_from_mask(mask)
 
 
 def continuous_scores(params, seed: int):
-    return sp.random_scores(jax.random.key(seed), params)
+    return jm.random_scores(jax.random.key(seed), params)
 
 
 def lax_topk_masks(scores, budget, use_abs: bool = True):
@@ -140,7 +140,7 @@ def time_fn(fn, arg, repeats: int, warmup: int = 2) -> float:
 
 
 def mismatches(a, b) -> int:
-    fa, fb = sp.flatten_paths(a), sp.flatten_paths(b)
+    fa, fb = jm.flatten_paths(a), jm.flatten_paths(b)
     assert set(fa) == set(fb)
     return int(sum(int(np.sum(np.asarray(fa[p]) != np.asarray(fb[p]))) for p in fa))
 
@@ -150,19 +150,19 @@ def bench_masks(repeats: int):
     for label, name, options in MODELS:
         _, shapes = param_shapes(name, options)
         params = random_params(shapes, seed=0)
-        budget = sp.keep_counts(params, SPARSITY, "global_magnitude")
+        budget = jm.keep_counts(params, SPARSITY, "global_magnitude")
         n_prunable = sum(
-            int(np.size(x)) for x in sp.flatten_paths(sp.magnitude_scores(params)).values()
+            int(np.size(x)) for x in jm.flatten_paths(jm.magnitude_scores(params)).values()
         )
-        n_layers = len(sp.prunable_paths(params))
-        n_keep = sum(sp.flatten_paths(budget).values())
+        n_layers = len(jm.prunable_paths(params))
+        n_keep = sum(jm.flatten_paths(budget).values())
 
         def ours_fn(layout, b=budget):
             layout, radix = (layout.split(":") + [RADIX_DEFAULT])[:2]
 
             def fn(s):
                 with kernels.use(mask_layout=layout, radix_bits=int(radix)):  # traced here
-                    return sp.masks_from_scores(s, b)
+                    return jm.masks_from_scores(s, b)
 
             return jax.jit(fn)
 
@@ -182,7 +182,7 @@ def bench_masks(repeats: int):
             assert mismatches(a, ours["together:2"](scores)) == 0, (label, kind)
             if "native" in ours:
                 assert mismatches(a, ours["native"](scores)) == 0, (label, kind)
-            n_ones = int(sum(int(np.sum(np.asarray(m))) for m in sp.flatten_paths(a).values()))
+            n_ones = int(sum(int(np.sum(np.asarray(m))) for m in jm.flatten_paths(a).values()))
             assert n_ones == n_keep, (label, kind, n_ones, n_keep)
             mm = mismatches(a, b)
             rows.append((label, n_prunable, n_layers, kind, ms, ms_ref, mm))
@@ -210,7 +210,7 @@ def bench_step(step_repeats: int) -> float:
     h, w, c = input_shape(STEP_MODEL)
     variables = model.init(jax.random.key(0), jnp.zeros((1, h, w, c), jnp.float32), train=False)
     params, batch_stats = variables["params"], variables["batch_stats"]
-    budget = sp.keep_counts(params, SPARSITY, "global_magnitude")
+    budget = jm.keep_counts(params, SPARSITY, "global_magnitude")
     scores = two_level_scores(params, budget)
     tx = optax.sgd(0.1, momentum=0.9)
     opt_state = tx.init(scores)
@@ -218,7 +218,7 @@ def bench_step(step_repeats: int) -> float:
     y = jax.random.randint(jax.random.key(2), (STEP_BATCH,), 0, 10)
 
     def loss_fn(scores, batch_stats, x, y):
-        p = sp.masked_params(params, scores, budget)
+        p = jm.masked_params(params, scores, budget)
         logits, new_state = model.apply(
             {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
         )

@@ -9,7 +9,7 @@ Run from the repository root::
 What it builds, on any machine: ResNet-50 (random weights: the speed of a 2:4 matmul does not
 depend on the values; the classifier included in the pattern) and LeNet-300-100 (random, or the
 2:4 jackpot of a search run given with ``--lenet-jackpot``), 2:4 masks from
-`jackpot_jax.sparsity` (magnitude, `nm_budget`), exported to PyTorch with
+`jackpot_jax.method` (magnitude, `nm_budget`), exported to PyTorch with
 `jackpot_jax.interop.torch_convert.export_to_torch_state_dict` (ResNet-50 loaded into torchvision's
 `resnet50` with ``strict=True``). It checks, per exported weight that the benchmark uses:
 
@@ -48,11 +48,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from jackpot_jax import method as jm
 from jackpot_jax import models
-from jackpot_jax import sparsity as sp
 from jackpot_jax.interop import torch_convert
 
-PATTERN = sp.NMPattern(2, 4)
+PATTERN = jm.NMPattern(2, 4)
 BATCH = 256  # --batch changes it
 DEVICE = "cuda"  # --device cpu: a dry run of the timing code (2:4 cells then say n/a)
 
@@ -88,10 +88,10 @@ def nm_jackpot(arch: str, variables=None):
             module, jax.random.key(0), (1, *models.input_shape(arch))
         )
     params = variables["params"]
-    every_kernel = sp.make_filter(exclude=())
-    budget = sp.nm_budget(params, PATTERN, every_kernel)
-    masks = sp.criterion_mask(sp.magnitude_scores(params, every_kernel), budget)
-    return variables, {p: np.asarray(m) for p, m in sp.flatten_paths(masks).items()}, budget
+    every_kernel = jm.make_filter(exclude=())
+    budget = jm.nm_budget(params, PATTERN, every_kernel)
+    masks = jm.criterion_mask(jm.magnitude_scores(params, every_kernel), budget)
+    return variables, {p: np.asarray(m) for p, m in jm.flatten_paths(masks).items()}, budget
 
 
 def check_weight(torch, name, w, mask_torch_layout) -> dict:
@@ -325,8 +325,8 @@ def main(argv=None):
     # ResNet-50 --------------------------------------------------------------------------
     variables, masks, budget = nm_jackpot("resnet50")
     print(
-        f"# ResNet-50: {PATTERN} on {sum(isinstance(b, sp.NMPattern) for b in jax.tree.leaves(budget))}"
-        f" kernels, kept dense: {sp.dense_kept(budget)}"
+        f"# ResNet-50: {PATTERN} on {sum(isinstance(b, jm.NMPattern) for b in jax.tree.leaves(budget))}"
+        f" kernels, kept dense: {jm.dense_kept(budget)}"
     )
     sd = torch_convert.export_to_torch_state_dict("resnet50", variables, masks)
     shapes = resnet50_layers(torch, torchvision, sd)

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from jackpot_jax import kernels, models, utils
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.pipeline import config as config_lib
 from jackpot_jax.pipeline import engine, pruning
 
@@ -150,8 +150,8 @@ def jax_setup(name: str, batch: int, dtype: str, seed: int = 0):
     params = variables["params"]
     filter_fn = pruning.prune_filter(config)
     budget = pruning.budget_for(config, params, filter_fn)
-    mask = sp.criterion_mask(sp.magnitude_scores(params, filter_fn), budget)
-    scores = sp.init_scores_from_mask(mask, config.search.score_kept, config.search.score_pruned)
+    mask = jm.criterion_mask(jm.magnitude_scores(params, filter_fn), budget)
+    scores = jm.init_scores_from_mask(mask, config.search.score_kept, config.search.score_pruned)
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((batch, *shape), dtype=np.float32)
     labels = rng.integers(0, classes, batch).astype(np.int32)
@@ -195,8 +195,8 @@ def jax_loss_float32(setup, mode: str) -> float:
     config, module, variables, budget, scores, (images, labels) = setup
     params, batch_stats = variables["params"], utils.batch_stats_of(variables)
     if mode == "search":
-        masks = sp.masks_from_scores(scores, budget, use_abs=config.search.use_abs)
-        params = sp.apply_masks(params, masks)
+        masks = jm.masks_from_scores(scores, budget, use_abs=config.search.use_abs)
+        params = jm.apply_masks(params, masks)
 
     @jax.jit
     def loss(params, x, y):
@@ -212,7 +212,7 @@ def jax_loss_float32(setup, mode: str) -> float:
 def time_mask(setup, repeats: int) -> float:
     """Median ms of the jitted exact top-k masks of every pruned layer (the search's budget)."""
     _, _, _, budget, scores, _ = setup
-    fn = jax.jit(lambda s: sp.masks_from_scores(s, budget))
+    fn = jax.jit(lambda s: jm.masks_from_scores(s, budget))
     times = []
     for i in range(2 + repeats):
         t0 = time.perf_counter()
@@ -233,12 +233,12 @@ def torch_weights(name: str, setup, mode: str):
     state_dict = torch_convert.export_to_torch_state_dict(
         arch,
         utils.as_numpy(variables),
-        scores=utils.as_numpy(sp.flatten_paths(scores)) if search else None,
+        scores=utils.as_numpy(jm.flatten_paths(scores)) if search else None,
     )
     counts = {}
     if search:
         targets = torch_convert.kernel_targets(arch, utils.as_numpy(variables))
-        for path, keep in sp.flatten_paths(budget).items():
+        for path, keep in jm.flatten_paths(budget).items():
             if path not in targets:
                 raise ValueError(f"budget path {path!r}: expected a '<module>/kernel' path")
             module, part = targets[path]

@@ -13,7 +13,7 @@ from pipeline_helpers import python_script
 
 import jackpot_jax
 from jackpot_jax import kernels, models
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.kernels.native import onednn, topk_select
 from jackpot_jax.pipeline import engine
 
@@ -56,8 +56,8 @@ def _eval_hlo(options):
 def _search_hlo(options):
     module, variables = _lenet()
     params = variables["params"]
-    budget = sp.keep_counts(params, 0.9)
-    scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
+    budget = jm.keep_counts(params, 0.9)
+    scores = jm.init_scores_from_mask(jm.criterion_mask(jm.magnitude_scores(params), budget))
     tx = optax.sgd(0.1)
     state = engine.TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -95,7 +95,7 @@ def test_search_steps_follow_their_options_without_native_code(order):
     # an im2col matrix product; XLA's own is a convolution: the two HLOs differ in their
     # convolution count. The layouts differ in their loops: per_layer has a while loop per layer.
     texts = {o: _search_hlo(o) for o in order}
-    assert texts[OFF].count("stablehlo.while") >= len(sp.prunable_paths(_lenet()[1]["params"]))
+    assert texts[OFF].count("stablehlo.while") >= len(jm.prunable_paths(_lenet()[1]["params"]))
     assert "stablehlo.while" not in texts[XLA]
     assert texts[XLA].count("stablehlo.convolution") > texts[OFF].count("stablehlo.convolution")
 

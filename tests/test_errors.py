@@ -13,7 +13,7 @@ import pytest
 from pipeline_helpers import ROOT, cli, pretrained_dir, tiny_config
 
 from jackpot_jax import errors, models
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import export, resume, train
 
@@ -37,12 +37,12 @@ def _one_error_line(proc, *needles):
 
 def test_erk_at_low_sparsity_keeps_everything():
     # Every layer ends dense: nothing is left to share out (a division by zero before).
-    assert sp.keep_counts({"a": {"kernel": np.ones((801, 229))}}, 0.0, "erk") == {
+    assert jm.keep_counts({"a": {"kernel": np.ones((801, 229))}}, 0.0, "erk") == {
         "a": {"kernel": 801 * 229}
     }
     params = {"l1": {"kernel": np.ones((10, 10))}, "l2": {"kernel": np.ones((100, 10))}}
-    assert sp.keep_counts(params, 0.0, "erk") == {"l1": {"kernel": 100}, "l2": {"kernel": 1000}}
-    counts = sp.keep_counts(params, 0.001, "erk")  # all but one weight: l1 dense, l2 999
+    assert jm.keep_counts(params, 0.0, "erk") == {"l1": {"kernel": 100}, "l2": {"kernel": 1000}}
+    counts = jm.keep_counts(params, 0.001, "erk")  # all but one weight: l1 dense, l2 999
     assert counts == {"l1": {"kernel": 100}, "l2": {"kernel": 999}}
 
 
@@ -57,12 +57,12 @@ def test_nan_scores_rank_below_every_number():
         6: [1] * 6,
     }
     for k, want in expect.items():
-        np.testing.assert_array_equal(sp.topk_mask(x, k), want, err_msg=f"keep={k}")
+        np.testing.assert_array_equal(jm.topk_mask(x, k), want, err_msg=f"keep={k}")
     # |NaN| is NaN: with use_abs a NaN score still loses to every finite one.
     scores = {"w": {"kernel": jnp.array([[np.nan, -3.0], [0.5, np.nan]])}}
-    m = sp.masks_from_scores(scores, {"w": {"kernel": 2}}, use_abs=True)
+    m = jm.masks_from_scores(scores, {"w": {"kernel": 2}}, use_abs=True)
     np.testing.assert_array_equal(m["w"]["kernel"], [[0, 1], [1, 0]])
-    m = sp.masks_from_scores(scores, 2, use_abs=True)  # one global top-k
+    m = jm.masks_from_scores(scores, 2, use_abs=True)  # one global top-k
     np.testing.assert_array_equal(m["w"]["kernel"], [[0, 1], [1, 0]])
 
 
@@ -293,7 +293,7 @@ def test_pretrained_checkpoint_followed_only_when_it_holds_the_jackpots_weights(
     )
     _, masks, _, _ = export.load_jackpot(str(tmp_path / "ft"))
     _, search_masks, _, _ = export.load_jackpot(str(search))
-    assert float(sp.overlap(masks, search_masks)) == 1.0 and summary["mode"] == "finetune"
+    assert float(jm.overlap(masks, search_masks)) == 1.0 and summary["mode"] == "finetune"
     shutil.rmtree(search / "model")
     with pytest.raises(
         errors.InputError,

@@ -22,7 +22,7 @@ from pipeline_helpers import (
 )
 
 import jackpot_jax
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.data import input_pipeline
 from jackpot_jax.errors import ConfigError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
@@ -63,12 +63,12 @@ def _data(n_batches=4, batch=16, shape=(8, 8, 3), seed=0):
 
 
 def _check_jackpot(jp, params, sparsity):
-    budget = sp.keep_counts(params, sparsity)
-    kept = {p: int(np.sum(m)) for p, m in sp.flatten_paths(jp.masks).items()}
-    assert kept == sp.flatten_paths(budget)
+    budget = jm.keep_counts(params, sparsity)
+    kept = {p: int(np.sum(m)) for p, m in jm.flatten_paths(jp.masks).items()}
+    assert kept == jm.flatten_paths(budget)
     assert "classifier/kernel" not in kept  # the classifier stays dense by default
-    flat_p, flat_m = sp.flatten_paths(params), sp.flatten_paths(jp.masks)
-    for path, value in sp.flatten_paths(jp.params).items():
+    flat_p, flat_m = jm.flatten_paths(params), jm.flatten_paths(jp.masks)
+    for path, value in jm.flatten_paths(jp.params).items():
         w = np.asarray(flat_p[path])
         if path in flat_m:
             m = np.asarray(flat_m[path]).astype(bool)
@@ -91,7 +91,7 @@ def test_a_module_without_batchnorm_or_train_keyword():
         not np.allclose(s, i)
         for s, i in zip(
             jax.tree.leaves(jp.scores),
-            jax.tree.leaves(sp.init_scores_from_mask(jp.masks)),
+            jax.tree.leaves(jm.init_scores_from_mask(jp.masks)),
         )
     )
     logits = module.apply(jp.variables, data[0][0])
@@ -192,7 +192,7 @@ def test_equals_the_cli_for_the_same_model_data_and_seed(tmp_path):
         seed=config.seed,
         **settings,
     )
-    ours = {p: np.asarray(m) for p, m in sp.flatten_paths(jp.masks).items()}
+    ours = {p: np.asarray(m) for p, m in jm.flatten_paths(jp.masks).items()}
     assert sorted(ours) == sorted(cli_masks)
     for path in ours:
         np.testing.assert_array_equal(ours[path], cli_masks[path], err_msg=path)

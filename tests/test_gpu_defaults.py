@@ -19,7 +19,7 @@ import pytest
 from test_ops import _equations
 
 from jackpot_jax import kernels, models
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.pipeline import engine
 
 GPU_DEFAULTS = kernels.ComputeOptions(conv_impl=kernels.AUTO["gpu"], mask_layout="together")
@@ -51,8 +51,8 @@ def _problem():
     module = models.cifar_resnet.CifarResNet(num_blocks=1)
     variables = models.init_variables(module, jax.random.key(0), (1, 8, 8, 3))
     params = variables["params"]
-    budget = sp.keep_counts(params, 0.8)
-    scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
+    budget = jm.keep_counts(params, 0.8)
+    scores = jm.init_scores_from_mask(jm.criterion_mask(jm.magnitude_scores(params), budget))
     rng = np.random.default_rng(0)
     scores = jax.tree.map(
         lambda s: s + jnp.asarray(np.round(rng.uniform(0, 8, s.shape)) * 0.01, s.dtype), scores
@@ -86,7 +86,7 @@ def _search_step(options):
 
 def _masks(options, scores, budget):
     with kernels.use(options):
-        return jax.device_get(sp.masks_from_scores(scores, budget))
+        return jax.device_get(jm.masks_from_scores(scores, budget))
 
 
 def _assert_same_step(options, reference):
@@ -95,9 +95,9 @@ def _assert_same_step(options, reference):
     tol = 1e-4 if ON_GPU else 1e-5
     assert abs(loss - ref_loss) <= tol * abs(ref_loss), (loss, ref_loss)
     _, _, budget, old, _, _ = _problem()
-    for path, s in sp.flatten_paths(scores).items():
-        ref_s = sp.flatten_paths(ref_scores)[path]
-        old_s = np.asarray(sp.flatten_paths(old)[path])
+    for path, s in jm.flatten_paths(scores).items():
+        ref_s = jm.flatten_paths(ref_scores)[path]
+        old_s = np.asarray(jm.flatten_paths(old)[path])
         g, ref_g = old_s - s, old_s - ref_s  # the score gradients
         assert np.max(np.abs(ref_g)) > 0, path
         rel = np.max(np.abs(g - ref_g)) / np.max(np.abs(ref_g))
@@ -106,9 +106,9 @@ def _assert_same_step(options, reference):
     # scores it ended with.
     for tree in (old, ref_scores):
         got, want = _masks(options, tree, budget), _masks(reference, tree, budget)
-        for path, m in sp.flatten_paths(want).items():
-            np.testing.assert_array_equal(sp.flatten_paths(got)[path], m, err_msg=path)
-            assert m.sum() == sp.flatten_paths(budget)[path]
+        for path, m in jm.flatten_paths(want).items():
+            np.testing.assert_array_equal(jm.flatten_paths(got)[path], m, err_msg=path)
+            assert m.sum() == jm.flatten_paths(budget)[path]
 
 
 @pytest.mark.parametrize("cpu_defaults", CPU_DEFAULTS, ids=lambda o: o.mask_layout)

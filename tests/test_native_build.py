@@ -61,7 +61,7 @@ def _warnings_script(body: str) -> str:
 
 _MANY_USES = """\
 import jax, jax.numpy as jnp
-from jackpot_jax import kernels, sparsity as sp
+from jackpot_jax import kernels, method as jm
 from jackpot_jax.kernels.native import onednn, topk_select
 for _ in range(3):
     print(topk_select.available(), onednn.available(), kernels.describe_masks())
@@ -69,7 +69,7 @@ for _ in range(3):
 with kernels.use(conv_impl='explicit'):
     x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2))
     jax.jit(lambda x, w: kernels.conv2d(x, w, (1, 1), ((1, 1), (1, 1))))(x, w)
-jax.jit(lambda s: sp.masks_from_scores(s, {'a': 3}))({'a': jnp.ones((4, 5))})
+jax.jit(lambda s: jm.masks_from_scores(s, {'a': 3}))({'a': jnp.ones((4, 5))})
 print('reason', topk_select.unavailable_reason())
 """
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.errors import ConfigError
 from jackpot_jax.experiments import study
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
@@ -47,10 +47,10 @@ def test_nm_hand_computed():
     # first of two 2.0s (index 1 beats index 3).
     x = jnp.array([[3.0, 1.0], [2.0, 2.0], [2.0, 5.0], [0.0, 2.0]])
     chex.assert_trees_all_equal(
-        sp.nm_mask(x, 2, 4), jnp.array([[1, 0], [1, 1], [0, 1], [0, 0]], jnp.float32)
+        jm.nm_mask(x, 2, 4), jnp.array([[1, 0], [1, 1], [0, 1], [0, 0]], jnp.float32)
     )
     chex.assert_trees_all_equal(
-        sp.nm_mask(x, 1, 2), jnp.array([[1, 0], [0, 1], [1, 1], [0, 0]], jnp.float32)
+        jm.nm_mask(x, 1, 2), jnp.array([[1, 0], [0, 1], [1, 1], [0, 0]], jnp.float32)
     )
 
 
@@ -67,12 +67,12 @@ def test_nm_matches_reference_with_ties(n, m, shape):
     x = (rng.integers(-4, 4, size=shape) * 0.25).astype(np.float32)
     flat = x.reshape(-1)
     flat[:5] = [-0.0, 0.0, np.inf, -np.inf, np.nan]
-    got = np.asarray(sp.nm_mask(jnp.asarray(x), n, m))
+    got = np.asarray(jm.nm_mask(jnp.asarray(x), n, m))
     np.testing.assert_array_equal(got, reference_nm(x, n, m))
     assert np.all(_groups_of(got, m) == n)
     # Continuous scores (no ties) too, and the same masks under jit.
     y = rng.normal(size=shape).astype(np.float32)
-    got = np.asarray(jax.jit(lambda s: sp.nm_mask(s, n, m))(jnp.asarray(y)))
+    got = np.asarray(jax.jit(lambda s: jm.nm_mask(s, n, m))(jnp.asarray(y)))
     np.testing.assert_array_equal(got, reference_nm(y, n, m))
 
 
@@ -81,10 +81,10 @@ def test_nm_straight_through_gradient_is_the_identity(use_abs):
     rng = np.random.default_rng(0)
     s = jnp.asarray(rng.normal(size=(8, 6)).astype(np.float32))
     c = jnp.asarray(rng.normal(size=(8, 6)).astype(np.float32))
-    value = sp.nm_ste_mask(s, 2, 4, use_abs=use_abs)
+    value = jm.nm_ste_mask(s, 2, 4, use_abs=use_abs)
     ranked = jnp.abs(s) if use_abs else s
-    chex.assert_trees_all_equal(value, sp.nm_mask(ranked, 2, 4))  # bit for bit
-    g = jax.grad(lambda t: jnp.sum(c * sp.nm_ste_mask(t, 2, 4, use_abs=use_abs)))(s)
+    chex.assert_trees_all_equal(value, jm.nm_mask(ranked, 2, 4))  # bit for bit
+    g = jax.grad(lambda t: jnp.sum(c * jm.nm_ste_mask(t, 2, 4, use_abs=use_abs)))(s)
     np.testing.assert_array_equal(np.asarray(g), np.asarray(c * jnp.sign(s) if use_abs else c))
 
 
@@ -103,62 +103,62 @@ def _params():
 
 def test_nm_budget_through_masks_criteria_and_masked_params():
     params = jax.tree.map(jnp.asarray, _params())
-    pattern = sp.NMPattern(2, 4)
-    budget = sp.nm_budget(params, pattern)
+    pattern = jm.NMPattern(2, 4)
+    budget = jm.nm_budget(params, pattern)
     # conv1 (1 input channel) stays dense; the classifier is not prunable (default filter).
-    assert sp.flatten_paths(budget) == {
+    assert jm.flatten_paths(budget) == {
         "conv1/kernel": 150,
         "conv2/kernel": pattern,
         "fc1/kernel": pattern,
     }
-    assert sp.dense_kept(budget) == ["conv1/kernel"]
-    importance = sp.magnitude_scores(params)
-    masks = sp.criterion_mask(importance, budget)
-    flat = sp.flatten_paths(masks)
+    assert jm.dense_kept(budget) == ["conv1/kernel"]
+    importance = jm.magnitude_scores(params)
+    masks = jm.criterion_mask(importance, budget)
+    flat = jm.flatten_paths(masks)
     np.testing.assert_array_equal(flat["conv1/kernel"], np.ones((5, 5, 1, 6)))
     for path in ("conv2/kernel", "fc1/kernel"):
-        w = sp.flatten_paths(params)[path]
+        w = jm.flatten_paths(params)[path]
         np.testing.assert_array_equal(flat[path], reference_nm(np.abs(w), 2, 4), err_msg=path)
     # A mixed tree budget: top-k counts and patterns side by side.
     mixed = {**budget, "conv1": {"kernel": 7, "bias": None}}
-    m2 = sp.flatten_paths(sp.masks_from_scores(importance, mixed, use_abs=False))
+    m2 = jm.flatten_paths(jm.masks_from_scores(importance, mixed, use_abs=False))
     assert int(m2["conv1/kernel"].sum()) == 7
     np.testing.assert_array_equal(m2["fc1/kernel"], flat["fc1/kernel"])
     # Summary: exactly 1 - n/m over the patterned kernels.
-    summary = sp.pattern_summary(masks, pattern)
+    summary = jm.pattern_summary(masks, pattern)
     assert summary["pattern_satisfied"] and summary["dense_kept"] == ["conv1/kernel"]
     assert summary["sparsity_patterned"] == 0.5
     n_pat = 3 * 3 * 8 * 4 + 20 * 7
     assert summary["sparsity_all_masked"] == pytest.approx(0.5 * n_pat / (n_pat + 150))
     # Random and a criterion on data go through the same budget.
-    rand = sp.criterion_mask(sp.random_scores(jax.random.key(0), params), budget)
+    rand = jm.criterion_mask(jm.random_scores(jax.random.key(0), params), budget)
     assert all(
-        sp.satisfies_pattern(sp.flatten_paths(rand)[p], pattern)
+        jm.satisfies_pattern(jm.flatten_paths(rand)[p], pattern)
         for p in ("conv2/kernel", "fc1/kernel")
     )
     # STE through masked_params: dL/ds = dL/d(w*m) * w * sign(s), pruned weights included.
     scores = jax.tree.map(lambda x: x - 0.5, importance)
-    loss = lambda s: jnp.sum(sp.masked_params(params, s, budget)["fc1"]["kernel"] ** 2)
+    loss = lambda s: jnp.sum(jm.masked_params(params, s, budget)["fc1"]["kernel"] ** 2)
     g = jax.grad(loss)(scores)["fc1"]["kernel"]
     w, s = params["fc1"]["kernel"], scores["fc1"]["kernel"]
-    m = sp.nm_mask(jnp.abs(s), 2, 4)
+    m = jm.nm_mask(jnp.abs(s), 2, 4)
     np.testing.assert_allclose(g, 2 * w * m * w * jnp.sign(s), rtol=1e-6)
     # A single pattern as the budget applies to every layer, and must fit each one.
     only = {"fc1": {"kernel": importance["fc1"]["kernel"]}}
     np.testing.assert_array_equal(
-        sp.masks_from_scores(only, pattern)["fc1"]["kernel"], flat["fc1/kernel"]
+        jm.masks_from_scores(only, pattern)["fc1"]["kernel"], flat["fc1/kernel"]
     )
     with pytest.raises(ValueError, match=r"conv1/kernel.*divisible by 4"):
-        sp.criterion_mask(importance, pattern)
+        jm.criterion_mask(importance, pattern)
 
 
 def test_pattern_errors_name_the_bad_value():
-    assert sp.parse_pattern("") is None and sp.parse_pattern(" 2:4 ") == sp.NMPattern(2, 4)
+    assert jm.parse_pattern("") is None and jm.parse_pattern(" 2:4 ") == jm.NMPattern(2, 4)
     for bad in ("2-4", "2:4:8", "a:b", "0:4", "5:4"):
         with pytest.raises(ValueError, match="n:m|0 < n <= m"):
-            sp.parse_pattern(bad)
+            jm.parse_pattern(bad)
     with pytest.raises(ValueError, match=r"\(6, 3\).*divisible by 4"):
-        sp.nm_mask(jnp.ones((6, 3)), 2, 4)
+        jm.nm_mask(jnp.ones((6, 3)), 2, 4)
 
 
 # --- the pipeline, its export and the study ------------------------------------------------
@@ -200,7 +200,7 @@ def test_pipeline_2of4_masks_and_kept_weights(nm_search):
     assert summary["overlap_with_init"] < 1.0  # the search moved the mask
     jackpot = export.read_jackpot(workdir)
     assert jackpot["meta"]["pattern"] == "2:4"
-    dense = sp.flatten_paths(ckpt_lib.load_variables(pretrained)["params"])
+    dense = jm.flatten_paths(ckpt_lib.load_variables(pretrained)["params"])
     masks, params = jackpot["masks"], jackpot["params"]
     np.testing.assert_array_equal(masks["conv1/kernel"], 1)
     for path in ("conv2/kernel", "fc1/kernel"):
@@ -290,11 +290,11 @@ def test_budget_for_reads_the_config():
     c.search.distribution = "uniform"
     params = _params()
     assert (
-        sp.flatten_paths(pruning.budget_for(c, params, pruning.prune_filter(c)))["fc1/kernel"] == 14
+        jm.flatten_paths(pruning.budget_for(c, params, pruning.prune_filter(c)))["fc1/kernel"] == 14
     )  # unstructured: 90% of 140 pruned
     c.search.pattern = "1:2"
-    b = sp.flatten_paths(pruning.budget_for(c, params, pruning.prune_filter(c)))
-    assert b["fc1/kernel"] == sp.NMPattern(1, 2) and b["conv2/kernel"] == sp.NMPattern(1, 2)
+    b = jm.flatten_paths(pruning.budget_for(c, params, pruning.prune_filter(c)))
+    assert b["fc1/kernel"] == jm.NMPattern(1, 2) and b["conv2/kernel"] == jm.NMPattern(1, 2)
     c.search.pattern = "2of4"
     with pytest.raises(ValueError, match="pattern='2of4'"):
         pruning.budget_for(c, params, pruning.prune_filter(c))

@@ -11,7 +11,7 @@ from jax import lax
 
 import jackpot_jax
 from jackpot_jax import kernels, models
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.pipeline import engine
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -256,8 +256,8 @@ def _search_step(name, impl, compute_dtype):
     module = make()
     variables = models.init_variables(module, jax.random.key(0), (1, *shape))
     params = variables["params"]
-    budget = sp.keep_counts(params, 0.8)
-    scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
+    budget = jm.keep_counts(params, 0.8)
+    scores = jm.init_scores_from_mask(jm.criterion_mask(jm.magnitude_scores(params), budget))
     rng = np.random.default_rng(0)
     # Scores spread a little, so the gradient's sign(s) and the mask are not all ties.
     scores = jax.tree.map(lambda s: s + jnp.asarray(rng.uniform(0, 0.01, s.shape), s.dtype), scores)
@@ -297,8 +297,8 @@ def test_search_step_score_gradients_agree_with_and_without_the_fast_path(name, 
     _, plain, _ = _search_update(name, "xla")
     g_fast = jax.tree.map(jnp.subtract, old, fast.trainable)
     g_plain = jax.tree.map(jnp.subtract, old, plain.trainable)
-    for path, a in sp.flatten_paths(g_fast).items():
-        b = sp.flatten_paths(g_plain)[path]
+    for path, a in jm.flatten_paths(g_fast).items():
+        b = jm.flatten_paths(g_plain)[path]
         assert np.max(np.abs(b)) > 0, path
         assert _rel(a, b) < 1e-5, (path, _rel(a, b))
 

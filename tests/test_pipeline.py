@@ -22,8 +22,8 @@ from pipeline_helpers import (
     tiny_config,
 )
 
+from jackpot_jax import method as jm
 from jackpot_jax import models
-from jackpot_jax import sparsity as sp
 from jackpot_jax.data import input_pipeline
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import export, modes, train
@@ -84,7 +84,7 @@ def test_cli_pretrain_search_eval_on_real_fashion_mnist(tmp_path):
     assert summary["mode"] == "search" and summary["sparsity_target"] == 0.9
     # Uniform budget: every layer prunes floor(0.9 n) of its n weights.
     dense = ckpt_lib.load_variables(dense_dir)
-    flat_dense = sp.flatten_paths(dense["params"])
+    flat_dense = jm.flatten_paths(dense["params"])
     with np.load(tmp_path / "search" / "jackpot.npz") as z:
         masks = {k[len("masks/") :]: z[k] for k in z.files if k.startswith("masks/")}
         exported = {k[len("params/") :]: z[k] for k in z.files if k.startswith("params/")}
@@ -125,15 +125,15 @@ TWO_DEVICES = textwrap.dedent("""
     import json, jax, jax.numpy as jnp, numpy as np
     from jackpot_jax.pipeline import engine
     from jackpot_jax import models
-    from jackpot_jax import sparsity as sp
+    from jackpot_jax import method as jm
     from jackpot_jax.pipeline.config import base_config
     assert jax.device_count() == 2, jax.devices()
     # The CIFAR ResNet with one block a stage (BatchNorm included): a third of ResNet-20's compile.
     module = models.CifarResNet(num_blocks=1, num_classes=10, width=1)
     v = models.init_variables(module, jax.random.key(0), (1, 8, 8, 3))
     params, bs = v["params"], v["batch_stats"]
-    budget = sp.keep_counts(params, 0.9)
-    scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
+    budget = jm.keep_counts(params, 0.9)
+    scores = jm.init_scores_from_mask(jm.criterion_mask(jm.magnitude_scores(params), budget))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 8, 8, 3)).astype(np.float32)
     y = rng.integers(0, 10, 8).astype(np.int32)
@@ -220,14 +220,14 @@ def test_finetune_keeps_the_mask_and_changes_weights(tmp_path):
     assert summary["mode"] == "finetune"
     meta, masks, params, _ = export.load_jackpot(str(tmp_path / "ft"))
     _, search_masks, _, _ = export.load_jackpot(str(tmp_path / "ft" / "search"))
-    assert float(sp.overlap(masks, search_masks)) == 1.0
-    for path, m in sp.flatten_paths(masks).items():
-        w = sp.flatten_paths(params)[path]
+    assert float(jm.overlap(masks, search_masks)) == 1.0
+    for path, m in jm.flatten_paths(masks).items():
+        w = jm.flatten_paths(params)[path]
         assert np.all(w[np.asarray(m) == 0] == 0)
     dense = ckpt_lib.load_variables(config.pretrained)["params"]
     assert not np.array_equal(
-        sp.flatten_paths(params)["fc1/kernel"],
-        sp.flatten_paths(dense)["fc1/kernel"] * sp.flatten_paths(masks)["fc1/kernel"],
+        jm.flatten_paths(params)["fc1/kernel"],
+        jm.flatten_paths(dense)["fc1/kernel"] * jm.flatten_paths(masks)["fc1/kernel"],
     )
 
 
@@ -237,7 +237,7 @@ def _run_zero_epochs(tmp_path, name, **over):
     config.pretrained = pretrained_dir(tmp_path, config)
     summary = train.run(config, str(tmp_path / name))
     _, masks, params, _ = export.load_jackpot(str(tmp_path / name))
-    return config, summary, sp.flatten_paths(masks)
+    return config, summary, jm.flatten_paths(masks)
 
 
 def _topk_numpy(importance: dict, counts: dict) -> dict:
@@ -268,7 +268,7 @@ def test_warm_up_masks_are_the_criteria_masks(tmp_path):
     config, _, magnitude = _run_zero_epochs(tmp_path / "m", "run")
     dense = {
         p: np.asarray(v)
-        for p, v in sp.flatten_paths(ckpt_lib.load_variables(config.pretrained)["params"]).items()
+        for p, v in jm.flatten_paths(ckpt_lib.load_variables(config.pretrained)["params"]).items()
     }
     counts = _magnitude_counts(dense, 0.8)
     ref = _topk_numpy({p: np.abs(dense[p]) for p in counts}, counts)
@@ -290,7 +290,7 @@ def test_warm_up_masks_are_the_criteria_masks(tmp_path):
         logp = jax.nn.log_softmax(module.apply({"params": p}, x, train=True))
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
-    g = sp.flatten_paths(jax.grad(loss)(params))
+    g = jm.flatten_paths(jax.grad(loss)(params))
     ref_snip = _topk_numpy({p: np.abs(dense[p] * np.asarray(g[p])) for p in counts}, counts)
     for p in ref_snip:
         agree = float(np.mean(snip[p] == ref_snip[p]))
@@ -303,13 +303,13 @@ def test_warm_up_masks_are_the_criteria_masks(tmp_path):
         for p in counts:  # every criterion keeps the same counts ...
             assert int(m[p].sum()) == counts[p], (name, p)
         # ... but its own weights: far from the magnitude mask (identical would be 1.0).
-        assert float(sp.overlap(m, magnitude)) < 0.9, name
+        assert float(jm.overlap(m, magnitude)) < 0.9, name
     # A random mask meets the magnitude mask as often as chance: two independent masks that
     # keep a fraction q of n weights differ on 2 q (1 - q) n of them in expectation.
     n = sum(m.size for m in magnitude.values())
     chance = 1 - sum(2 * c * (1 - c / magnitude[p].size) for p, c in counts.items()) / n
-    assert abs(float(sp.overlap(rnd, magnitude)) - chance) < 0.01
-    assert float(sp.overlap(grasp, snip)) < 0.9
+    assert abs(float(jm.overlap(rnd, magnitude)) - chance) < 0.01
+    assert float(jm.overlap(grasp, snip)) < 0.9
 
 
 def test_kaiming_scores_start_the_search_without_a_warm_up_mask(tmp_path):
@@ -339,7 +339,7 @@ def test_global_and_erk_budgets_in_the_pipeline(tmp_path, distribution):
     config.pretrained = pretrained_dir(tmp_path, config)
     summary = train.run(config, str(tmp_path / "run"))
     _, masks, _, _ = export.load_jackpot(str(tmp_path / "run"))
-    kept = {p: int(np.sum(m)) for p, m in sp.flatten_paths(masks).items()}
+    kept = {p: int(np.sum(m)) for p, m in jm.flatten_paths(masks).items()}
     sizes = {"fc1/kernel": 784 * 300, "fc2/kernel": 300 * 100}
     assert kept.keys() == sizes.keys()
     total = sum(sizes.values())

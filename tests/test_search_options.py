@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import ROOT, TINY, cli, cli_overrides, pretrained_dir, tiny_config
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax import utils
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import engine, train
@@ -62,7 +62,7 @@ def test_swap_by_hand():
     m = jnp.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
     budget, run = (
         {"w": 3},
-        lambda r, sc=s, mk=m: np.asarray(sp.swap_masks({"w": sc}, {"w": mk}, budget, r)["w"]),
+        lambda r, sc=s, mk=m: np.asarray(jm.swap_masks({"w": sc}, {"w": mk}, budget, r)["w"]),
     )
     # cut = 3rd smallest = 0.5; risers: 0.7 (3), 0.6 (5); fallers: 0.2 (1), 0.1 (4): balanced
     np.testing.assert_array_equal(run(1.0), [1, 0, 0, 1, 0, 1])
@@ -75,10 +75,10 @@ def test_swap_by_hand():
     # Raw scores (default) against |scores|: -0.9 is the lowest raw score, the highest |s|.
     s3, m3 = jnp.array([-0.9, 0.3, 0.2, 0.1]), jnp.array([1.0, 0, 1, 0])
     np.testing.assert_array_equal(
-        np.asarray(sp.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0)["w"]), [0, 1, 1, 0]
+        np.asarray(jm.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0)["w"]), [0, 1, 1, 0]
     )
     np.testing.assert_array_equal(
-        np.asarray(sp.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0, use_abs=True)["w"]),
+        np.asarray(jm.swap_masks({"w": s3}, {"w": m3}, {"w": 2}, 1.0, use_abs=True)["w"]),
         [1, 1, 0, 0],
     )
     # NaN ranks below every number, -inf included: the kept NaN is the one faller (cut: the
@@ -86,13 +86,13 @@ def test_swap_by_hand():
     # cut would be 0.5 and nothing would rise.
     s4, m4 = jnp.array([jnp.nan, 0.9, -jnp.inf, 0.5]), jnp.array([1.0, 1, 0, 0])
     np.testing.assert_array_equal(
-        np.asarray(sp.swap_masks({"w": s4}, {"w": m4}, {"w": 2}, 1.0)["w"]), [0, 1, 0, 1]
+        np.asarray(jm.swap_masks({"w": s4}, {"w": m4}, {"w": 2}, 1.0)["w"]), [0, 1, 0, 1]
     )
     np.testing.assert_array_equal(reference_swap(s4, m4, 2, 1.0)[0], [0, 1, 0, 1])
     # A pruned NaN never rises, whatever the rate; |NaN| is NaN.
     s5, m5 = jnp.array([0.3, jnp.nan, 0.1, 0.2]), jnp.array([1.0, 0, 0, 1])
     for use_abs in (False, True):
-        got = sp.swap_masks({"w": s5}, {"w": m5}, {"w": 2}, 1.0, use_abs=use_abs)["w"]
+        got = jm.swap_masks({"w": s5}, {"w": m5}, {"w": 2}, 1.0, use_abs=use_abs)["w"]
         np.testing.assert_array_equal(np.asarray(got), [1, 0, 0, 1])
 
 
@@ -119,7 +119,7 @@ def test_swap_matches_the_numpy_transcription_over_many_steps(layout, monkeypatc
         "f": 1800,
     }
     for use_abs in (False, True):
-        swap = jax.jit(lambda s, m, r: sp.swap_masks(s, m, keeps, r, use_abs=use_abs))
+        swap = jax.jit(lambda s, m, r: jm.swap_masks(s, m, keeps, r, use_abs=use_abs))
         masks, scores = {}, {}
         for p, shape in shapes.items():
             n = int(np.prod(shape))
@@ -167,7 +167,7 @@ def test_swap_rate_respected_and_highest_risers_first():
     s[30:50] = np.linspace(1.0, 2.9, 20)  # pruned, risen above
     s[50:] = -1 - np.arange(10)  # pruned, stay low
     for rate, pairs in [(1.0, 20), (0.5, 10), (0.26, 6), (0.01, 1)]:
-        got = np.asarray(sp.swap_masks({"w": s}, {"w": mask}, {"w": keep}, rate)["w"])
+        got = np.asarray(jm.swap_masks({"w": s}, {"w": mask}, {"w": keep}, rate)["w"])
         assert got.sum() == keep
         risen, fallen = (
             np.nonzero((got > 0) & (mask == 0))[0],
@@ -180,20 +180,20 @@ def test_swap_rate_respected_and_highest_risers_first():
 
 def test_swap_rate_schedules():
     E = 10
-    official = [float(sp.swap_rate(e, E)) for e in range(E)]
+    official = [float(jm.swap_rate(e, E)) for e in range(E)]
     assert official == [1.0] * E  # ceil((1 - e/E)^4) = 1 within the run
-    poly = [float(sp.swap_rate(e, E, "poly", rate=0.5, power=2.0)) for e in (0, 5, 9)]
+    poly = [float(jm.swap_rate(e, E, "poly", rate=0.5, power=2.0)) for e in (0, 5, 9)]
     np.testing.assert_allclose(poly, [0.5, 0.5 * 0.25, 0.5 * 0.01], rtol=1e-6)
-    traced = jax.jit(lambda step: sp.swap_rate(step // 3, 4, "poly", 1.0, 1.0))
+    traced = jax.jit(lambda step: jm.swap_rate(step // 3, 4, "poly", 1.0, 1.0))
     np.testing.assert_allclose(
         [float(traced(jnp.int32(t))) for t in (0, 3, 11)], [1.0, 0.75, 0.25], rtol=1e-6
     )
     with pytest.raises(ValueError, match="swap schedule 'cubic'"):
-        sp.swap_rate(0, E, "cubic")
+        jm.swap_rate(0, E, "cubic")
     with pytest.raises(ValueError, match="swap rate=1.5"):
-        sp.swap_rate(0, E, "poly", rate=1.5)
+        jm.swap_rate(0, E, "poly", rate=1.5)
     with pytest.raises(ValueError, match="needs a keep-count tree"):
-        sp.swap_masks({"w": jnp.ones(4)}, {"w": jnp.ones(4)}, 2, 1.0)
+        jm.swap_masks({"w": jnp.ones(4)}, {"w": jnp.ones(4)}, 2, 1.0)
 
 
 def test_persistent_mask_gradient_is_straight_through():
@@ -203,7 +203,7 @@ def test_persistent_mask_gradient_is_straight_through():
     x = jnp.array([1.0, 1.0, 1.0])
 
     def loss(scores, use_abs):
-        p = sp.masked_params_from_masks(w, scores, m, use_abs=use_abs)
+        p = jm.masked_params_from_masks(w, scores, m, use_abs=use_abs)
         return jnp.sum(p["w"] * x)
 
     assert float(loss(s, False)) == pytest.approx(2.0 - 3.0)  # value: the mask
@@ -299,7 +299,7 @@ def test_swap_search_killed_and_rerun_resumes_to_the_same_mask(tmp_path, monkeyp
     # top-k of the scores: a resume that rebuilt it from the scores would not end the same.
     scores = ckpt_lib.load_scores(tmp_path / "ref" / "model")
     topk = {
-        p: np.asarray(sp.topk_mask(jnp.asarray(s), int(ref_masks["masks/" + p].sum())))
+        p: np.asarray(jm.topk_mask(jnp.asarray(s), int(ref_masks["masks/" + p].sum())))
         for p, s in scores.items()
     }
     assert any((topk[p] != ref_masks["masks/" + p]).any() for p in topk)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from jackpot_jax import kernels
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 
 
 def reference_topk(x: np.ndarray, keep: int) -> np.ndarray:
@@ -38,12 +38,12 @@ def reference_topk(x: np.ndarray, keep: int) -> np.ndarray:
 )
 def test_topk_hand_computed(keep, expected):
     x = jnp.array([3.0, 1.0, 2.0, 2.0, 5.0, 2.0])
-    chex.assert_trees_all_equal(sp.topk_mask(x, keep), jnp.array(expected, jnp.float32))
+    chex.assert_trees_all_equal(jm.topk_mask(x, keep), jnp.array(expected, jnp.float32))
 
 
 def test_topk_all_ties_keeps_lowest_indices():
     x = jnp.ones((4, 5))
-    m = sp.topk_mask(x, 7)
+    m = jm.topk_mask(x, 7)
     assert int(m.sum()) == 7
     np.testing.assert_array_equal(np.asarray(m).ravel(), [1] * 7 + [0] * 13)
 
@@ -53,7 +53,7 @@ def test_topk_two_level_init_ties():
     rng = np.random.default_rng(0)
     x = np.where(rng.random((64, 3, 3, 16)) < 0.1, 1.0, 0.95).astype(np.float32)
     for keep in [0, 1, 500, int((x == 1.0).sum()), int((x == 1.0).sum()) + 17, x.size - 1, x.size]:
-        m = np.asarray(sp.topk_mask(jnp.asarray(x), keep))
+        m = np.asarray(jm.topk_mask(jnp.asarray(x), keep))
         assert m.sum() == keep
         np.testing.assert_array_equal(m, reference_topk(x, keep))
 
@@ -65,7 +65,7 @@ def test_topk_matches_reference_with_negatives_and_ties(seed):
     x[0, :3] = [np.inf, -np.inf, -0.0]
     for keep in rng.integers(0, x.size + 1, size=6):
         np.testing.assert_array_equal(
-            np.asarray(sp.topk_mask(jnp.asarray(x), int(keep))), reference_topk(x, int(keep))
+            np.asarray(jm.topk_mask(jnp.asarray(x), int(keep))), reference_topk(x, int(keep))
         )
 
 
@@ -109,20 +109,20 @@ def test_per_layer_masks_match_the_reference_in_every_layout(
         "f": rng.normal(size=(13,)).astype(np.float32),  # keep all
     }
     budget = {"a": 700, "b": 3, "c": 1000, "d": 800, "e": 0, "f": 13}
-    masks = sp.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget, use_abs=False)
+    masks = jm.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget, use_abs=False)
     for name, x in scores.items():
         np.testing.assert_array_equal(
             np.asarray(masks[name]), reference_topk(x, budget[name]), err_msg=name
         )
     # And with |scores| ranked (the default), against the reference on |x|.
-    masks = sp.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget)
+    masks = jm.masks_from_scores(jax.tree.map(jnp.asarray, scores), budget)
     for name, x in scores.items():
         np.testing.assert_array_equal(
             np.asarray(masks[name]), reference_topk(np.abs(x), budget[name]), err_msg=name
         )
     # A single array and the global budget go through the same layout.
     np.testing.assert_array_equal(
-        np.asarray(sp.topk_mask(jnp.asarray(scores["d"]), 123)), reference_topk(scores["d"], 123)
+        np.asarray(jm.topk_mask(jnp.asarray(scores["d"]), 123)), reference_topk(scores["d"], 123)
     )
 
 
@@ -151,7 +151,7 @@ def test_subnormal_scores_are_numbers_not_zeros(layout, monkeypatch, compute):
     assert np.count_nonzero(x) == 298 and np.abs(x[4:]).max() < np.finfo(np.float32).tiny
     for keep in (1, 100, 150, 151, 299):
         np.testing.assert_array_equal(
-            np.asarray(sp.topk_mask(jnp.asarray(x), keep)),
+            np.asarray(jm.topk_mask(jnp.asarray(x), keep)),
             reference_topk(x, keep),
             err_msg=str(keep),
         )
@@ -162,37 +162,37 @@ def test_topk_continuous_matches_lax_top_k():
     _, idx = jax.lax.top_k(x, 123)
     expected = np.zeros(1000, np.float32)
     expected[np.asarray(idx)] = 1
-    np.testing.assert_array_equal(np.asarray(sp.topk_mask(x, 123)), expected)
+    np.testing.assert_array_equal(np.asarray(jm.topk_mask(x, 123)), expected)
 
 
 def test_topk_single_weight_and_extreme_sparsity():
-    np.testing.assert_array_equal(sp.topk_mask(jnp.array([[0.3]]), 1), [[1.0]])
-    np.testing.assert_array_equal(sp.topk_mask(jnp.array([[0.3]]), 0), [[0.0]])
+    np.testing.assert_array_equal(jm.topk_mask(jnp.array([[0.3]]), 1), [[1.0]])
+    np.testing.assert_array_equal(jm.topk_mask(jnp.array([[0.3]]), 0), [[0.0]])
     params = {
         "a": {"kernel": jnp.arange(1.0, 2001.0).reshape(40, 50)},
         "b": {"kernel": jnp.full((1, 1), 7.0)},
     }
-    counts = sp.keep_counts(params, 0.999, "uniform")
+    counts = jm.keep_counts(params, 0.999, "uniform")
     # floor(0.999 * 2000) = 1998 pruned; floor(0.999 * 1) = 0 pruned: a one-weight layer lives.
     assert counts["a"]["kernel"] == 2 and counts["b"]["kernel"] == 1
-    assert sp.keep_counts({"a": {"kernel": jnp.ones((10, 10))}}, 0.29, "uniform") == {
+    assert jm.keep_counts({"a": {"kernel": jnp.ones((10, 10))}}, 0.29, "uniform") == {
         "a": {"kernel": 71}
     }
-    dense = sp.keep_counts(params, 0.0, "global_magnitude")
+    dense = jm.keep_counts(params, 0.0, "global_magnitude")
     assert dense["a"]["kernel"] == 2000 and dense["b"]["kernel"] == 1
-    masks = sp.masks_from_scores(sp.magnitude_scores(params), counts)
+    masks = jm.masks_from_scores(jm.magnitude_scores(params), counts)
     # The two kept weights of 'a' are its two largest: 1999 and 2000.
     np.testing.assert_array_equal(np.flatnonzero(np.asarray(masks["a"]["kernel"])), [1998, 1999])
 
 
 def test_topk_under_jit_and_bad_keep():
     x = jax.random.uniform(jax.random.key(0), (10, 10))
-    jitted = jax.jit(sp.topk_mask, static_argnums=1)
-    chex.assert_trees_all_equal(jitted(x, 42), sp.topk_mask(x, 42))
+    jitted = jax.jit(jm.topk_mask, static_argnums=1)
+    chex.assert_trees_all_equal(jitted(x, 42), jm.topk_mask(x, 42))
     with pytest.raises(ValueError, match="keep=101"):
-        sp.topk_mask(x, 101)
+        jm.topk_mask(x, 101)
     with pytest.raises(ValueError, match="keep=-1"):
-        sp.topk_mask(x, -1)
+        jm.topk_mask(x, -1)
 
 
 # --- straight-through estimator ------------------------------------------------------------------
@@ -200,12 +200,12 @@ def test_topk_under_jit_and_bad_keep():
 
 def test_ste_value_equals_topk_and_gradient_is_identity_times_sign():
     s = jnp.array([-1.0, 0.5, 2.0, -0.25, 3.3, 0.95])
-    m = sp.ste_mask(s, 3)
-    chex.assert_trees_all_equal(m, sp.topk_mask(jnp.abs(s), 3))  # bit-for-bit
+    m = jm.ste_mask(s, 3)
+    chex.assert_trees_all_equal(m, jm.topk_mask(jnp.abs(s), 3))  # bit-for-bit
     c = jnp.arange(1.0, 7.0)
-    g = jax.grad(lambda t: jnp.sum(c * sp.ste_mask(t, 3)))(s)
+    g = jax.grad(lambda t: jnp.sum(c * jm.ste_mask(t, 3)))(s)
     np.testing.assert_allclose(g, c * np.sign(s))
-    g_noabs = jax.grad(lambda t: jnp.sum(c * sp.ste_mask(t, 3, use_abs=False)))(s)
+    g_noabs = jax.grad(lambda t: jnp.sum(c * jm.ste_mask(t, 3, use_abs=False)))(s)
     np.testing.assert_allclose(g_noabs, c)
 
 
@@ -219,7 +219,7 @@ def test_masked_params_gradient_is_dl_dwm_times_w():
     budget = {"dense": {"kernel": 5, "bias": None}}
 
     def loss(sc):
-        p = sp.masked_params(params, sc, budget)
+        p = jm.masked_params(params, sc, budget)
         return jnp.sum(jnp.tanh(x @ p["dense"]["kernel"]))
 
     g = jax.grad(loss)(scores)["dense"]["kernel"]
@@ -238,17 +238,17 @@ def test_global_budget_one_topk_over_all_layers():
         "a": {"kernel": jnp.array([[1.0, 5.0], [3.0, 0.5]])},
         "b": {"kernel": jnp.array([[4.0], [2.0], [6.0]])},
     }
-    masks = sp.masks_from_scores(sp.magnitude_scores(params), 3)
+    masks = jm.masks_from_scores(jm.magnitude_scores(params), 3)
     np.testing.assert_array_equal(masks["a"]["kernel"], [[0, 1], [0, 0]])
     np.testing.assert_array_equal(masks["b"]["kernel"], [[1], [0], [1]])
     g = jax.grad(
         lambda s: sum(
             jnp.sum(v * 2.0)
-            for v in jax.tree.leaves(sp.masks_from_scores(s, 3, straight_through=True))
+            for v in jax.tree.leaves(jm.masks_from_scores(s, 3, straight_through=True))
         )
-    )(sp.magnitude_scores(params))
+    )(jm.magnitude_scores(params))
     chex.assert_trees_all_close(
-        g, jax.tree.map(lambda v: 2.0 * jnp.ones_like(v), sp.magnitude_scores(params))
+        g, jax.tree.map(lambda v: 2.0 * jnp.ones_like(v), jm.magnitude_scores(params))
     )
 
 
@@ -272,20 +272,20 @@ def _toy_params():
 
 
 def test_default_filter_prunes_kernels_but_not_classifier_bias_or_bn():
-    assert sp.prunable_paths(_toy_params()) == ["conv1/kernel", "conv2/kernel"]
-    f = sp.make_filter(exclude=())
-    assert sp.prunable_paths(_toy_params(), f) == [
+    assert jm.prunable_paths(_toy_params()) == ["conv1/kernel", "conv2/kernel"]
+    f = jm.make_filter(exclude=())
+    assert jm.prunable_paths(_toy_params(), f) == [
         "classifier/kernel",
         "conv1/kernel",
         "conv2/kernel",
     ]
-    f = sp.make_filter(exclude=[r"^conv1/"])  # replaces the default exclude
-    assert sp.prunable_paths(_toy_params(), f) == ["classifier/kernel", "conv2/kernel"]
-    f = sp.make_filter(exclude=[*sp.DEFAULT_EXCLUDE, r"^conv1/"])
-    assert sp.prunable_paths(_toy_params(), f) == ["conv2/kernel"]
-    f = sp.make_filter(include=[r"conv2/kernel"])
-    assert sp.prunable_paths(_toy_params(), f) == ["conv2/kernel"]
-    scores = sp.magnitude_scores(_toy_params())
+    f = jm.make_filter(exclude=[r"^conv1/"])  # replaces the default exclude
+    assert jm.prunable_paths(_toy_params(), f) == ["classifier/kernel", "conv2/kernel"]
+    f = jm.make_filter(exclude=[*jm.DEFAULT_EXCLUDE, r"^conv1/"])
+    assert jm.prunable_paths(_toy_params(), f) == ["conv2/kernel"]
+    f = jm.make_filter(include=[r"conv2/kernel"])
+    assert jm.prunable_paths(_toy_params(), f) == ["conv2/kernel"]
+    scores = jm.magnitude_scores(_toy_params())
     assert scores["bn"]["scale"] is None and scores["classifier"]["kernel"] is None
 
 
@@ -293,9 +293,9 @@ def test_default_filter_prunes_kernels_but_not_classifier_bias_or_bn():
 @pytest.mark.parametrize("p", [0.0, 0.5, 0.9, 0.95, 0.999])
 def test_budgets_hit_target_within_one_weight_per_layer(dist, p):
     params = _toy_params()
-    counts = sp.keep_counts(params, p, dist)
-    flat = sp.flatten_paths(counts)
-    sizes = {k: np.size(v) for k, v in sp.flatten_paths(params).items() if k in flat}
+    counts = jm.keep_counts(params, p, dist)
+    flat = jm.flatten_paths(counts)
+    sizes = {k: np.size(v) for k, v in jm.flatten_paths(params).items() if k in flat}
     total = sum(sizes.values())
     kept = sum(flat.values())
     assert abs((total - kept) / total - p) * total <= len(flat)
@@ -308,22 +308,22 @@ def test_global_magnitude_counts_by_hand():
         "b": {"kernel": jnp.array([[0.8], [-0.05], [0.7], [0.4]])},
     }
     # |w| sorted: .9(a) .8(b) .7(b) .4(b) .3(a) .2(a) .1(a) .05(b); keep 3 of 8 (p=0.625).
-    counts = sp.keep_counts(params, 0.625, "global_magnitude")
+    counts = jm.keep_counts(params, 0.625, "global_magnitude")
     assert counts == {"a": {"kernel": 1}, "b": {"kernel": 2}}
-    assert sp.keep_counts(params, 0.625, "global") == 3
-    assert sp.keep_counts(params, 0.5, "uniform") == {"a": {"kernel": 2}, "b": {"kernel": 2}}
+    assert jm.keep_counts(params, 0.625, "global") == 3
+    assert jm.keep_counts(params, 0.5, "uniform") == {"a": {"kernel": 2}, "b": {"kernel": 2}}
 
 
 def test_erk_by_hand():
     # Two dense layers (in, out): raw density (in+out)/(in*out); 10x10 -> 0.2, 100x10 -> 0.11.
     params = {"l1": {"kernel": jnp.ones((10, 10))}, "l2": {"kernel": jnp.ones((100, 10))}}
-    counts = sp.keep_counts(params, 0.9, "erk")
+    counts = jm.keep_counts(params, 0.9, "erk")
     eps = 0.1 * 1100 / (0.2 * 100 + 0.11 * 1000)
     assert counts["l1"]["kernel"] == round(eps * 0.2 * 100)
     assert counts["l2"]["kernel"] == round(eps * 0.11 * 1000)
     # A layer that would exceed density 1 becomes dense and the rest share the remainder.
     params = {"l1": {"kernel": jnp.ones((2, 2))}, "l2": {"kernel": jnp.ones((100, 100))}}
-    counts = sp.keep_counts(params, 0.5, "erk")
+    counts = jm.keep_counts(params, 0.5, "erk")
     assert counts["l1"]["kernel"] == 4
     assert counts["l2"]["kernel"] == 10004 - 5002 - 4
 
@@ -357,7 +357,7 @@ def test_snip_equals_hand_gradient():
         return jnp.mean((xb @ p["fc"]["kernel"] + p["fc"]["bias"] - yb[:, None]) ** 2)
 
     batches = [(x[:2], y[:2]), (x[2:], y[2:])]
-    scores = sp.snip_scores(loss, params, batches)
+    scores = jm.snip_scores(loss, params, batches)
     xn, yn = np.asarray(x), np.asarray(y, np.float64)
     grad = sum(
         2 * xb.T @ (xb @ w + b - yb[:, None]) / (len(xb) * 2)
@@ -369,9 +369,9 @@ def test_snip_equals_hand_gradient():
 
 def test_grasp_equals_finite_difference_hessian_gradient():
     params, x, y = _linear_problem()
-    loss = sp.temperature_loss(_logits, temperature=2.0)
+    loss = jm.temperature_loss(_logits, temperature=2.0)
     batches = [(x, y)]
-    scores = sp.grasp_scores(loss, params, batches)
+    scores = jm.grasp_scores(loss, params, batches)
     jax.config.update("jax_enable_x64", True)
     try:
         p64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
@@ -392,12 +392,12 @@ def test_grasp_equals_finite_difference_hessian_gradient():
 
 def test_random_and_magnitude_and_kaiming_scores():
     params = _toy_params()
-    mag = sp.magnitude_scores(params)
+    mag = jm.magnitude_scores(params)
     np.testing.assert_array_equal(mag["conv1"]["kernel"], np.abs(params["conv1"]["kernel"]))
-    r1 = sp.random_scores(jax.random.key(0), params)
-    r2 = sp.random_scores(jax.random.key(0), params)
+    r1 = jm.random_scores(jax.random.key(0), params)
+    r2 = jm.random_scores(jax.random.key(0), params)
     chex.assert_trees_all_equal(r1, r2)
-    k = sp.kaiming_uniform_scores(jax.random.key(1), params)
+    k = jm.kaiming_uniform_scores(jax.random.key(1), params)
     bound = 1 / np.sqrt(3 * 3 * 8)
     assert np.abs(k["conv2"]["kernel"]).max() <= bound
     assert np.abs(k["conv2"]["kernel"]).max() > 0.9 * bound
@@ -405,13 +405,13 @@ def test_random_and_magnitude_and_kaiming_scores():
 
 def test_two_level_init_reproduces_the_criterion_mask():
     params = _toy_params()
-    counts = sp.keep_counts(params, 0.9)
-    mask = sp.criterion_mask(sp.magnitude_scores(params), counts)
-    scores = sp.init_scores_from_mask(mask, 1.0, 0.95)
+    counts = jm.keep_counts(params, 0.9)
+    mask = jm.criterion_mask(jm.magnitude_scores(params), counts)
+    scores = jm.init_scores_from_mask(mask, 1.0, 0.95)
     np.testing.assert_array_equal(np.unique(scores["conv2"]["kernel"]), np.float32([0.95, 1.0]))
-    chex.assert_trees_all_equal(sp.masks_from_scores(scores, counts), mask)
+    chex.assert_trees_all_equal(jm.masks_from_scores(scores, counts), mask)
     with pytest.raises(ValueError, match="kept=0.9"):
-        sp.init_scores_from_mask(mask, 0.9, 0.95)
+        jm.init_scores_from_mask(mask, 0.9, 0.95)
 
 
 # --- measures -----------------------------------------------------------------------------------
@@ -420,12 +420,12 @@ def test_two_level_init_reproduces_the_criterion_mask():
 def test_overlap_identical_complementary_and_by_hand():
     a = {"x": {"kernel": jnp.array([1.0, 0.0, 0.0, 1.0])}, "y": {"kernel": jnp.array([[1.0, 0.0]])}}
     comp = jax.tree.map(lambda m: 1.0 - m, a)
-    assert float(sp.overlap(a, a)) == 1.0
-    assert float(sp.overlap(a, comp)) == 0.0
+    assert float(jm.overlap(a, a)) == 1.0
+    assert float(jm.overlap(a, comp)) == 0.0
     b = {"x": {"kernel": jnp.array([1.0, 1.0, 0.0, 0.0])}, "y": {"kernel": jnp.array([[1.0, 0.0]])}}
-    assert float(sp.overlap(a, b)) == pytest.approx(1 - 2 / 6)
-    assert int(sp.mask_flips(a, b)) == 2
-    assert float(jax.jit(sp.overlap)(a, b)) == pytest.approx(1 - 2 / 6)
+    assert float(jm.overlap(a, b)) == pytest.approx(1 - 2 / 6)
+    assert int(jm.mask_flips(a, b)) == 2
+    assert float(jax.jit(jm.overlap)(a, b)) == pytest.approx(1 - 2 / 6)
 
 
 def test_sparsity_summary():
@@ -434,7 +434,7 @@ def test_sparsity_summary():
         "b": None,
         "y": {"kernel": jnp.ones((2, 3))},
     }
-    s = sp.sparsity_summary(masks)
+    s = jm.sparsity_summary(masks)
     assert s == {"x/kernel": 0.75, "y/kernel": 0.0, "_total_sparsity": 0.3}
 
 
@@ -444,30 +444,30 @@ def test_sparsity_summary():
 @pytest.mark.parametrize("p", [1.0, -0.1, 1.5, float("nan")])
 def test_bad_sparsity(p):
     with pytest.raises(ValueError, match="sparsity="):
-        sp.keep_counts(_toy_params(), p)
+        jm.keep_counts(_toy_params(), p)
 
 
 def test_bad_distribution_filter_and_trees():
     params = _toy_params()
     with pytest.raises(ValueError, match="distribution='erdos'"):
-        sp.keep_counts(params, 0.5, "erdos")
+        jm.keep_counts(params, 0.5, "erdos")
     with pytest.raises(ValueError, match="selects no leaf"):
-        sp.prunable_paths(params, sp.make_filter(include=["nothing_matches"]))
-    scores = sp.magnitude_scores(params)
-    sp.check_mirror(params, scores)
+        jm.prunable_paths(params, jm.make_filter(include=["nothing_matches"]))
+    scores = jm.magnitude_scores(params)
+    jm.check_mirror(params, scores)
     bad = jax.tree.map(lambda v: v, scores)
     bad["conv2"]["kernel"] = jnp.ones((3, 3, 8, 15))
     with pytest.raises(ValueError, match="conv2/kernel"):
-        sp.check_mirror(params, bad)
+        jm.check_mirror(params, bad)
     missing = {k: v for k, v in scores.items() if k != "conv1"}
     with pytest.raises(ValueError, match="conv1/kernel"):
-        sp.check_mirror(params, missing)
-    counts = sp.keep_counts(params, 0.5)
+        jm.check_mirror(params, missing)
+    counts = jm.keep_counts(params, 0.5)
     counts["conv1"]["kernel"] = 73
     with pytest.raises(ValueError, match="keep count 73 for layer 'conv1/kernel'"):
-        sp.masks_from_scores(scores, counts)
+        jm.masks_from_scores(scores, counts)
     with pytest.raises(ValueError, match="not in the params tree"):
-        sp.tree_from_paths(params, {"conv9/kernel": 1})
+        jm.tree_from_paths(params, {"conv9/kernel": 1})
 
 
 # --- a search step through a tiny model ---------------------------------------------------------
@@ -489,8 +489,8 @@ def test_search_step_leaves_pretrained_params_bit_for_bit_unchanged():
     variables = model.init(jax.random.key(1), x)
     params = variables["params"]
     before = jax.tree.map(np.array, params)
-    budget = sp.keep_counts(params, 0.5)
-    scores = sp.init_scores_from_mask(sp.criterion_mask(sp.magnitude_scores(params), budget))
+    budget = jm.keep_counts(params, 0.5)
+    scores = jm.init_scores_from_mask(jm.criterion_mask(jm.magnitude_scores(params), budget))
     opt = optax.sgd(optax.cosine_decay_schedule(0.1, 10), momentum=0.9)
     opt = optax.chain(optax.add_decayed_weights(5e-4), opt)
     opt_state = opt.init(scores)
@@ -499,7 +499,7 @@ def test_search_step_leaves_pretrained_params_bit_for_bit_unchanged():
     def step(scores, opt_state, batch_stats):
         def loss_fn(s):
             logits, upd = model.apply(
-                {"params": sp.masked_params(params, s, budget), "batch_stats": batch_stats},
+                {"params": jm.masked_params(params, s, budget), "batch_stats": batch_stats},
                 x,
                 train=True,
                 mutable=["batch_stats"],

@@ -10,7 +10,7 @@ from pipeline_helpers import python_script
 from test_sparsity import reference_topk
 
 from jackpot_jax import kernels
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.kernels import native
 from jackpot_jax.kernels.native import topk_select
 
@@ -91,14 +91,14 @@ def test_kth_largest_key_matches_a_sort(n):
 @needs_select
 def test_the_swap_rule_uses_it(monkeypatch, compute):
     hlo = (
-        jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5))
+        jax.jit(lambda s, m: jm.swap_masks(s, m, {"w": 3}, 0.5))
         .lower({"w": jnp.arange(8.0)}, {"w": jnp.ones(8)})
         .as_text()
     )
     assert topk_select.KTH_TARGET in hlo
     compute(mask_layout="per_layer")
     hlo = (
-        jax.jit(lambda s, m: sp.swap_masks(s, m, {"w": 3}, 0.5))
+        jax.jit(lambda s, m: jm.swap_masks(s, m, {"w": 3}, 0.5))
         .lower({"w": jnp.arange(8.0)}, {"w": jnp.ones(8)})
         .as_text()
     )
@@ -132,9 +132,9 @@ def test_under_vmap_each_row_alone():
 def test_straight_through_gradient_is_the_identity():
     s = jnp.asarray(np.random.default_rng(2).normal(size=(40, 30)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(3).normal(size=(40, 30)), jnp.float32)
-    grad = jax.grad(lambda s: jnp.sum(sp.ste_mask(s, 300, use_abs=False) * w))(s)
+    grad = jax.grad(lambda s: jnp.sum(jm.ste_mask(s, 300, use_abs=False) * w))(s)
     np.testing.assert_array_equal(grad, w)  # d(mask)/d(scores) = identity
-    grad = jax.grad(lambda s: jnp.sum(sp.ste_mask(s, 300) * w))(s)
+    grad = jax.grad(lambda s: jnp.sum(jm.ste_mask(s, 300) * w))(s)
     np.testing.assert_array_equal(grad, w * jnp.sign(s))  # ranking |scores|
     assert kernels.options.mask_layout() == "native"
 
@@ -170,7 +170,7 @@ def test_auto_picks_it_on_the_cpu_and_says_so(monkeypatch, compute):
     # A jitted masks function traced with "native" has the custom call in its HLO.
     compute(mask_layout="native")
     hlo = (
-        jax.jit(lambda s: sp.masks_from_scores(s, {"a": 3}))
+        jax.jit(lambda s: jm.masks_from_scores(s, {"a": 3}))
         .lower({"a": jnp.ones((4, 5))})
         .as_text()
     )

@@ -11,8 +11,8 @@ import pytest
 from pipeline_helpers import needs_fmnist
 from scipy.special import erf
 
+from jackpot_jax import method as jm
 from jackpot_jax import models
-from jackpot_jax import sparsity as sp
 from jackpot_jax.models import vit as vit_lib
 
 
@@ -90,7 +90,7 @@ def test_shapes_and_names():
 
 def test_default_filter_prunes_exactly_the_projection_mlp_and_patch_kernels():
     _, variables = _abstract("vit_fmnist")
-    chosen = set(sp.prunable_paths(variables["params"]))
+    chosen = set(jm.prunable_paths(variables["params"]))
     want = {"patch_embed/kernel"} | {
         f"blocks_{i}/{m}/kernel"
         for i in range(4)
@@ -282,7 +282,7 @@ def _check_both_ways(torch, tc, arch, net, make_net, hw, blocks):
     masks = {
         p: (rng.rand(*np.shape(v)) < 0.5).astype(np.float32)
         for p, v in _flat(variables["params"]).items()
-        if sp.default_filter(p, v)
+        if jm.default_filter(p, v)
     }
     fresh = make_net()
     fresh.load_state_dict(tc.export_to_torch_state_dict(arch, variables, masks), strict=True)
@@ -472,7 +472,7 @@ def fmnist_params():
 
 
 def _prunable(params):
-    return {p: np.asarray(v) for p, v in _flat(params).items() if sp.default_filter(p, v)}
+    return {p: np.asarray(v) for p, v in _flat(params).items() if jm.default_filter(p, v)}
 
 
 @pytest.mark.parametrize("distribution", ["global_magnitude", "uniform", "erk", "global"])
@@ -482,9 +482,9 @@ def test_budgets_give_exact_counts_on_vit(fmnist_params, distribution):
     sizes = {p: v.size for p, v in layers.items()}
     total = sum(sizes.values())
     target = total - int(np.floor(sparsity * total))
-    budget = sp.keep_counts(fmnist_params, sparsity, distribution)
-    scores = sp.map_prunable(lambda _, w: w, fmnist_params)
-    masks = {p: m for p, m in _flat(sp.masks_from_scores(scores, budget)).items() if m is not None}
+    budget = jm.keep_counts(fmnist_params, sparsity, distribution)
+    scores = jm.map_prunable(lambda _, w: w, fmnist_params)
+    masks = {p: m for p, m in _flat(jm.masks_from_scores(scores, budget)).items() if m is not None}
     assert masks.keys() == layers.keys()
     if distribution == "global":
         assert budget == target
@@ -512,15 +512,15 @@ def test_budgets_give_exact_counts_on_vit(fmnist_params, distribution):
 
 
 def test_two_four_along_each_linear_input_axis(fmnist_params):
-    pattern = sp.NMPattern(2, 4)
-    budget = {p: b for p, b in _flat(sp.nm_budget(fmnist_params, pattern)).items() if b is not None}
+    pattern = jm.NMPattern(2, 4)
+    budget = {p: b for p, b in _flat(jm.nm_budget(fmnist_params, pattern)).items() if b is not None}
     layers = _prunable(fmnist_params)
     # the patch embedding has one input channel: no group of 4 along its input axis
     assert budget.pop("patch_embed/kernel") == layers["patch_embed/kernel"].size
     assert set(budget) == set(layers) - {"patch_embed/kernel"}
     assert all(b == pattern for b in budget.values())
-    scores = sp.map_prunable(lambda _, w: w, fmnist_params)
-    masks = _flat(sp.masks_from_scores(scores, sp.nm_budget(fmnist_params, pattern)))
+    scores = jm.map_prunable(lambda _, w: w, fmnist_params)
+    masks = _flat(jm.masks_from_scores(scores, jm.nm_budget(fmnist_params, pattern)))
     for p, w in layers.items():
         m = np.asarray(masks[p])
         if p == "patch_embed/kernel":
@@ -594,7 +594,7 @@ def test_cli_search_of_vit_fmnist_keeps_exact_budgets(
                 assert (m.reshape(m.shape[0] // 4, 4, -1).sum(1) == 2).all(), p
     else:
         counts = {
-            p: k for p, k in _flat(sp.keep_counts(dense, 0.8, "erk")).items() if k is not None
+            p: k for p, k in _flat(jm.keep_counts(dense, 0.8, "erk")).items() if k is not None
         }
         assert {p: int(m.sum()) for p, m in masks.items()} == counts
     for p, m in masks.items():  # kept weights are the pre-trained ones, bit for bit

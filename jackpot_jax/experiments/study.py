@@ -17,7 +17,7 @@ import os
 
 import ml_collections
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax import utils
 from jackpot_jax.experiments import provenance, runner
 from jackpot_jax.experiments.claims import assess_claims
@@ -171,7 +171,7 @@ def nm_rows(st: Study, c: ml_collections.ConfigDict) -> list[dict]:
     mask), the N:M jackpot after ``short_epochs`` of search, and the magnitude N:M mask with
     the weights fine-tuned as long; with ``nm_unstructured_baseline`` also the unstructured
     magnitude mask and jackpot at the same sparsity (1 - n/m) and search budget."""
-    pattern = sp.parse_pattern(c.nm_pattern)
+    pattern = jm.parse_pattern(c.nm_pattern)
     if pattern is None:
         raise ValueError("experiments include 'nm' but nm_pattern is empty; set e.g. '2:4'")
     S, p, name = c.short_epochs, pattern.sparsity, str(pattern)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax import utils
 from jackpot_jax.experiments.runner import Pieces
 from jackpot_jax.pipeline import engine, export, modes, pruning
@@ -21,7 +21,7 @@ def level_name(sparsity, pattern: str) -> str:
 
 def pattern_overrides(pattern: str) -> dict:
     # Only N:M pieces name the key: the other pieces' configs stay as they were.
-    return {"search.pattern": str(sp.parse_pattern(pattern))} if pattern else {}
+    return {"search.pattern": str(jm.parse_pattern(pattern))} if pattern else {}
 
 
 class Study(Pieces):
@@ -118,7 +118,7 @@ class Study(Pieces):
                 name, c, module, variables, self.ds, seed, filter_fn, budget
             )
             masked = utils.variables_of(
-                sp.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
+                jm.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
             )
             acc = engine.evaluate(
                 module,
@@ -129,4 +129,4 @@ class Study(Pieces):
                 self.mesh,
                 options=engine.compute_options(c),
             )
-            yield name, masks, acc["accuracy"], float(sp.overlap(masks, jackpot_masks))
+            yield name, masks, acc["accuracy"], float(jm.overlap(masks, jackpot_masks))

@@ -30,7 +30,7 @@ import re
 import ml_collections
 import numpy as np
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax import utils
 from jackpot_jax.experiments import provenance, runner
 from jackpot_jax.experiments.stats import STD_LABEL, difference_record, per_seed, summary_row
@@ -164,7 +164,7 @@ class VitStudy(Study):
 def _level(level) -> tuple[float, str]:
     """(sparsity, pattern) of a level: a float sparsity, or an N:M pattern string."""
     if isinstance(level, str):
-        pattern = sp.parse_pattern(level)
+        pattern = jm.parse_pattern(level)
         return pattern.sparsity, str(pattern)
     return float(level), ""
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from jackpot_jax import method as jm
 from jackpot_jax import models, utils
-from jackpot_jax import sparsity as sp
 from jackpot_jax.errors import InputError, MissingInputError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 
@@ -83,18 +83,18 @@ def _parse_meta(path, value) -> dict:
 def write_jackpot(workdir, config, opts, masks, variables, source) -> str:
     """jackpot.npz: masks/<path> (prunable leaves), params/<path> (masked weights, every
     param leaf), batch_stats/<path>, and meta (JSON: arch, options, sparsity, source)."""
-    arrays = {f"masks/{p}": np.asarray(m, np.uint8) for p, m in sp.flatten_paths(masks).items()}
+    arrays = {f"masks/{p}": np.asarray(m, np.uint8) for p, m in jm.flatten_paths(masks).items()}
     arrays.update(
-        {f"params/{p}": np.asarray(v) for p, v in sp.flatten_paths(variables["params"]).items()}
+        {f"params/{p}": np.asarray(v) for p, v in jm.flatten_paths(variables["params"]).items()}
     )
     if variables.get("batch_stats"):
         arrays.update(
             {
                 f"batch_stats/{p}": np.asarray(v)
-                for p, v in sp.flatten_paths(variables["batch_stats"]).items()
+                for p, v in jm.flatten_paths(variables["batch_stats"]).items()
             }
         )
-    pattern = sp.parse_pattern(config.search.get("pattern", ""))
+    pattern = jm.parse_pattern(config.search.get("pattern", ""))
     meta = {
         "arch": config.model,
         "options": opts,
@@ -138,7 +138,7 @@ def load_jackpot(path: str, input_shape=None) -> tuple[dict, dict, dict, dict]:
             input_shape,
             _npz_path(path),
         )
-    masks = sp.tree_from_paths(
+    masks = jm.tree_from_paths(
         params, {k: v.astype(np.float32) for k, v in jackpot["masks"].items()}
     )
     return meta, masks, params, batch_stats
@@ -157,8 +157,8 @@ def model_of(meta: dict, path):
 
 def _same_weights(variables, params, masks) -> bool:
     """Whether dense ``variables`` hold the jackpot's weights: equal on every kept entry."""
-    dense, kept = sp.flatten_paths(variables["params"]), sp.flatten_paths(masks)
-    flat = sp.flatten_paths(params)
+    dense, kept = jm.flatten_paths(variables["params"]), jm.flatten_paths(masks)
+    flat = jm.flatten_paths(params)
     if set(dense) != set(flat):
         return False
     for p, w in flat.items():

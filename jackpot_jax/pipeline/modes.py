@@ -11,7 +11,7 @@ import time
 
 import jax
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax import utils
 from jackpot_jax.errors import ConfigError, MissingInputError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
@@ -142,7 +142,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     params, batch_stats = variables["params"], utils.batch_stats_of(variables)
     budget = budget_for(config, params, filter_fn)
     scores = initial_scores(config, module, variables, ds, config.seed, filter_fn, budget)
-    hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
+    hard_masks = jax.jit(lambda s: jm.masks_from_scores(s, budget, use_abs=cfg.use_abs))
     init_mask = hard_masks(scores)
     swap = cfg.mask_update == "swap"
 
@@ -153,7 +153,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         return hard_masks(utils.as_numpy(state.trainable))
 
     dense_acc = _evaluate_test(config, module, variables, ds, mesh)
-    init_vars = utils.variables_of(sp.apply_masks(params, init_mask), batch_stats)
+    init_vars = utils.variables_of(jm.apply_masks(params, init_mask), batch_stats)
     init_acc = _evaluate_test(config, module, init_vars, ds, mesh)
     init_val = (
         engine.evaluate(
@@ -174,15 +174,15 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     def hook(epoch, state):
         m = current_masks(state)
         out = {
-            "overlap_with_init": float(sp.overlap(m, init_mask)),
-            "mask_flips": int(sp.mask_flips(m, prev["mask"])),
+            "overlap_with_init": float(jm.overlap(m, init_mask)),
+            "mask_flips": int(jm.mask_flips(m, prev["mask"])),
         }
         prev["mask"] = m
         return out
 
     def eval_params(state):
         m = current_masks(state)
-        return utils.variables_of(sp.apply_masks(params, m), state.batch_stats)
+        return utils.variables_of(jm.apply_masks(params, m), state.batch_stats)
 
     state, log = engine.train_loop(
         config=config,
@@ -206,7 +206,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     masks = utils.as_numpy(current_masks(state))
     same_on_every_process(masks, "final masks")
     final_bs = utils.as_numpy(state.batch_stats)
-    final_vars = utils.variables_of(utils.as_numpy(sp.apply_masks(params, masks)), final_bs)
+    final_vars = utils.variables_of(utils.as_numpy(jm.apply_masks(params, masks)), final_bs)
     test = _evaluate_test(config, module, final_vars, ds, mesh)
     utils.kill_point("export")
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
@@ -216,7 +216,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         utils.variables_of(utils.as_numpy(params), final_bs),
         arch=config.model,
         model_options=opts,
-        scores=sp.flatten_paths(scores),
+        scores=jm.flatten_paths(scores),
         overwrite=True,
     )
     utils.kill_point("export")
@@ -235,7 +235,7 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
             "init_mask_val_accuracy": init_val.get("accuracy"),
             "test_accuracy": test.get("accuracy"),
             "test_top5": test.get("top5"),
-            "overlap_with_init": float(sp.overlap(masks, init_mask)),
+            "overlap_with_init": float(jm.overlap(masks, init_mask)),
             # N:M runs: the starting mask's own check (the magnitude row of a study reads it)
             "init_mask_pattern_satisfied": pattern_report(init_mask, config).get(
                 "pattern_satisfied"
@@ -273,7 +273,7 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
         )
     masks = utils.as_numpy(masks)
     params = variables["params"]
-    init_vars = utils.variables_of(sp.apply_masks(params, masks), utils.batch_stats_of(variables))
+    init_vars = utils.variables_of(jm.apply_masks(params, masks), utils.batch_stats_of(variables))
     init_acc = _evaluate_test(config, module, init_vars, ds, mesh)
     state, log = engine.train_loop(
         config=config,
@@ -288,10 +288,10 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
         opt_cfg=cfg,
         epochs=cfg.epochs,
         seed=config.seed,
-        eval_params=lambda s: utils.variables_of(sp.apply_masks(s.trainable, masks), s.batch_stats),
+        eval_params=lambda s: utils.variables_of(jm.apply_masks(s.trainable, masks), s.batch_stats),
     )
     final_vars = utils.as_numpy(
-        utils.variables_of(sp.apply_masks(state.trainable, masks), state.batch_stats)
+        utils.variables_of(jm.apply_masks(state.trainable, masks), state.batch_stats)
     )
     test = _evaluate_test(config, module, final_vars, ds, mesh)
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
@@ -332,7 +332,7 @@ def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
     module, variables, masks, kind = export.load_for_eval(path, ds.image_shape)
     if masks is not None:
         variables = utils.variables_of(
-            sp.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
+            jm.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
         )
     res = {
         s: engine.evaluate(

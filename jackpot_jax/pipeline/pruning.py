@@ -2,7 +2,7 @@
 an N:M pattern), and the magnitude / random / SNIP / GraSP masks that warm-start the search
 or serve as baselines.
 
-The formulas are in `jackpot_jax.sparsity`; this module feeds them the config and the data.
+The formulas are in `jackpot_jax.method`; this module feeds them the config and the data.
 """
 
 from __future__ import annotations
@@ -11,25 +11,25 @@ import jax
 import numpy as np
 
 from jackpot_jax import kernels, utils
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.data import input_pipeline
 
 WARMUPS = ("magnitude", "snip", "grasp", "random", "kaiming")
 
 
-def prune_filter(config) -> sp.FilterFn:
+def prune_filter(config) -> jm.FilterFn:
     include = list(config.prune.include) or None
     exclude = list(config.prune.exclude)
-    return sp.make_filter(include=include, exclude=exclude)
+    return jm.make_filter(include=include, exclude=exclude)
 
 
 def criterion_importance(name: str, config, module, variables, ds, seed: int, filter_fn):
     """Importance scores (larger = keep) of one criterion on the given weights."""
     params, batch_stats = variables["params"], utils.batch_stats_of(variables)
     if name == "magnitude":
-        return sp.magnitude_scores(params, filter_fn)
+        return jm.magnitude_scores(params, filter_fn)
     if name == "random":
-        return sp.random_scores(jax.random.key(seed + 7919), params, filter_fn)
+        return jm.random_scores(jax.random.key(seed + 7919), params, filter_fn)
 
     def logits_fn(p, x):
         # Train mode (batch statistics), as SNIP/GraSP compute on a mini-batch; stats discarded.
@@ -49,24 +49,24 @@ def criterion_importance(name: str, config, module, variables, ds, seed: int, fi
         )
         for _ in range(config.criteria.snip_batches):
             batches.append(next(it))
-        return sp.snip_scores(sp.temperature_loss(logits_fn, 1.0), params, batches, filter_fn)
+        return jm.snip_scores(jm.temperature_loss(logits_fn, 1.0), params, batches, filter_fn)
     if name == "grasp":
         x, y = input_pipeline.balanced_batch(ds, "train", config.criteria.grasp_per_class, seed)
         half = len(y) // 2  # the GraSP code splits its balanced sample in two halves
         order = np.random.default_rng(seed).permutation(len(y))
         x, y = x[order], y[order]
         batches = [(x[:half], y[:half]), (x[half:], y[half:])]
-        loss = sp.temperature_loss(logits_fn, config.criteria.grasp_temperature)
+        loss = jm.temperature_loss(logits_fn, config.criteria.grasp_temperature)
         # The Hessian-vector product is forward-over-reverse: XLA's own convolution (the
         # explicit one defines only a reverse-mode rule).
         with kernels.use(conv_impl="xla"):
-            return sp.grasp_scores(loss, params, batches, filter_fn)
-    raise ValueError(f"criterion={name!r}; expected one of {sp.CRITERIA}")
+            return jm.grasp_scores(loss, params, batches, filter_fn)
+    raise ValueError(f"criterion={name!r}; expected one of {jm.CRITERIA}")
 
 
-def pattern_of(config) -> sp.NMPattern | None:
+def pattern_of(config) -> jm.NMPattern | None:
     """The configured N:M pattern (``config.search.pattern``, e.g. "2:4"), None if unstructured."""
-    return sp.parse_pattern(config.search.get("pattern", ""))
+    return jm.parse_pattern(config.search.get("pattern", ""))
 
 
 def budget_for(config, params, filter_fn):
@@ -75,14 +75,14 @@ def budget_for(config, params, filter_fn):
     does not fit stay dense), else per-layer keep counts at ``config.sparsity``."""
     pattern = pattern_of(config)
     if pattern is not None:
-        return sp.nm_budget(params, pattern, filter_fn)
-    return sp.keep_counts(params, config.sparsity, config.search.distribution, filter_fn=filter_fn)
+        return jm.nm_budget(params, pattern, filter_fn)
+    return jm.keep_counts(params, config.sparsity, config.search.distribution, filter_fn=filter_fn)
 
 
 def criterion_mask(name: str, config, module, variables, ds, seed, filter_fn, budget):
     """The mask of criterion ``name`` under ``budget`` (top-k counts or an N:M pattern)."""
     importance = criterion_importance(name, config, module, variables, ds, seed, filter_fn)
-    return sp.criterion_mask(importance, budget)
+    return jm.criterion_mask(importance, budget)
 
 
 def initial_scores(config, module, variables, ds, seed: int, filter_fn, budget):
@@ -91,9 +91,9 @@ def initial_scores(config, module, variables, ds, seed: int, filter_fn, budget):
     Kaiming scores (``init='kaiming'``, no warm-up mask)."""
     cfg = config.search
     if cfg.init == "kaiming":
-        return sp.kaiming_uniform_scores(jax.random.key(seed), variables["params"], filter_fn)
+        return jm.kaiming_uniform_scores(jax.random.key(seed), variables["params"], filter_fn)
     mask = criterion_mask(cfg.init, config, module, variables, ds, seed, filter_fn, budget)
-    return sp.init_scores_from_mask(mask, cfg.score_kept, cfg.score_pruned)
+    return jm.init_scores_from_mask(mask, cfg.score_kept, cfg.score_pruned)
 
 
 def pattern_report(masks, config, target: bool = True) -> dict:
@@ -103,7 +103,7 @@ def pattern_report(masks, config, target: bool = True) -> dict:
     pattern = pattern_of(config)
     if pattern is None:
         return {}
-    s = sp.pattern_summary(masks, pattern)
+    s = jm.pattern_summary(masks, pattern)
     out = {
         "pattern": s["pattern"],
         "sparsity_achieved": s["sparsity_patterned"],

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jackpot_jax import kernels, utils
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.errors import ConfigError, InputError, NonFiniteError
 from jackpot_jax.pipeline import config as config_lib
 from jackpot_jax.pipeline import engine, pruning
@@ -143,12 +143,12 @@ def find_jackpot(
     applier = _Applier(module, _takes_train(module))
     filter_fn = pruning.prune_filter(config)
     try:
-        sp.prunable_paths(params, filter_fn)
+        jm.prunable_paths(params, filter_fn)
     except ValueError as e:
         raise ConfigError(f"no prunable parameter: {e}") from None
     budget = pruning.budget_for(config, params, filter_fn)
     scores = pruning.initial_scores(config, applier, variables, None, seed, filter_fn, budget)
-    hard_masks = jax.jit(lambda s: sp.masks_from_scores(s, budget, use_abs=cfg.use_abs))
+    hard_masks = jax.jit(lambda s: jm.masks_from_scores(s, budget, use_abs=cfg.use_abs))
     init_mask = utils.as_numpy(hard_masks(scores))
     swap = cfg.mask_update == "swap"
 
@@ -207,14 +207,14 @@ def find_jackpot(
                 "loss": float(np.mean([m["loss"] for m in metrics])),
                 "accuracy": float(np.mean([m["accuracy"] for m in metrics])),
                 "learning_rate": float(schedule(epoch * spe)),
-                "overlap_with_init": float(sp.overlap(masks, init_mask)),
-                "mask_flips": int(sp.mask_flips(masks, previous)),
+                "overlap_with_init": float(jm.overlap(masks, init_mask)),
+                "mask_flips": int(jm.mask_flips(masks, previous)),
             }
         )
         previous = masks
 
     masks = current_masks(state)
-    masked = utils.as_numpy(sp.apply_masks(params, masks))
+    masked = utils.as_numpy(jm.apply_masks(params, masks))
     final_stats = utils.as_numpy(state.batch_stats)
     return Jackpot(
         masks=masks,

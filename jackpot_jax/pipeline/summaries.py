@@ -8,7 +8,7 @@ import time
 import jax
 import numpy as np
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax import utils
 from jackpot_jax.pipeline import engine
 from jackpot_jax.pipeline.pruning import pattern_report
@@ -21,7 +21,7 @@ def same_on_every_process(masks, what: str) -> None:
         return
     from jax.experimental import multihost_utils
 
-    digest = utils.digest(sp.flatten_paths(masks))
+    digest = utils.digest(jm.flatten_paths(masks))
     print(
         f"process {jax.process_index()}/{jax.process_count()}: {what} sha256 {digest}", flush=True
     )
@@ -49,7 +49,7 @@ def base_summary(config, mode, ds, log: MetricsLog, t0) -> dict:
 
 
 def mask_summary(masks, config, target: bool = True) -> dict:
-    per_layer = sp.sparsity_summary(masks)
+    per_layer = jm.sparsity_summary(masks)
     total = per_layer.pop("_total_sparsity")
     out = {"sparsity_achieved": total, "per_layer_sparsity": per_layer}
     if target:

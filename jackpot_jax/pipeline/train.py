@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from jackpot_jax import kernels, models, utils
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.errors import ConfigError
 from jackpot_jax.pipeline import modes, resume
 from jackpot_jax.pipeline.pruning import WARMUPS
@@ -43,10 +43,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     choices = {
         "mode": MODES,
         "search.init": WARMUPS,
-        "search.distribution": sp.DISTRIBUTIONS,
+        "search.distribution": jm.DISTRIBUTIONS,
         "search.weights": ("pretrained", "random"),
         "finetune.weights": ("pretrained", "random"),
-        "finetune.mask": ("jackpot",) + sp.CRITERIA,
+        "finetune.mask": ("jackpot",) + jm.CRITERIA,
         "search.mask_update": MASK_UPDATES,
     }
     for key, allowed in choices.items():
@@ -70,7 +70,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 "global_magnitude, uniform or erk, not 'global'"
             )
         try:
-            sp.check_swap_schedule(
+            jm.check_swap_schedule(
                 config.search.swap_schedule, config.search.swap_rate, config.search.swap_power
             )
         except ValueError as e:
@@ -82,7 +82,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 f"{config.search.pattern!r}"
             )
     try:
-        sp.parse_pattern(config.search.get("pattern", ""))
+        jm.parse_pattern(config.search.get("pattern", ""))
     except ValueError as e:
         raise ConfigError(f"search.{e}") from None
     for key in ("batch_size", "eval_batch_size"):

@@ -1,6 +1,6 @@
 """Exact top-k masks on the CPU by a radix select in C++, as an XLA custom call (optional).
 
-The exact mask (`jackpot_jax.sparsity.topk_mask`) is otherwise 32 counting passes of a bitwise
+The exact mask (`jackpot_jax.method.topk_mask`) is otherwise 32 counting passes of a bitwise
 bisection per layer. ``csrc/topk_select.cc`` finds the same threshold with a 16-bit histogram
 and a selection among the few keys of one bucket, and writes the same mask (ties to the lower
 flat index, NaN below every number): four cheap passes instead of 32

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax import utils
 from jackpot_jax.data import input_pipeline
 from jackpot_jax.errors import ConfigError, NonFiniteError
@@ -26,8 +26,8 @@ from jackpot_jax.pipeline.resume import Checkpointer, MetricsLog
 def swap_rate_fn(search_cfg, epochs: int, steps_per_epoch: int) -> Callable:
     """step -> the fraction of eligible pairs the 2023 swap rule swaps after that step."""
     sc = search_cfg
-    sp.check_swap_schedule(sc.swap_schedule, sc.swap_rate, sc.swap_power)
-    return lambda step: sp.swap_rate(
+    jm.check_swap_schedule(sc.swap_schedule, sc.swap_rate, sc.swap_power)
+    return lambda step: jm.swap_rate(
         step // steps_per_epoch, epochs, sc.swap_schedule, sc.swap_rate, sc.swap_power
     )
 

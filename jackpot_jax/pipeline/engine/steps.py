@@ -13,7 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from jackpot_jax import kernels
-from jackpot_jax import sparsity as sp
+from jackpot_jax import method as jm
 from jackpot_jax.data import input_pipeline
 from jackpot_jax.errors import InputError
 from jackpot_jax.pipeline.engine.optim import cross_entropy
@@ -88,10 +88,10 @@ def make_train_step(
         if kind == "dense":
             return trainable
         if kind == "search" and swap_rate is not None:
-            return sp.masked_params_from_masks(frozen, trainable, masks, use_abs=use_abs)
+            return jm.masked_params_from_masks(frozen, trainable, masks, use_abs=use_abs)
         if kind == "search":
-            return sp.masked_params(frozen, trainable, budget, use_abs=use_abs)
-        return sp.apply_masks(trainable, frozen)
+            return jm.masked_params(frozen, trainable, budget, use_abs=use_abs)
+        return jm.apply_masks(trainable, frozen)
 
     def step(state: TrainState, frozen, images, labels):
         with kernels.use(options):
@@ -125,7 +125,7 @@ def make_train_step(
         trainable = optax.apply_updates(state.trainable, updates)
         masks = state.masks
         if swap_rate is not None:  # the 2023 rule: swap pairs after every optimiser step
-            masks = sp.swap_masks(trainable, masks, budget, swap_rate(state.step), use_abs=use_abs)
+            masks = jm.swap_masks(trainable, masks, budget, swap_rate(state.step), use_abs=use_abs)
         acc = jnp.mean(jnp.argmax(logits, -1) == labels) if classify else jnp.float32(jnp.nan)
         new = TrainState(state.step + 1, trainable, opt_state, batch_stats, state.rng, masks)
         # The loop stops on the first step whose loss or updated trainables are not finite.
