@@ -407,14 +407,14 @@ def test_exported_jackpot_is_the_evaluated_network(torch, tmp_path, arch):
     """The torch export of a searched jackpot gives the logits the project evaluated: the
     jackpot's masked weights and its own BatchNorm statistics (which the search updated), both
     from the README's command (checkpoint + --jackpot) and from the run's workdir alone."""
-    from jackpot_jax.data import input_pipeline
+    from jackpot_jax.data import reading
     from jackpot_jax.pipeline import export
 
     shape = (8, 8, 3) if arch == "resnet20" else (28, 28, 1)
     pre, work, ds = _search(tmp_path, arch, shape)
     module, variables, masks, kind = export.load_for_eval(str(work), shape)
     assert kind == "jackpot"
-    x = input_pipeline.normalize(ds, ds.test.images[:8]).astype(np.float32)
+    x = reading.normalize(ds, ds.test.images[:8]).astype(np.float32)
     ours = np.asarray(module.apply(variables, x, train=False))  # what the search evaluated
     if arch == "resnet20":
         moved = [

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jackpot_jax.data import augment as aug
-from jackpot_jax.data import cifar, files
+from jackpot_jax.data import cifar, files, reading
 from jackpot_jax.data import datasets as d
 from jackpot_jax.data import input_pipeline as ip
 
@@ -559,7 +559,7 @@ def test_tfds_path_with_fake_random_access_source(monkeypatch):
     np.testing.assert_array_equal(x, x_again)
     test = _collect(ds, 'test', 4, train=False)
     assert len(test) == 1 and test[0][0].shape == (2, 224, 224, 3)
-    expected = ip.normalize(ds, aug.center_crop(test_src[0]['image'], (224, 224))[None])
+    expected = reading.normalize(ds, aug.center_crop(test_src[0]['image'], (224, 224))[None])
     np.testing.assert_array_equal(test[0][0][:1], expected)
 
 

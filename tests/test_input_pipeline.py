@@ -17,6 +17,7 @@ from PIL import Image
 from jackpot_jax.data import augment as aug
 from jackpot_jax.data import datasets as d
 from jackpot_jax.data import input_pipeline as ip
+from jackpot_jax.data import reading
 
 # --------------------------------------------------------------------------------------
 # helpers
@@ -145,7 +146,7 @@ def test_crop_flip_is_shifted_or_flipped_copy_with_zero_fill():
     h, w = 6, 5
     image = (np.arange(h * w * 2).reshape(h, w, 2) + 1).astype(np.uint8)  # no zeros inside
     batch = np.repeat(image[None], 400, axis=0)
-    out = aug.crop_flip(batch, ip.example_bits(123, np.arange(400)))
+    out = aug.crop_flip(batch, reading.example_bits(123, np.arange(400)))
     assert out.shape == batch.shape and out.dtype == np.uint8
     padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
     counts = {}
@@ -367,7 +368,7 @@ def test_imagenet_folder_skips_a_corrupt_file_with_one_warning(tree, caplog):
     bad.write_bytes(b'\xff\xd8\xff\xe0 this is not really a JPEG')
     truncated = tree / 'train' / 'n02' / 'b.JPEG'
     truncated.write_bytes(truncated.read_bytes()[:300])
-    ip._warned.clear()
+    reading._warned.clear()
     ds = d.load_dataset('imagenet_folder', data_dir=str(tree), val_examples=0)
     with caplog.at_level(logging.WARNING, logger='jackpot_jax.data.input_pipeline'):
         test = list(ip.iterate_batches(ds, 'test', 2, train=False))
@@ -399,7 +400,7 @@ def test_engine_normalises_uint8_batches_on_the_mesh_as_the_host_does():
     images, labels = engine.batch_to_mesh(engine.make_mesh(), ds)(raw)
     np.testing.assert_allclose(np.asarray(images), host['image'], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(labels), host['label'])
-    np.testing.assert_allclose(host['image'], ip.normalize(ds, raw['image']), atol=1e-6)
+    np.testing.assert_allclose(host['image'], reading.normalize(ds, raw['image']), atol=1e-6)
     # The reference formula, by hand: (x / 255 - mean) / std.
     by_hand = (raw['image'] / 255.0 - np.asarray(d.CIFAR_MEAN)) / np.asarray(d.CIFAR_STD)
     np.testing.assert_allclose(host['image'], by_hand, rtol=1e-5, atol=1e-5)

@@ -24,7 +24,7 @@ from pipeline_helpers import (
 
 from jackpot_jax import method as jm
 from jackpot_jax import models
-from jackpot_jax.data import input_pipeline
+from jackpot_jax.data import input_pipeline, reading
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import export, modes, train
 
@@ -366,7 +366,7 @@ def test_eval_of_a_dense_checkpoint_directory(tmp_path):
     assert summary["checkpoint_kind"] == "dense" and "sparsity_achieved" not in summary
     module, variables = ckpt_lib.load_model(pre)
     ds = modes.load_data(config)
-    x = input_pipeline.normalize(ds, ds.test.images).astype(np.float32)
+    x = reading.normalize(ds, ds.test.images).astype(np.float32)
     pred = np.argmax(np.asarray(module.apply(variables, x, train=False)), -1)
     assert summary["test_accuracy"] == pytest.approx(np.mean(pred == ds.test.labels), abs=1e-7)
 

@@ -34,16 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grain
 import numpy as np
 
-from jackpot_jax.data import reading
-from jackpot_jax.data.reading import (  # noqa: F401  (_warned, example_bits: read by tests)
-    ReadBatch,
-    _warned,
-    augment_key,
-    epoch_order,
-    example_bits,
-)
-
-normalize = reading.normalize  # host-side normalisation, public here as before
+from jackpot_jax.data.reading import ReadBatch, augment_key, epoch_order
 
 AUTO_WORKERS = -1
 
