@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jackpot_jax import errors, models
-from jackpot_jax.interop import torch_convert
+from jackpot_jax.interop import cli, torch_convert
 from jackpot_jax.pipeline import checkpoint, export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -344,7 +344,7 @@ def test_jackpot_export_runs_in_torchvision(torch, torchvision, tmp_path):
     ckpt = checkpoint.save_variables(
         tmp_path / "ckpt", variables, arch="resnet18", model_options={"num_classes": 10}
     )
-    torch_convert.main(
+    cli.main(
         [
             "--to-torch",
             "--input",
@@ -432,7 +432,7 @@ def test_exported_jackpot_is_the_evaluated_network(torch, tmp_path, arch):
         [["--input", pre, "--jackpot", str(work / "jackpot.npz")], ["--input", str(work)]]
     ):
         out = str(tmp_path / f"jackpot{i}.pth")
-        torch_convert.main(["--to-torch", *args, "--output", out])
+        cli.main(["--to-torch", *args, "--output", out])
         res = net.load_state_dict(torch.load(out, weights_only=True), strict=False)
         # Only the test module's score tensors (`.mask`, written with --include-scores) are absent.
         assert not res.unexpected_keys and all(k.endswith(".mask") for k in res.missing_keys), res

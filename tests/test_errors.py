@@ -323,10 +323,10 @@ def test_bad_config_values_are_named():
 
 
 def _convert(args, capsys):
-    from jackpot_jax.interop import torch_convert
+    from jackpot_jax.interop import cli
 
     with pytest.raises(SystemExit) as e:
-        torch_convert.main(args)
+        cli.main(args)
     err = capsys.readouterr().err
     assert e.value.code == 1 and err.startswith("error: ") and "Traceback" not in err, err
     return err
@@ -391,7 +391,7 @@ def test_converter_script_prints_one_error_for_a_truncated_pth(tmp_path):
 
 def test_converter_never_overwrites_unasked(tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from jackpot_jax.interop import torch_convert
+    from jackpot_jax.interop import cli, torch_convert
 
     module = models.get_model("lenet300_100")
     variables = models.init_variables(module, __import__("jax").random.key(0), (1, 28, 28, 1))
@@ -405,7 +405,7 @@ def test_converter_never_overwrites_unasked(tmp_path, capsys):
     )
     assert f"{out} exists; refusing to overwrite it" in err and "--overwrite" in err
     assert os.listdir(out) == ["notes.txt"]
-    torch_convert.main(
+    cli.main(
         [
             "--arch",
             "lenet300_100",

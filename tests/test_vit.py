@@ -388,7 +388,7 @@ def test_nonstandard_timm_vit_is_refused_by_key(torch, timm):
 
 def test_own_vit_exports_to_timm_and_cli_both_ways(torch, timm, tmp_path):
     """vit_fmnist (1 channel) goes out in timm's layout and back through the CLI, exactly."""
-    from jackpot_jax.interop import torch_convert as tc
+    from jackpot_jax.interop import cli
     from jackpot_jax.pipeline import checkpoint
 
     module = models.get_model("vit_fmnist")
@@ -397,7 +397,7 @@ def test_own_vit_exports_to_timm_and_cli_both_ways(torch, timm, tmp_path):
         tmp_path / "ckpt", variables, arch="vit_fmnist", model_options={"num_classes": 10}
     )
     pth = str(tmp_path / "vit.pth")
-    tc.main(["--to-torch", "--input", ckpt, "--output", pth])
+    cli.main(["--to-torch", "--input", ckpt, "--output", pth])
     net = timm.models.VisionTransformer(
         img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4, num_classes=10
     )
@@ -406,7 +406,7 @@ def test_own_vit_exports_to_timm_and_cli_both_ways(torch, timm, tmp_path):
     x = np.random.RandomState(0).randn(2, 28, 28, 1).astype(np.float32)
     ref, _ = _torch_forward(torch, net, x, {})
     _close(_logits(module, variables, x), ref, "logits")
-    back = tc.main(["--arch", "vit_fmnist", "--input", pth, "--output", str(tmp_path / "back")])
+    back = cli.main(["--arch", "vit_fmnist", "--input", pth, "--output", str(tmp_path / "back")])
     assert checkpoint.load_model_info(back)["options"] == {
         "num_classes": 10,
         "patch_size": 4,
@@ -449,14 +449,14 @@ def test_unknown_model_is_one_error_line_from_the_cli(tmp_path):
 
 
 def test_unknown_arch_is_one_error_line_from_the_converter(tmp_path, capsys):
-    from jackpot_jax.interop import torch_convert as tc
+    from jackpot_jax.interop import cli
 
     for args in (
         ["--arch", "vit_b_15", "--input", "w.pth", "--output", str(tmp_path / "c")],
         ["--to-torch", "--arch", "resnet51", "--input", "c", "--output", "w.pth"],
     ):
         with pytest.raises(SystemExit) as e:
-            tc.main(args)
+            cli.main(args)
         err = capsys.readouterr().err
         assert e.value.code == 1 and err.count("error: ") == 1, err
         assert err.startswith(f"error: --arch {args[args.index('--arch') + 1]}: unknown model")

@@ -18,7 +18,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_ROOT, "jackpot_jax")):
     sys.path.insert(0, _ROOT)  # prefer the tree this script ships with
 
-from jackpot_jax.interop.torch_convert import main  # pylint: disable=wrong-import-position
+from jackpot_jax.interop.cli import main  # pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax
@@ -413,13 +413,6 @@ def export_checkpoint(
     return output_pth
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    """The command line (`jackpot_jax.interop.cli.main`; `tools/convert_torch_weights.py`)."""
-    from jackpot_jax.interop import cli
-
-    return cli.main(argv)
-
-
 __all__ = [
     "convert_state_dict",
     "convert_checkpoint",
@@ -432,5 +425,4 @@ __all__ = [
     "vit_layout",
     "TORCHVISION_VITS",
     "UnsafeCheckpointError",
-    "main",
 ]
