@@ -427,3 +427,15 @@ def test_bad_dataset_names(tokenizer):
         T.load_text_dataset("wiki", tokenizer=tokenizer, seq_len=8)
     with pytest.raises(ConfigError, match="dataset='text' needs path="):
         T.load_text_dataset("text", tokenizer=tokenizer, seq_len=8)
+
+
+def test_calibration_windows_are_distinct_training_windows(corpus, tokenizer):
+    root, _ = corpus
+    ds = load(root, tokenizer, seq_len=4)
+    cal = T.calibration_windows(ds, 5, seed=3)
+    assert cal.shape == (5, 4) and cal.dtype == np.int32
+    rows = [int(np.flatnonzero((ds.train[:, :-1] == c).all(axis=1))[0]) for c in cal]
+    assert len(set(rows)) == 5 and rows == sorted(rows)
+    np.testing.assert_array_equal(T.calibration_windows(ds, 5, seed=3), cal)
+    with pytest.raises(ConfigError, match=f"count=0 must be in \\[1, {len(ds.train)}\\]"):
+        T.calibration_windows(ds, 0)

@@ -39,6 +39,9 @@ EOS id and every split's document texts in order; written to a temporary file an
 a killed writer leaves no partial file. A second load reads it and calls the tokenizer zero
 times. `max_train_tokens` and `max_eval_tokens` cut the cached streams, so they share one entry.
 
+Calibration for the one-shot baselines: `calibration_windows` picks distinct training windows
+with a seed (their first `seq_len` tokens).
+
 Training order: epoch e of seed s visits the training windows in
 ``np.random.default_rng([s, e]).permutation(n)`` (the image pipeline's order), so batch b of
 epoch e is a function of (s, e, b) alone and a resumed run sees the same batches.
@@ -556,3 +559,18 @@ def train_batches(
     for b in range(start, total):
         rows = ds.train[order[b * batch_size : (b + 1) * batch_size]]
         yield rows[:, :-1], rows[:, 1:]
+
+
+def calibration_windows(ds: TextDataset, count: int, *, seed: int = 0) -> np.ndarray:
+    """`count` distinct training windows, (count, seq_len) int32, chosen with
+    ``default_rng(seed)`` and kept in corpus order: the calibration sequences of the one-shot
+    baselines (Wanda and SparseGPT take 128 random seqlen-token pieces of their training text).
+    """
+    n = len(ds.train)
+    if isinstance(count, bool) or not isinstance(count, int | np.integer) or not 1 <= count <= n:
+        raise ConfigError(
+            f'calibration count={count!r} must be in [1, {n}]: the training split has {n} '
+            f'windows of {ds.seq_len} tokens'
+        )
+    chosen = np.sort(np.random.default_rng(seed).choice(n, size=int(count), replace=False))
+    return np.ascontiguousarray(ds.train[chosen, :-1])

@@ -37,9 +37,10 @@ def check_context(seq_len: int, max_position_embeddings: int | None) -> None:
 @jax.jit
 def _window_nll_sums(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """Per window: the sum of -log p(tokens[t + 1] | logits[t]) over t < T - 1, float32."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    return -picked.sum(axis=1)
+    # logsumexp minus the picked logit: the same log-softmax without a second (B, T, V) array.
+    z = logits[:, :-1].astype(jnp.float32)
+    picked = jnp.take_along_axis(z, tokens[:, 1:, None], axis=-1)[..., 0]
+    return (jax.nn.logsumexp(z, axis=-1) - picked).sum(axis=1)
 
 
 def perplexity(
