@@ -18,7 +18,8 @@ XLA keeps only the one asked for) under ``--conv``: ``explicit`` (the CPU path w
 kernels, oneDNN switched off), ``onednn`` (the same with oneDNN's convolutions,
 `jackpot_jax.kernels.native.onednn`: the CPU default where it is installed) and/or ``xla`` (XLA's own
 gradients); and PyTorch's `torch.nn.functional.conv2d` / `aten.convolution_backward` with
-only that gradient requested. The sides take turns in rounds (as in bench_step.py); medians.
+only that gradient requested. The sides take turns in rounds, the order rotating
+(`common.time_sides`, as in bench_step.py); medians.
 The table gives ms and GFLOP/s of each, the ratio (torch ms / jax ms; above 1: jackpot_jax
 faster) and, weighted by how many such convolutions one ResNet-32x2 step runs (10, 9 and 9:
 the stage's stride-1 3x3 layers; the stride-2 layers and the stem are left out), the
@@ -31,11 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_step  # noqa: E402  (puts the repository on sys.path before JAX starts)
+import common  # puts the repository on sys.path
 import jax
 import jax.numpy as jnp
 
@@ -48,7 +47,7 @@ PAD = ((1, 1), (1, 1))
 
 
 def jax_runners(batch: int, h: int, c: int, impl: str) -> dict:
-    """{part: function running it once, returning (ms, 0.0)} for ``kernels.conv2d`` under impl
+    """{part: function running it once, returning (ms, None)} for ``kernels.conv2d`` under impl
     (``explicit``, ``onednn`` or ``xla``)."""
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (batch, h, h, c), jnp.float32)
@@ -75,7 +74,7 @@ def jax_runners(batch: int, h: int, c: int, impl: str) -> dict:
         def run():
             t0 = time.perf_counter()
             jax.block_until_ready(fns[part](*args[part]))
-            return (time.perf_counter() - t0) * 1e3, 0.0
+            return (time.perf_counter() - t0) * 1e3, None
 
         return run
 
@@ -103,7 +102,7 @@ def torch_runners(batch: int, h: int, c: int, device: str) -> dict:
                     g, x, w, None, (1, 1), (1, 1), (1, 1), False, (0, 0), 1, masks[part]
                 )
             sync()
-            return (time.perf_counter() - t0) * 1e3, 0.0
+            return (time.perf_counter() - t0) * 1e3, None
 
         return run
 
@@ -139,10 +138,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"  # the same device
     print(
-        f"versions: {bench_step.device_name()}; JAX "
+        f"versions: {common.device_name()}; JAX "
         f"{jax.__version__}, torch {torch.__version__} ({torch_device}, {args.threads} threads); "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')} (set by the user, not by this script)"
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; thread environment (set by the user, "
+        f"not by this script): {common.thread_env()}"
     )
     print(
         f"batch {args.batch}, float32, 3x3 stride 1 padding 1; median of {args.rounds} "
@@ -157,9 +156,16 @@ def main(argv=None):
         sides["torch"] = torch_runners(args.batch, h, c, torch_device)
         gflop = 2 * args.batch * h * h * c * c * 9 / 1e9
         for part in PARTS:
-            res = bench_step.time_pair(
-                {s: r[part] for s, r in sides.items()}, args.steps, args.warmup, args.rounds
+            res = common.time_sides(
+                {s: (lambda r=r: r[part]) for s, r in sides.items()},
+                args.steps,
+                args.warmup,
+                args.rounds,
+                log=None,
             )
+            failed = {s: r["error"] for s, r in res.items() if "error" in r}
+            if failed:
+                raise SystemExit(f"{h}x{h}x{c} {part}: {failed}")
             row = {
                 "height": h,
                 "channels": c,
@@ -167,12 +173,12 @@ def main(argv=None):
                 "part": part,
                 "layers_per_step": layers,
                 "gflop": gflop,
-                "torch_ms": res["torch"][0],
+                "torch_ms": res["torch"]["ms"],
             }
-            row.update({f"jax_{impl}_ms": res[impl][0] for impl in impls})
+            row.update({f"jax_{impl}_ms": res[impl]["ms"] for impl in impls})
             rows.append(row)
             print(
-                f"  {h}x{h}x{c} {part}: " + ", ".join(f"{s} {res[s][0]:.2f} ms" for s in sides),
+                f"  {h}x{h}x{c} {part}: " + ", ".join(f"{s} {res[s]['ms']:.2f} ms" for s in sides),
                 flush=True,
             )
     print()
@@ -209,10 +215,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from jackpot_jax import xla_flags
-
-    print(xla_flags.apply_recommended(), flush=True)  # before JAX starts its backend
-    import _provenance
-
-    _provenance.begin("bench_conv")
+    common.start("bench_conv")
     main()

@@ -37,15 +37,13 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
+import common  # puts the repository on sys.path
 import numpy as np
 import psutil
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from jackpot_jax.data import datasets as data_lib
 from jackpot_jax.data import input_pipeline as ip
@@ -351,25 +349,21 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
 
 
 def provenance(argv):
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-    try:
-        commit = subprocess.run(
-            ['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = ''
+    """The JSON file's record of the run (the header's facts, from `common.provenance`)."""
     import jax
 
+    commit, dirty = common.provenance.git_state()
     return {
         'command': 'python ' + ' '.join(argv),
         'commit': commit,
+        'dirty': dirty,
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'device': str(jax.devices()[0].device_kind),
         'backend': jax.default_backend(),
         'cpu_count': ip.default_workers(),
         'python': platform.python_version(),
         'jax': jax.__version__,
-        'load_average_at_start': list(os.getloadavg()),
+        'load_average_at_start': common.provenance.load_average(),
     }
 
 
@@ -470,7 +464,7 @@ def main(argv=None):
             batch=args.resnet32_batch,
         )
     info['seconds'] = round(time.time() - t0, 1)
-    info['load_average_at_end'] = list(os.getloadavg())
+    info['load_average_at_end'] = common.provenance.load_average()
     lines = summary(rows)
     print('\n'.join(lines))
     print(f"total {info['seconds']} s", flush=True)
@@ -481,7 +475,5 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    import _provenance
-
-    _provenance.begin('bench_input')
+    common.start('bench_input', xla_flags=False)
     main()

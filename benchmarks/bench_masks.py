@@ -36,15 +36,13 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 
+import common  # puts the repository on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jackpot_jax import kernels
 from jackpot_jax import method as jm
@@ -76,7 +74,7 @@ def layouts():
     return LAYOUTS + (("native",) if AUTO_LAYOUT() == "native" else ())
 
 
-def _is_none(x):
+def is_none(x):
     return x is None
 
 
@@ -124,19 +122,7 @@ def lax_topk_masks(scores, budget, use_abs: bool = True):
         _, idx = jax.lax.top_k(flat, k)
         return jnp.zeros(flat.shape, s.dtype).at[idx].set(1).reshape(s.shape)
 
-    return jax.tree.map(one, scores, budget, is_leaf=_is_none)
-
-
-def time_fn(fn, arg, repeats: int, warmup: int = 2) -> float:
-    """Median wall time in ms of ``fn(arg)`` (blocked), after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(arg))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(arg))
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return jax.tree.map(one, scores, budget, is_leaf=is_none)
 
 
 def mismatches(a, b) -> int:
@@ -174,8 +160,12 @@ def bench_masks(repeats: int):
         )
         for kind, scores in kinds:
             jax.block_until_ready(scores)
-            ms = {layout: time_fn(fn, scores, repeats) for layout, fn in ours.items()}
-            ms_ref = time_fn(ref, scores, repeats)
+            block = jax.block_until_ready
+            ms = {
+                layout: common.median_ms(lambda fn=fn: fn(scores), repeats, block=block)
+                for layout, fn in ours.items()
+            }
+            ms_ref = common.median_ms(lambda: ref(scores), repeats, block=block)
             a, b = ours["per_layer"](scores), ref(scores)
             assert mismatches(a, ours["together"](scores)) == 0, (label, kind)
             assert mismatches(a, ours["together:1"](scores)) == 0, (label, kind)
@@ -300,10 +290,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from jackpot_jax import xla_flags
-
-    print(xla_flags.apply_recommended(), flush=True)  # before JAX starts its backend
-    import _provenance
-
-    _provenance.begin("bench_masks")
+    common.start("bench_masks")
     main()

@@ -37,24 +37,19 @@ import importlib.util
 import inspect
 import os
 import platform
-import statistics
-import sys
 
 # JAX only builds the masks here; on a GPU machine it must not take the GPU's memory.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import common  # puts the repository on sys.path
 import jax
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from jackpot_jax import method as jm
 from jackpot_jax import models
 from jackpot_jax.interop import torch_convert
 
 PATTERN = jm.NMPattern(2, 4)
-BATCH = 256  # --batch changes it
-DEVICE = "cuda"  # --device cpu: a dry run of the timing code (2:4 cells then say n/a)
 
 
 def jax_nm_support() -> str:
@@ -120,9 +115,9 @@ def check_weight(torch, name, w, mask_torch_layout) -> dict:
     }
 
 
-def resnet50_layers(torch, torchvision, state_dict):
+def resnet50_layers(torch, torchvision, state_dict, batch: int):
     """torchvision ResNet-50 with the exported weights (strict load); its 1x1 convolutions
-    and classifier as matmuls: {(rows at batch 256, in, out): [torch keys]}."""
+    and classifier as matmuls: {(rows at ``batch``, in, out): [torch keys]}."""
     net = torchvision.models.resnet50()
     net.load_state_dict(state_dict, strict=True)
     net.eval()
@@ -130,7 +125,7 @@ def resnet50_layers(torch, torchvision, state_dict):
 
     def hook(name):
         def record(mod, _, out):
-            rows = BATCH * out.shape[2] * out.shape[3] if out.dim() == 4 else BATCH
+            rows = batch * out.shape[2] * out.shape[3] if out.dim() == 4 else batch
             key = (
                 rows,
                 mod.in_channels if out.dim() == 4 else mod.in_features,
@@ -160,29 +155,12 @@ def _ceil(x, k):
     return -(-x // k) * k
 
 
-def time_cuda(torch, fn, repeats: int) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` CUDA-event-timed calls after warm-up."""
-    for _ in range(5):
-        fn()
-    if DEVICE == "cpu":
-        import time
-
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-        return statistics.median(times)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def time_ms(torch, fn, repeats: int, device: str) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` calls after 5 warm-up calls: timed by
+    CUDA events on ``cuda``, by the host's clock on ``cpu`` (the dry run)."""
+    if device == "cpu":
+        return common.median_ms(fn, repeats, 5)
+    return common.median_ms(fn, repeats, 5, clock=common.cuda_event_clock(torch))
 
 
 def sparse_backends(torch):
@@ -213,7 +191,7 @@ def _failure(e: Exception) -> tuple:
     return None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
 
 
-def bench_matmuls(torch, shapes, state_dict, repeats):
+def bench_matmuls(torch, shapes, state_dict, repeats: int, device: str):
     """Per distinct (rows, in, out): dense ``F.linear`` time and, per backend, the 2:4 time
     and the largest output difference (weights zero-padded to the backend's multiples; the
     padding adds zero rows/columns, the real outputs are compared)."""
@@ -221,13 +199,13 @@ def bench_matmuls(torch, shapes, state_dict, repeats):
 
     rows_out = []
     for (m, k, n), names in shapes.items():
-        w = state_dict[names[0]].reshape(n, k).half().to(DEVICE)
-        x = torch.randn(m, k, dtype=torch.half, device=DEVICE)
+        w = state_dict[names[0]].reshape(n, k).half().to(device)
+        x = torch.randn(m, k, dtype=torch.half, device=device)
         dense = F.linear(x, w)
         row = {
             "shape": (m, k, n),
             "count": len(names),
-            "dense_ms": time_cuda(torch, lambda: F.linear(x, w), repeats),  # noqa: F821
+            "dense_ms": time_ms(torch, lambda: F.linear(x, w), repeats, device),  # noqa: F821
         }
         for backend, (convert, step) in sparse_backends(torch).items():
             try:
@@ -236,24 +214,24 @@ def bench_matmuls(torch, shapes, state_dict, repeats):
                 xp = x if kp == k else _pad_to(x, m, kp)
                 out = F.linear(xp, ws)[:, :n]
                 err = float((out - dense).abs().max() / dense.abs().max())
-                row[backend] = (time_cuda(torch, lambda: F.linear(xp, ws), repeats), err)  # noqa: F821
+                row[backend] = (time_ms(torch, lambda: F.linear(xp, ws), repeats, device), err)  # noqa: F821
                 del ws, xp, out
             except Exception as e:  # noqa: BLE001
                 row[backend] = _failure(e)
         rows_out.append(row)
         del x, dense
-        if DEVICE == "cuda":
+        if device == "cuda":
             torch.cuda.empty_cache()
     return rows_out
 
 
-def bench_lenet(torch, sd, repeats):
-    """LeNet-300-100 forward at batch 256, dense against fc1/fc2 2:4-sparse (zero-padded to
+def bench_lenet(torch, sd, repeats: int, device: str, batch: int):
+    """LeNet-300-100 forward at ``batch``, dense against fc1/fc2 2:4-sparse (zero-padded to
     the backend's shape constraints; the padding keeps the outputs exact)."""
     import torch.nn.functional as F
 
-    w = {k: v.half().to(DEVICE) for k, v in sd.items()}
-    x = torch.randn(BATCH, 784, dtype=torch.half, device=DEVICE)
+    w = {k: v.half().to(device) for k, v in sd.items()}
+    x = torch.randn(batch, 784, dtype=torch.half, device=device)
 
     def dense():
         h = F.relu(F.linear(x, w["fc1.weight"], w["fc1.bias"]))
@@ -261,7 +239,7 @@ def bench_lenet(torch, sd, repeats):
         return F.linear(h, w["classifier.weight"], w["classifier.bias"])
 
     ref = dense()
-    out = {"dense_ms": time_cuda(torch, dense, repeats)}
+    out = {"dense_ms": time_ms(torch, dense, repeats, device)}
     for backend, (convert, step) in sparse_backends(torch).items():
         try:
             d_in, h1, h2 = _ceil(784, step), _ceil(300, step), _ceil(100, step)
@@ -270,7 +248,7 @@ def bench_lenet(torch, sd, repeats):
             b1 = _pad_to(w["fc1.bias"][None], 1, h1)[0]
             b2 = _pad_to(w["fc2.bias"][None], 1, h2)[0]
             w3 = _pad_to(w["classifier.weight"], w["classifier.weight"].shape[0], h2)
-            xp = _pad_to(x, BATCH, d_in)
+            xp = _pad_to(x, batch, d_in)
 
             def sparse():
                 h = F.relu(F.linear(xp, w1, b1))
@@ -278,7 +256,7 @@ def bench_lenet(torch, sd, repeats):
                 return F.linear(h, w3, w["classifier.bias"])
 
             err = float((sparse() - ref).abs().max() / ref.abs().max())
-            out[backend] = (time_cuda(torch, sparse, repeats), err)
+            out[backend] = (time_ms(torch, sparse, repeats, device), err)
         except Exception as e:  # noqa: BLE001
             out[backend] = _failure(e)
     return out
@@ -292,10 +270,9 @@ def _cell(value, dense_ms):
 
 
 def main(argv=None):
-    global BATCH, DEVICE
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--batch", type=int, default=BATCH)
+    p.add_argument("--batch", type=int, default=256)
     p.add_argument(
         "--device",
         choices=("cuda", "cpu"),
@@ -313,7 +290,7 @@ def main(argv=None):
     import torchvision
 
     cuda = torch.cuda.is_available()
-    BATCH, DEVICE = args.batch, args.device or "cuda"
+    batch, device = args.batch, args.device or "cuda"
     print(f"# bench_nm {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(
         f"# python {platform.python_version()}, torch {torch.__version__}, JAX "
@@ -329,7 +306,7 @@ def main(argv=None):
         f" kernels, kept dense: {jm.dense_kept(budget)}"
     )
     sd = torch_convert.export_to_torch_state_dict("resnet50", variables, masks)
-    shapes = resnet50_layers(torch, torchvision, sd)
+    shapes = resnet50_layers(torch, torchvision, sd, batch)
     names = {
         torch_convert.torch_module_name("resnet50", p.split("/")[:-1]) + ".weight": p for p in masks
     }
@@ -387,19 +364,19 @@ def main(argv=None):
     if failed:
         raise SystemExit(1)
 
-    if DEVICE == "cuda" and not cuda:
+    if device == "cuda" and not cuda:
         print("\nno CUDA device: the dense vs 2:4 timings need an NVIDIA GPU (not measured)")
         return
-    if DEVICE == "cpu":
+    if device == "cpu":
         print("\n# DRY RUN on the CPU (--device cpu): these times are not the benchmark")
     print(
-        f"\n## ResNet-50 1x1 convolutions and classifier as matmuls, batch {BATCH}, fp16 "
+        f"\n## ResNet-50 1x1 convolutions and classifier as matmuls, batch {batch}, fp16 "
         f"(median of {args.repeats}; 'x' = dense time / sparse time; err = max |sparse - "
         "dense| / max |dense|)\n"
     )
     print("| rows x in -> out | layers | dense (ms) | cuSPARSELt | CUTLASS |")
     print("|---|---:|---:|---|---|")
-    rows = bench_matmuls(torch, shapes, sd, args.repeats)
+    rows = bench_matmuls(torch, shapes, sd, args.repeats, device)
     totals = collections.Counter()
     for r in rows:
         m, k, n = r["shape"]
@@ -420,8 +397,8 @@ def main(argv=None):
             for b in ("cuSPARSELt", "CUTLASS")
         )
     )
-    lenet = bench_lenet(torch, lenet_sd, args.repeats)
-    print(f"\n## LeNet-300-100 forward, batch {BATCH}, fp16 ({source})\n")
+    lenet = bench_lenet(torch, lenet_sd, args.repeats, device, batch)
+    print(f"\n## LeNet-300-100 forward, batch {batch}, fp16 ({source})\n")
     print(
         f"dense {lenet['dense_ms']:.4f} ms; cuSPARSELt {_cell(lenet['cuSPARSELt'], lenet['dense_ms'])}; "
         f"CUTLASS {_cell(lenet['CUTLASS'], lenet['dense_ms'])}"
@@ -429,10 +406,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from jackpot_jax import xla_flags
-
-    print(xla_flags.apply_recommended(), flush=True)  # before JAX starts its backend
-    import _provenance
-
-    _provenance.begin("bench_nm")
+    common.start("bench_nm")
     main()

@@ -63,6 +63,8 @@ DIST_OF = {
 }
 # What the checks run besides jackpot_jax and the benchmarks.
 TOOLS = ("pytest",)
+# The benchmarks' shared modules (a failure to import one of them is not a missing package).
+OWN_MODULES = ("common", "reference", "step_report")
 
 
 def say(msg: str) -> None:
@@ -141,7 +143,7 @@ def import_all() -> dict[str, BaseException]:
     failures: dict[str, BaseException] = {}
 
     def attempt(name: str) -> None:
-        env = dict(os.environ)  # bench_nm sets JAX_PLATFORMS=cpu on import, bench_step OMP_*
+        env = dict(os.environ)  # bench_nm sets JAX_PLATFORMS=cpu on import
         try:
             importlib.import_module(name)
         except BaseException as e:  # pylint: disable=broad-except  (SystemExit from a module too)
@@ -195,7 +197,7 @@ def describe(failures: dict[str, BaseException]) -> str:
         if (
             isinstance(e, ModuleNotFoundError)
             and e.name
-            and not e.name.startswith(("jackpot_jax", "bench_"))
+            and not e.name.startswith(("jackpot_jax", "bench_", *OWN_MODULES))
         ):
             top = e.name.split(".")[0]
             missing.setdefault(DIST_OF.get(top, top), []).append(
