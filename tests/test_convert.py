@@ -524,7 +524,7 @@ def test_pickled_code_is_refused(torch, tmp_path):
         tmp_path / "evil.pth",
     )
     with pytest.raises(
-        torch_convert.UnsafeCheckpointError,
+        errors.UnsafeCheckpointError,
         match="needs more than weights-only.*refuses to unpickle arbitrary code",
     ):
         torch_convert.convert_checkpoint("resnet20", tmp_path / "evil.pth", tmp_path / "ckpt")

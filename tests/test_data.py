@@ -18,6 +18,7 @@ import types
 import numpy as np
 import pytest
 
+from jackpot_jax import errors
 from jackpot_jax.data import augment as aug
 from jackpot_jax.data import cifar, files, reading
 from jackpot_jax.data import datasets as d
@@ -291,7 +292,7 @@ def test_download_refuses_checksum_mismatch(isolated, http_dir, monkeypatch):
     raw = bytearray(bad.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # corrupted in transit
     bad.write_bytes(bytes(raw))
-    with pytest.raises(d.ChecksumError, match='t10k-labels-idx1-ubyte.gz.*does not match'):
+    with pytest.raises(errors.ChecksumError, match='t10k-labels-idx1-ubyte.gz.*does not match'):
         d.load_dataset('fashion_mnist', val_examples=2, download_url=url)
     cache = isolated / 'cache' / 'jackpot_jax' / 'fashion_mnist'
     assert 't10k-labels-idx1-ubyte.gz' not in os.listdir(cache)
@@ -406,7 +407,7 @@ def test_cifar_download_md5_mismatch_names_both_sums_and_the_file(isolated, http
     served = hashlib.md5(archive.read_bytes()).hexdigest()
     official = cifar._CIFAR['cifar10']['md5']
     assert official == 'c58f30108f718f92721af3b95e74349a'  # the published sum
-    with pytest.raises(d.ChecksumError) as info:
+    with pytest.raises(errors.ChecksumError) as info:
         d.load_dataset('cifar10', download_url=url)
     message = str(info.value)
     assert served in message and official in message and 'cifar-10-python.tar.gz' in message

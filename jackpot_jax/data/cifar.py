@@ -12,7 +12,7 @@ import urllib.request
 
 import numpy as np
 
-from jackpot_jax.cache import cache_root  # noqa: F401  (re-exported)
+from jackpot_jax.cache import cache_root
 from jackpot_jax.data import files
 
 # --------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def load_cifar(
         archive = os.path.join(cache_root(), name, spec['archive'])
         try:
             files.download_file(url, archive, spec['md5'])
-        except (urllib.error.URLError, OSError) as e:  # files.ChecksumError is not caught here
+        except (urllib.error.URLError, OSError) as e:  # ChecksumError is not caught here
             download_error = f'download from {url} failed: {e}'
         else:
             return _read_cifar_archive(spec, archive)

@@ -22,7 +22,6 @@ import numpy as np
 
 from jackpot_jax.data import cifar
 from jackpot_jax.data import files as data_files
-from jackpot_jax.data.files import ChecksumError  # noqa: F401  (re-exported)
 from jackpot_jax.data.image_folder import load_image_folder
 
 AUGMENTATIONS = ('none', 'crop_flip', 'inception')

@@ -26,7 +26,8 @@ import urllib.request
 
 import numpy as np
 
-from jackpot_jax.cache import cache_root  # noqa: F401  (re-exported)
+from jackpot_jax.cache import cache_root
+from jackpot_jax.errors import ChecksumError
 
 # Official location and checksums of the four gzipped files (zalandoresearch/fashion-mnist
 # README). Debian's `dataset-fashion-mnist` recompresses them, so its .gz bytes have other
@@ -46,10 +47,6 @@ FASHION_MNIST_MD5 = {
 }
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
 DATA_DIR_ENV = 'JACKPOT_DATA_DIR'
-
-
-class ChecksumError(ValueError):
-    """A downloaded file does not have the published MD5."""
 
 
 # --------------------------------------------------------------------------------------

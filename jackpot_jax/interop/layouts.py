@@ -22,10 +22,6 @@ CIFAR_RESNETS = ("resnet20", "resnet32", "resnet56")
 _VGG_BN_FC = {"fc1": "classifier.0", "fc2": "classifier.3", "classifier": "classifier.6"}
 
 
-class UnsafeCheckpointError(InputError):
-    """The file needs full unpickling (arbitrary code), which we refuse to do."""
-
-
 def _import_torch():
     try:
         import torch  # pylint: disable=import-outside-toplevel

@@ -40,11 +40,15 @@ import jax
 import numpy as np
 
 from jackpot_jax import models
-from jackpot_jax.errors import InputError, MissingInputError, OutputExistsError
+from jackpot_jax.errors import (
+    InputError,
+    MissingInputError,
+    OutputExistsError,
+    UnsafeCheckpointError,
+)
 from jackpot_jax.interop.layouts import (
     CIFAR_RESNETS,
     TORCHVISION_VITS,
-    UnsafeCheckpointError,
     _entries,
     _Entry,
     _import_torch,
@@ -424,5 +428,4 @@ __all__ = [
     "torch_module_name",
     "vit_layout",
     "TORCHVISION_VITS",
-    "UnsafeCheckpointError",
 ]
