@@ -146,6 +146,7 @@ def test_tie_rule_lower_index_pruned_first():
     want = np.repeat([[0], [0], [1], [1], [0], [0], [1], [1]], 2, axis=1)
     np.testing.assert_array_equal(oneshot.wanda(kernel, x, pattern="2:4"), want)
     np.testing.assert_array_equal(oneshot.magnitude(kernel, pattern="2:4"), want)
+    np.testing.assert_array_equal(oneshot.wanda(kernel, x, sparsity=0.0), np.ones((8, 2)))
 
 
 def test_masks_keep_the_kernel_dtype_and_wanda_runs_under_jit():
@@ -225,6 +226,10 @@ def test_sparsegpt_hand_computed_two_inputs():
     np.testing.assert_array_equal(mask, [[0], [1]])
     np.testing.assert_allclose(new, [[0.0], [1.4]], rtol=1e-6)
     np.testing.assert_array_equal(oneshot.magnitude(kernel, sparsity=0.5), [[1], [0]])
+    # Sparsity 0 prunes nothing (the authors' `tmp <= sort(tmp)[0]` would prune one per block).
+    mask, new = oneshot.sparsegpt(kernel, x, sparsity=0.0, blocksize=2, percdamp=0.0)
+    np.testing.assert_array_equal(mask, [[1], [1]])
+    np.testing.assert_array_equal(new, kernel)
 
 
 def test_sparsegpt_identity_hessian_is_blockwise_magnitude_without_update():
@@ -237,6 +242,10 @@ def test_sparsegpt_identity_hessian_is_blockwise_magnitude_without_update():
     want = np.array([[0, 1], [1, 0], [0, 1], [0, 1]], np.float32)
     np.testing.assert_array_equal(mask, want)
     np.testing.assert_array_equal(new, kernel * want)  # exactly: nothing propagated
+    # Equal measures: the lower flat index of the block in torch's (out, in) order goes first,
+    # so the first output loses both inputs of each block.
+    mask, _ = oneshot.sparsegpt(np.ones((4, 2), np.float32), x, sparsity=0.5, blocksize=2)
+    np.testing.assert_array_equal(mask, [[0, 1], [0, 1], [0, 1], [0, 1]])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,11 +138,11 @@ def _budget(
         n_in = shape[0]
         if n_in % pattern.m:
             fits = [m for m in range(2, min(n_in, 16) + 1) if n_in % m == 0]
+            fitting = f"patterns with m in {fits} fit it" if fits else "no m <= 16 divides it"
             raise ConfigError(
                 f"the {pattern} pattern needs the input size (axis 0 of the (in, out) kernel) "
                 f"to be a multiple of {pattern.m}; the kernel of shape {tuple(shape)} has "
-                f"{n_in} inputs. Patterns with m in {fits} fit it, or give an unstructured "
-                "sparsity instead"
+                f"{n_in} inputs: {fitting}; or give an unstructured sparsity instead"
             )
         if blocksize is not None and blocksize % pattern.m:
             raise ConfigError(
@@ -151,7 +151,7 @@ def _budget(
                 "two blocks"
             )
         return None, pattern
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating)):
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.number)):
         raise ConfigError(f"sparsity={sparsity!r}; expected a fraction in [0, 1)")
     if not 0.0 <= float(sparsity) < 1.0:
         raise ConfigError(
@@ -207,13 +207,25 @@ def _ranks(x: jax.Array, axis: int) -> jax.Array:
     return jnp.argsort(order, axis=axis, stable=True)
 
 
+def _lowest(x: jax.Array, k: jax.Array, axis: int) -> jax.Array:
+    """bool: the ``k`` lowest entries along ``axis`` (ties: the lower index first, as a stable
+    ascending sort's first ``k``), through the k-th smallest value: one sort of values, no
+    argsort."""
+    t = jnp.take(jnp.sort(x, axis=axis), jnp.maximum(k - 1, 0), axis=axis)
+    t = jnp.expand_dims(t, axis)
+    below, tied = x < t, x == t
+    need = k - jnp.sum(below, axis=axis, keepdims=True, dtype=jnp.int32)
+    chosen = below | (tied & (jnp.cumsum(tied, axis=axis, dtype=jnp.int32) <= need))
+    return chosen & (k > 0)
+
+
 @functools.partial(jax.jit, static_argnames=("n", "m"))
 def _per_output_mask(metric: jax.Array, prune: jax.Array, n, m) -> jax.Array:
     """bool kept-mask of an (in, out) importance: per output column, the lowest ``prune``
     pruned, or in each group of ``m`` inputs the ``m - n`` lowest."""
     n_in, n_out = metric.shape
     if m is None:
-        return _ranks(metric, axis=0) >= prune
+        return ~_lowest(metric, prune, axis=0)
     groups = metric.reshape(n_in // m, m, n_out)
     return (_ranks(groups, axis=1) >= m - n).reshape(n_in, n_out)
 
@@ -273,16 +285,16 @@ def wanda(kernel, inputs, *, sparsity=None, pattern=None) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _prune_block(w1, u1, valid, keep_out, n, m):
+def _prune_block(w1, u1, valid, prune, n, m):
     """One block of SparseGPT's column loop, torch layout: ``w1`` (out, size), ``u1`` the
     block's (size, size) slice of the upper Cholesky factor of H^-1, ``valid`` (size,) false on
-    padding columns. Unstructured (``m`` None): the ``keep_out`` lowest of the block are pruned.
+    padding columns. Unstructured (``m`` None): the ``prune`` lowest of the block are pruned.
     Returns the block's final values, its pruned mask and its errors ``(w - q) / d``."""
     size = w1.shape[1]
     d = jnp.diagonal(u1)
     if m is None:  # the block's mask, chosen once over all outputs; padding is never chosen
         measure = jnp.where(valid[None, :], w1**2 / d[None, :] ** 2, jnp.inf)
-        pruned = _ranks(measure.ravel(), axis=0).reshape(w1.shape) < keep_out
+        pruned = _lowest(measure.ravel(), prune, axis=0).reshape(w1.shape)
     else:
         pruned = jnp.zeros(w1.shape, bool)
     err = jnp.zeros_like(w1)
