@@ -20,16 +20,17 @@ from jackpot_jax.pipeline import engine
 ONEDNN_CALL = next(iter(onednn.TARGETS))  # the forward convolution
 TOPK_CALL = topk_select.TARGET
 
+# Explicit options, so that JACKPOT_JAX_ONEDNN=0 / JACKPOT_JAX_TOPK_SELECT=0 skip nothing here.
 needs_onednn = pytest.mark.skipif(
-    not kernels.onednn_used(jnp.float32, kernels.ComputeOptions()),
-    reason=kernels.describe_convolutions(),
+    not kernels.onednn_used(jnp.float32, kernels.ComputeOptions(onednn="on")),
+    reason=kernels.describe_convolutions(kernels.ComputeOptions(onednn="on")),
 )
 needs_select = pytest.mark.skipif(
     kernels.options.native_topk_off_reason() != "",
     reason=kernels.describe_masks(),
 )
 
-ON = kernels.ComputeOptions(conv_impl="explicit", onednn="auto", mask_layout="native")
+ON = kernels.ComputeOptions(conv_impl="explicit", onednn="on", mask_layout="native")
 OFF = kernels.ComputeOptions(conv_impl="explicit", onednn="off", mask_layout="per_layer")
 XLA = kernels.ComputeOptions(conv_impl="xla", mask_layout="together")
 
@@ -103,7 +104,7 @@ def test_search_steps_follow_their_options_without_native_code(order):
 def test_every_option_is_checked_when_built():
     for field, bad in [
         ("conv_impl", "cudnn"),
-        ("onednn", "on"),
+        ("onednn", "yes"),
         ("mask_layout", "sorted"),
         ("radix_bits", 3),
         ("compute_dtype", "float16"),
@@ -117,6 +118,45 @@ def test_resolve_replaces_every_auto():
     assert "auto" not in (resolved.conv_impl, resolved.mask_layout)
     assert resolved.conv_impl == kernels.AUTO[jax.default_backend()]
     assert kernels.resolve(resolved) == resolved
+
+
+def _kernel_hlo(options):
+    """The HLO of a convolution and a layer's exact mask traced with ``options``."""
+    x, w = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 2))
+    with kernels.use(options):
+        conv = jax.jit(lambda x, w: kernels.conv2d(x, w, (1, 1), ((1, 1), (1, 1))))
+        masks = jax.jit(lambda s: jm.masks_from_scores(s, {"a": 3}))
+        return conv.lower(x, w).as_text() + masks.lower({"a": jnp.ones((4, 5))}).as_text()
+
+
+@needs_onednn
+@needs_select
+def test_the_environment_chooses_auto_and_an_explicit_option_beats_it(monkeypatch):
+    """JACKPOT_JAX_ONEDNN=0 and JACKPOT_JAX_TOPK_SELECT=0 choose what 'auto' means, read at each
+    resolution (set and unset in one process); onednn='on' and mask_layout='native' ignore them."""
+    auto = kernels.ComputeOptions(conv_impl="explicit")
+    explicit = auto.replace(onednn="on", mask_layout="native")
+    both_on = kernels.resolve(auto)  # nothing set: 'auto' takes both handlers on this CPU
+    assert (both_on.onednn, both_on.mask_layout) == ("on", "native")
+    monkeypatch.setenv("JACKPOT_JAX_ONEDNN", "0")
+    monkeypatch.setenv("JACKPOT_JAX_TOPK_SELECT", "0")
+    # The environment sets the default ...
+    off = kernels.resolve(auto)
+    assert (off.onednn, off.mask_layout) == ("off", "per_layer")
+    assert "oneDNN: JACKPOT_JAX_ONEDNN=0 (ComputeOptions.onednn='on' overrides it)" in (
+        kernels.describe_convolutions(auto)
+    )
+    assert "native: JACKPOT_JAX_TOPK_SELECT=0" in kernels.describe_masks(auto)
+    hlo = _kernel_hlo(auto)
+    assert ONEDNN_CALL not in hlo and TOPK_CALL not in hlo
+    # ... and an explicit field beats it.
+    assert kernels.resolve(explicit) == explicit
+    hlo = _kernel_hlo(explicit)
+    assert ONEDNN_CALL in hlo and TOPK_CALL in hlo
+    assert kernels.resolve(auto.replace(onednn="off")).onednn == "off"  # explicit off stays off
+    monkeypatch.setenv("JACKPOT_JAX_ONEDNN", "1")  # anything but "0": the handlers again
+    monkeypatch.delenv("JACKPOT_JAX_TOPK_SELECT")
+    assert kernels.resolve(auto) == both_on
 
 
 def test_importing_any_module_leaves_xla_flags_alone():

@@ -2,6 +2,7 @@
 (no traceback from the CLI or the converter), nothing is overwritten unasked, and a run whose
 loss or scores stop being finite stops with the epoch and step and its last good checkpoint."""
 
+import ast
 import json
 import os
 import subprocess
@@ -449,3 +450,35 @@ def test_converter_names_jackpot_arrays_that_do_not_fit_the_checkpoint(searched,
         "(100,)" in err
     )
     assert not (tmp_path / "j.pth").exists()
+
+
+# ----------------------------------------------------------------- where the exceptions live
+
+
+def _exception_classes_outside_errors_py():
+    """``module:Class`` for each public class of the package outside errors.py whose bases name
+    an exception (``...Error``, ``...Exception``), read from the source."""
+    root = os.path.join(ROOT, "jackpot_jax")
+    found = []
+    for dirpath, _, names in os.walk(root):
+        for name in sorted(names):
+            path = os.path.join(dirpath, name)
+            if not name.endswith(".py") or path == os.path.join(root, "errors.py"):
+                continue
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ClassDef) or node.name.startswith("_"):
+                    continue
+                bases = [ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases]
+                if any(b.endswith(("Error", "Exception")) for b in bases):
+                    found.append(f"{os.path.relpath(path, ROOT)}:{node.name}")
+    return found
+
+
+def test_every_exception_class_is_defined_in_errors_py():
+    assert _exception_classes_outside_errors_py() == []
+    # The two that lived beside their raisers are errors a user can fix: the CLI and the
+    # converter print them as one line, and `except ValueError` still catches them.
+    for cls in (errors.ChecksumError, errors.UnsafeCheckpointError):
+        assert issubclass(cls, errors.JackpotError) and issubclass(cls, ValueError), cls

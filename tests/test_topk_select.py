@@ -1,5 +1,6 @@
 """jackpot_jax.kernels.native.topk_select: the C++ radix-select top-k mask, against numpy's stable sort."""
 
+import os
 import threading
 
 import jax
@@ -178,22 +179,24 @@ def test_auto_picks_it_on_the_cpu_and_says_so(monkeypatch, compute):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's mask layouts")
-def test_opt_out_falls_back_to_the_counting_search():
+def test_opt_out_falls_back_to_the_counting_search(tmp_path):
+    # JACKPOT_JAX_TOPK_SELECT=0 chooses 'auto' = the counting search, and the handler is not
+    # even built (an empty cache stays without it); mask_layout='native' still beats it
+    # (tests/test_compute_options.py).
     proc = python_script(
-        "from jackpot_jax import kernels\nfrom jackpot_jax.kernels.native import topk_select\n"
+        "import jax, jax.numpy as jnp\nfrom jackpot_jax import kernels, method as jm\n"
         "print(kernels.options.mask_layout(), '|', kernels.describe_masks())\n"
-        "try:\n"
-        "    topk_select.topk_mask([1.0, 2.0], 1)\n"
-        "except RuntimeError as err:\n"
-        "    print('raised', err)\n",
-        env_update={"JACKPOT_JAX_TOPK_SELECT": "0"},
+        "jax.jit(lambda s: jm.masks_from_scores(s, {'a': 3}))({'a': jnp.ones((4, 5))})\n",
+        env_update={"JACKPOT_JAX_TOPK_SELECT": "0", "XDG_CACHE_HOME": str(tmp_path / "cache")},
     )
     assert proc.returncode == 0, proc.stderr
     assert (
         "per_layer | masks: 32-pass counting search per layer "
-        "(cpu; native: JACKPOT_JAX_TOPK_SELECT=0)"
+        "(cpu; native: JACKPOT_JAX_TOPK_SELECT=0 (ComputeOptions.mask_layout='native' "
+        "overrides it))"
     ) in proc.stdout
-    assert "raised jackpot_jax.kernels.native.topk_select: JACKPOT_JAX_TOPK_SELECT=0" in proc.stdout
+    built = [f for _, _, files in os.walk(tmp_path) for f in files if "topk_select" in f]
+    assert built == [], built
 
 
 @needs_select

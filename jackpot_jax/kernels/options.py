@@ -14,19 +14,26 @@ Fields:
 * ``conv_impl``: ``'xla'`` (lax's convolutions, Flax's BatchNorm), ``'explicit'`` (the
   hand-written gradients of `jackpot_jax.kernels`, which XLA:CPU runs fast) or ``'auto'``
   (`AUTO` for the backend: what benchmarks/bench_step.py measured fastest).
-* ``onednn``: ``'auto'`` (the explicit path's convolutions are oneDNN's where
+* ``onednn``: ``'on'`` (the explicit path's convolutions are oneDNN's where
   `onednn_off_reason` finds nothing against it: float32, the CPU backend, one device, the
-  handler built) or ``'off'``.
+  handler built), ``'off'``, or ``'auto'``: 'on' unless ``JACKPOT_JAX_ONEDNN=0``.
 * ``mask_layout``: how several layers' exact top-k masks are computed: ``'together'`` (one
   unrolled radix search over all layers: a few kernels, what GPUs and TPUs want),
   ``'per_layer'`` (one bisection loop per layer: faster than together on XLA:CPU),
   ``'native'`` (a radix select in C++ per layer, CPU only) or ``'auto'`` (native on the CPU
-  with one device where the handler builds, else per_layer on the CPU; together elsewhere).
-  All give identical masks.
+  with one device where the handler builds, unless ``JACKPOT_JAX_TOPK_SELECT=0``; else
+  per_layer on the CPU; together elsewhere). All give identical masks.
 * ``radix_bits``: threshold bits fixed per pass in the together layout (1, 2, 4 or 8; the
   same masks): 4 = 8 passes of 15 candidate counts instead of 32 dependent passes.
 * ``compute_dtype``: ``'float32'`` or ``'bfloat16'`` (activations and masked weights of
   the training steps).
+
+Environment variables choose only what ``'auto'`` means, never an explicit field:
+``JACKPOT_JAX_ONEDNN=0`` makes onednn 'auto' leave oneDNN out, ``JACKPOT_JAX_TOPK_SELECT=0``
+makes mask_layout 'auto' leave the native select out; ``onednn='on'`` and
+``mask_layout='native'`` use them whatever the environment says. They are read each time an
+option is resolved (`resolve`, `onednn_off_reason`, `mask_layout`), not once per process, and
+the resolved value (``'on'``/``'off'``, a concrete layout) is what step caches are keyed on.
 """
 
 from __future__ import annotations
@@ -34,17 +41,27 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("auto", "xla", "explicit")
-ONEDNN_MODES = ("auto", "off")
+ONEDNN_MODES = ("auto", "on", "off")
 MASK_LAYOUTS = ("auto", "per_layer", "together", "native")
 RADIX_BITS = (1, 2, 4, 8)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # What conv_impl 'auto' means on each backend (benchmarks/README.md has the measurements).
 AUTO = {"cpu": "explicit", "gpu": "xla", "tpu": "xla"}
+# Set to "0", these leave a native handler out of what 'auto' picks (explicit fields win).
+ONEDNN_ENV = "JACKPOT_JAX_ONEDNN"
+TOPK_SELECT_ENV = "JACKPOT_JAX_TOPK_SELECT"
+
+
+def _opted_out(env: str) -> str:
+    """``NAME=0`` when the environment opts out of a native handler now, else "" (read on
+    each call: a default chosen by the environment, never cached)."""
+    return f"{env}=0" if os.environ.get(env, "1") == "0" else ""
 
 
 def _check(name: str, value, allowed) -> None:
@@ -123,6 +140,8 @@ def onednn_off_reason(dtype=None, options: ComputeOptions | None = None) -> str:
     dtype = options.compute_dtype if dtype is None else dtype
     if options.onednn == "off":
         return "switched off (ComputeOptions.onednn='off')"
+    if options.onednn == "auto" and _opted_out(ONEDNN_ENV):
+        return f"{_opted_out(ONEDNN_ENV)} (ComputeOptions.onednn='on' overrides it)"
     if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32:
         return "used on the CPU in float32 only"
     from jackpot_jax.kernels import native
@@ -138,7 +157,9 @@ def onednn_used(dtype=None, options: ComputeOptions | None = None) -> bool:
 
 def native_topk_off_reason() -> str:
     """Why mask_layout 'auto' does not pick the native select on this backend now ("" when it
-    does)."""
+    does): ``JACKPOT_JAX_TOPK_SELECT=0``, several devices, or the handler unavailable."""
+    if _opted_out(TOPK_SELECT_ENV):
+        return f"{_opted_out(TOPK_SELECT_ENV)} (ComputeOptions.mask_layout='native' overrides it)"
     from jackpot_jax.kernels import native
     from jackpot_jax.kernels.native import topk_select
 
@@ -162,7 +183,7 @@ def resolve(options: ComputeOptions | None = None) -> ComputeOptions:
     options = current() if options is None else options
     return options.replace(
         conv_impl=conv_impl(options),
-        onednn="auto" if onednn_used(jnp.float32, options) else "off",
+        onednn="on" if onednn_used(jnp.float32, options) else "off",
         mask_layout=mask_layout(options),
     )
 

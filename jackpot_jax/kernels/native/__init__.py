@@ -44,6 +44,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 from jackpot_jax.cache import cache_root
+from jackpot_jax.errors import LibraryUnavailable
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 
@@ -256,21 +257,12 @@ def register(lib: ctypes.CDLL, targets: Mapping[str, str]) -> None:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
 
 
-class Unavailable(Exception):
-    """Raised by an `OptionalLibrary`'s loader: the message says why the library is off.
-    ``announce=False`` for the expected cases (opted out, the optional dependency not
-    installed), which fall back without a warning."""
-
-    def __init__(self, reason: str, *, announce: bool = True):
-        super().__init__(reason)
-        self.announce = announce
-
-
 class OptionalLibrary:
     """A native library loaded once, on first use, by ``load()``: the loaded ctypes library,
-    or `Unavailable` with the reason (which names the library). ``what`` names it too, and
-    ``fallback`` says what runs without it, for the one `FallbackWarning`. Thread-safe: the first caller builds; others
-    wait for it (bounded by the build's own timeouts)."""
+    or `errors.LibraryUnavailable` with the reason (which names the library). ``what`` names
+    it too, and ``fallback`` says what runs without it, for the one `FallbackWarning`.
+    Thread-safe: the first caller builds; others wait for it (bounded by the build's own
+    timeouts)."""
 
     def __init__(self, load: Callable[[], ctypes.CDLL], what: str, fallback: str):
         self._load, self._lock = load, threading.Lock()
@@ -288,7 +280,7 @@ class OptionalLibrary:
             if self._reason is None:
                 try:
                     self._lib, self._reason = self._load(), ""
-                except Unavailable as err:
+                except LibraryUnavailable as err:
                     self._reason = str(err)
                     if err.announce:
                         warnings.warn(

@@ -23,8 +23,9 @@ It is optional. It needs
 * float32, on the CPU backend, with one device (the custom calls have no sharding rule: under
   data parallelism over several CPU devices the convolutions stay XLA's).
 
-``JACKPOT_JAX_ONEDNN=0`` turns it off; `unavailable_reason` says why it is off. Anything
-missing means XLA's own convolutions, as before (announced once by a
+``JACKPOT_JAX_ONEDNN=0`` keeps ``ComputeOptions.onednn='auto'`` from using it (an explicit
+``onednn='on'`` still does; `jackpot_jax.kernels.options`); `unavailable_reason` says why it
+cannot be used. Anything missing means XLA's own convolutions, as before (announced once by a
 `jackpot_jax.kernels.native.FallbackWarning` when oneDNN is installed but the handler cannot be
 built or loaded). Under `jax.vmap` each custom call runs once per mapped element
 (``vmap_method="sequential"``): the handlers take 4-D arrays only, and the mapped axis cannot
@@ -41,6 +42,7 @@ import sysconfig
 
 import numpy as np
 
+from jackpot_jax.errors import LibraryUnavailable
 from jackpot_jax.kernels import native
 
 # XLA custom-call targets -> the handler symbols in csrc/onednn_conv.cc.
@@ -149,13 +151,11 @@ def _build(lib_dir: str, inc_dir: str) -> str:
 
 
 def _load():
-    if os.environ.get("JACKPOT_JAX_ONEDNN", "1") == "0":
-        raise native.Unavailable("JACKPOT_JAX_ONEDNN=0", announce=False)
     found = find_onednn()
     if found is None:
         # Not installed at all: the expected case without the extra, no warning; the library
         # without its headers is a broken install, announced.
-        raise native.Unavailable(
+        raise LibraryUnavailable(
             not_found_reason(), announce=any(_has_library(root) for root in _roots())
         )
     try:
@@ -170,10 +170,10 @@ def _load():
                 "pip install --force-reinstall --no-deps onednn-cpu-gomp==2023.2.0 puts the "
                 "CPU build back)"
             )
-        raise native.Unavailable(f"oneDNN handler unavailable: {err}{hint}") from err
+        raise LibraryUnavailable(f"oneDNN handler unavailable: {err}{hint}") from err
     problem = version_problem(library, headers)
     if problem:
-        raise native.Unavailable(f"{problem} ({found[0]})")
+        raise LibraryUnavailable(f"{problem} ({found[0]})")
     native.register(lib, TARGETS)
     lib.JjOnednnLastImpl.restype = ctypes.c_size_t
     lib.JjOnednnLastImpl.argtypes = [ctypes.c_char_p, ctypes.c_size_t]

@@ -8,22 +8,22 @@ flat index, NaN below every number): four cheap passes instead of 32
 backend (``ComputeOptions.mask_layout="auto"``) when `available()`; elsewhere, or without it,
 the counting search runs, and both give identical masks. `kth_largest_key` is the same select
 on given keys with a traced k: the thresholds of the persistent-mask swap rule
-(`sparsity.swap_masks`).
+(`jackpot_jax.method.swap_masks`).
 
 It needs a C++17 compiler (the handler is compiled on first use by
 `jackpot_jax.kernels.native.build`, in a few seconds, and cached) and, like the oneDNN
 convolutions, one device (the custom call has no sharding rule). ``JACKPOT_JAX_TOPK_SELECT=0``
-turns it off; `unavailable_reason` says why it is off. A failed build or load is announced once
-by a `jackpot_jax.kernels.native.FallbackWarning`. Under `jax.vmap` the handlers run once per
-mapped element (``vmap_method="sequential"``).
+keeps ``ComputeOptions.mask_layout='auto'`` from choosing it (an explicit ``'native'`` still
+does; `jackpot_jax.kernels.options`); `unavailable_reason` says why it cannot be used. A
+failed build or load is announced once by a `jackpot_jax.kernels.native.FallbackWarning`.
+Under `jax.vmap` the handlers run once per mapped element (``vmap_method="sequential"``).
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from jackpot_jax.errors import LibraryUnavailable
 from jackpot_jax.kernels import native
 
 TARGET = "jackpot_jax_topk_mask"
@@ -32,13 +32,11 @@ _SYMBOLS = {TARGET: "JjTopkMask", KTH_TARGET: "JjKthLargestKey"}
 
 
 def _load():
-    if os.environ.get("JACKPOT_JAX_TOPK_SELECT", "1") == "0":
-        raise native.Unavailable("JACKPOT_JAX_TOPK_SELECT=0", announce=False)
     try:
         lib = native.load(native.build("topk_select.cc"))
         native.register(lib, _SYMBOLS)
     except (OSError, RuntimeError, AttributeError) as err:
-        raise native.Unavailable(f"native top-k select unavailable: {err}") from err
+        raise LibraryUnavailable(f"native top-k select unavailable: {err}") from err
     return lib
 
 
@@ -62,8 +60,8 @@ def unavailable_reason() -> str:
 def topk_mask(scores, keep: int):
     """bool array of ``scores``' shape with exactly ``keep`` ones on the largest scores (ties
     to the lower flat index, NaN below every number; scores compared as float32, as
-    `sparsity.topk_mask` does). ``keep`` is a static int in ``[0, scores.size]``. Runs under
-    `jit` on the CPU backend; raises RuntimeError when not `available()`."""
+    `jackpot_jax.method.topk_mask` does). ``keep`` is a static int in ``[0, scores.size]``.
+    Runs under `jit` on the CPU backend; raises RuntimeError when not `available()`."""
     import jax
     import jax.numpy as jnp
 

@@ -1,16 +1,16 @@
 // jackpot_jax: exact top-k on the CPU, as XLA FFI handlers (a radix select).
 //
 // JjTopkMask: the mask that keeps the `keep` largest float32 scores of an array, ties broken
-// by lower flat index, NaN below every number: the mask of jackpot_jax.sparsity's counting
+// by lower flat index, NaN below every number: the mask of jackpot_jax.method.topk's counting
 // search, which stays the definition (and the path on other backends). Scores map to uint32
-// keys whose unsigned order is their float order (as sparsity._ordered_keys). A radix select
+// keys whose unsigned order is their float order (as method.topk.ordered_keys). A radix select
 // finds the keep-th largest key t: one histogram of the keys' top 16 bits, then
 // std::nth_element among the keys of the one bucket that holds it (a few hundred for a
 // million normal scores). The mask is then the keys above t and the first `keep - above`
 // keys equal to t in flat order. Four passes over the keys (make, count, gather, compare),
 // each a simple loop the compiler vectorises or unrolls, instead of the counting search's 32.
 // JjKthLargestKey: the same select on given uint32 keys with a traced k, for the threshold of
-// the persistent-mask swap rule (sparsity._kth_largest_key).
+// the persistent-mask swap rule (jackpot_jax.method.swap).
 //
 // XLA may call the handlers from several threads at once: the scratch buffers are per thread
 // (grown on demand, kept for the next call). Built and loaded by
@@ -128,7 +128,7 @@ ffi::Error TopkMask(ffi::Buffer<ffi::F32> scores, ffi::ResultBuffer<ffi::PRED> m
 }
 
 // The k-th largest of uint32 keys (any shape, flat), k an int32 scalar operand in [1, size]:
-// the threshold the persistent-mask swap rule needs (sparsity._kth_largest_key).
+// the threshold the persistent-mask swap rule needs (jackpot_jax.method.swap).
 ffi::Error KthLargestKey(ffi::Buffer<ffi::U32> keys, ffi::Buffer<ffi::S32> k,
                          ffi::ResultBuffer<ffi::U32> out) {
   const int64_t n = static_cast<int64_t>(keys.element_count());
