@@ -32,7 +32,8 @@ os.environ.update(
         "NO_PROXY": "127.0.0.1,localhost",
     }
 )
-os.environ.pop("JACKPOT_DATA_DIR", None)
+os.environ.pop("JACKPOT_JAX_DATA_DIR", None)
+os.environ.pop("JACKPOT_DATA_DIR", None)  # the deprecated name, still read
 os.environ.pop("JACKPOT_JAX_KILL_AT", None)
 
 _LOCAL = ("127.0.0.1", "localhost", "::1", "0.0.0.0")

@@ -64,6 +64,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(files, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no_system_copy'))
     monkeypatch.setattr(files, '_dpkg_dirs', lambda package: [])
     monkeypatch.delenv(files.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(files.OLD_DATA_DIR_ENV, raising=False)
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
     return tmp_path
 
@@ -232,11 +233,27 @@ def test_loads_plain_idx_from_data_dir_subfolder(isolated):
     np.testing.assert_array_equal(ds.val.labels, ty[val_idx])
 
 
-def test_loads_from_env_var(isolated, monkeypatch):
+def test_loads_from_env_var(isolated, monkeypatch, recwarn):
     _, _, sx, _ = write_fashion_files(isolated / 'env')
-    monkeypatch.setenv(files.DATA_DIR_ENV, str(isolated / 'env'))
+    monkeypatch.setenv('JACKPOT_JAX_DATA_DIR', str(isolated / 'env'))
     ds = d.load_dataset('fashion_mnist', val_examples=2, download=False)
     np.testing.assert_array_equal(ds.test.images[..., 0], sx)
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_old_env_var_is_read_with_a_deprecation_warning(isolated, monkeypatch):
+    _, _, old_x, _ = write_fashion_files(isolated / 'old', seed=1)
+    _, _, new_x, _ = write_fashion_files(isolated / 'new', seed=2)
+    assert not np.array_equal(old_x, new_x)
+    monkeypatch.setenv('JACKPOT_DATA_DIR', str(isolated / 'old'))
+    with pytest.warns(FutureWarning, match='JACKPOT_DATA_DIR is deprecated.*JACKPOT_JAX_DATA_DIR'):
+        ds = d.load_dataset('fashion_mnist', val_examples=2, download=False)
+    np.testing.assert_array_equal(ds.test.images[..., 0], old_x)
+    # Both set: the new name wins, and the warning says the old one is ignored.
+    monkeypatch.setenv('JACKPOT_JAX_DATA_DIR', str(isolated / 'new'))
+    with pytest.warns(FutureWarning, match='ignored: JACKPOT_JAX_DATA_DIR is set'):
+        ds = d.load_dataset('fashion_mnist', val_examples=2, download=False)
+    np.testing.assert_array_equal(ds.test.images[..., 0], new_x)
 
 
 def test_missing_dataset_error_lists_every_place(isolated):

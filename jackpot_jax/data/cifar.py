@@ -122,7 +122,7 @@ def _cifar_roots(name, data_dir) -> list[str]:
     roots = []
     if data_dir:
         roots += [os.path.join(data_dir, name), data_dir]
-    env = os.environ.get(files.DATA_DIR_ENV)
+    env = files.env_data_dir()
     if env:
         roots += [os.path.join(env, name), env]
     roots.append(os.path.join(cache_root(), name))
@@ -151,7 +151,7 @@ def load_cifar(
     """(train_x, train_y, test_x, test_y) of 'cifar10' / 'cifar100' (uint8 NHWC, int32).
 
     Looks for the extracted folder or the archive in DIR/<name>, DIR (for `data_dir` and env
-    JACKPOT_DATA_DIR) and the cache; if none is there and `download`, downloads the archive
+    JACKPOT_JAX_DATA_DIR) and the cache; if none is there and `download`, downloads the archive
     (from `download_url`, a base URL, or the official one) into the cache, MD5-checked.
     """
     spec = _CIFAR[name]
@@ -197,8 +197,8 @@ def load_cifar(
             else 'download=False, so nothing was downloaded.\n'
         )
         + f"Put the official python-version archive ({spec['archive']}) or its extracted "
-        'folder in DIR and pass `--config.data_dir=DIR` (or set env JACKPOT_DATA_DIR), or let it '
-        'download (download=True, optionally download_url=BASE_URL).'
+        'folder in DIR and pass `--config.data_dir=DIR` (or set env JACKPOT_JAX_DATA_DIR), or '
+        'let it download (download=True, optionally download_url=BASE_URL).'
     )
 
 

@@ -1,7 +1,8 @@
 """The official files of the small datasets: reading them, finding them, downloading them.
 
 * Fashion-MNIST: four IDX files (gzipped or not), searched in `--config.data_dir`, env
-  JACKPOT_DATA_DIR, Debian's `dataset-fashion-mnist` and the cache, else downloaded.
+  JACKPOT_JAX_DATA_DIR (`env_data_dir`), Debian's `dataset-fashion-mnist` and the cache, else
+  downloaded.
 * CIFAR-10/100: the official python-version archive (or its extracted folder), searched in
   the same places, else downloaded into the cache. Its batches are python pickles, read with
   `restricted_loads`, which builds only what those files contain (dicts, lists, bytes, str,
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 
 import numpy as np
 
@@ -46,7 +48,28 @@ FASHION_MNIST_MD5 = {
     't10k-labels-idx1-ubyte.gz': 'bb300cfdad3c16e7a12a480ee83cd310',
 }
 FASHION_MNIST_SYSTEM_DIR = '/usr/share/datasets/fashion-mnist'
-DATA_DIR_ENV = 'JACKPOT_DATA_DIR'
+DATA_DIR_ENV = 'JACKPOT_JAX_DATA_DIR'
+# The old name: still read, with a FutureWarning, for one release.
+OLD_DATA_DIR_ENV = 'JACKPOT_DATA_DIR'
+
+
+def env_data_dir() -> str | None:
+    """The data directory the environment names (read at each call), or None.
+
+    `DATA_DIR_ENV` (JACKPOT_JAX_DATA_DIR) is the name. The old `OLD_DATA_DIR_ENV`
+    (JACKPOT_DATA_DIR) is still read, with a FutureWarning naming the new one, when the new one
+    is unset; when both are set the new one wins and the warning says the old one is ignored.
+    """
+    new, old = os.environ.get(DATA_DIR_ENV), os.environ.get(OLD_DATA_DIR_ENV)
+    if old:
+        what = 'ignored: JACKPOT_JAX_DATA_DIR is set' if new else 'read for now'
+        warnings.warn(
+            f'{OLD_DATA_DIR_ENV} is deprecated ({what}); set {DATA_DIR_ENV} instead (the old '
+            'name stops working in the next release)',
+            FutureWarning,
+            stacklevel=2,
+        )
+    return new or old or None
 
 
 # --------------------------------------------------------------------------------------
@@ -117,7 +140,7 @@ def _fashion_mnist_search_dirs(data_dir: str | None) -> list[str]:
     dirs = []
     if data_dir:
         dirs += [os.path.join(data_dir, 'fashion_mnist'), data_dir]
-    env = os.environ.get(DATA_DIR_ENV)
+    env = env_data_dir()
     if env:
         dirs += [os.path.join(env, 'fashion_mnist'), env]
     dirs += _system_fashion_mnist_dirs()
@@ -231,8 +254,8 @@ def load_fashion_mnist(
                 else 'download=False, so nothing was downloaded.\n'
             )
             + 'Provide the data by one of: `apt-get install dataset-fashion-mnist`; '
-            '`--config.data_dir=DIR` (or env JACKPOT_DATA_DIR) with the four IDX files in DIR '
-            'or DIR/fashion_mnist; or download=True (optionally with download_url=BASE_URL).'
+            '`--config.data_dir=DIR` (or env JACKPOT_JAX_DATA_DIR) with the four IDX files in '
+            'DIR or DIR/fashion_mnist; or download=True (optionally with download_url=BASE_URL).'
         )
     arrays = {k: read_idx(p) for k, p in files.items()}
     for part in ('train', 'test'):
