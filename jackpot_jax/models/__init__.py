@@ -12,6 +12,11 @@ the small `vit_fmnist` (options `patch_size`, `image_size`); torchvision's `vit_
 `vit_b_32`, `vit_l_16`, `vit_l_32`, `vit_h_14`; and timm's standard class-token ViTs as
 `timm:<name>` (`timm:vit_small_patch16_224`, `timm:deit_tiny_patch16_224`; see
 `TIMM_VIT_PATTERN`). The name also says which PyTorch layout the converter writes.
+
+Causal language models (`llama`, `qwen2`, `mistral`: `models.llama.LlamaLM`; `gpt2`:
+`models.gpt2.GPT2LM`) take int token ids (batch, time) and return float32 logits (batch, time,
+vocab); their options are HF config names (`vocab_size` plays the part of `num_classes`, which
+they do not take) and their untied head is the `classifier`.
 """
 
 import functools
@@ -26,7 +31,9 @@ import jax.numpy as jnp
 
 from jackpot_jax.errors import ConfigError
 from jackpot_jax.models.cifar_resnet import CifarResNet
+from jackpot_jax.models.gpt2 import GPT2LM
 from jackpot_jax.models.lenet import LeNet5, LeNet300100
+from jackpot_jax.models.llama import LlamaLM
 from jackpot_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from jackpot_jax.models.vgg import CFGS, VGG, VGGCifar
 from jackpot_jax.models.vit import SIZES as VIT_SIZES
@@ -37,6 +44,32 @@ from jackpot_jax.models.vit import vit as _vit_of_size
 _CIFAR = (32, 32, 3)
 _IMAGENET = (224, 224, 3)
 _MNIST = (28, 28, 1)
+_TOKENS = (None,)  # causal LMs: (time,) int32 token ids; `input_shape` gives the context
+
+
+def _llama_options(**overrides) -> dict[str, Any]:
+    # HF's LlamaConfig defaults (Llama-2-7B), under LlamaLM's field names.
+    base = {
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": None,
+        "head_dim": None,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "qkv_bias": False,
+        "o_bias": False,
+        "mlp_bias": False,
+        "max_position_embeddings": 2048,
+        "sliding_window": None,
+        "remat": False,
+    }
+    return {**base, **overrides}
+
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], tuple[int, int, int]]] = {
     "resnet20": (
@@ -123,6 +156,45 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], tuple[int, 
         {"num_classes": 10, "patch_size": 4, "image_size": 28, "dropout_rate": 0.0},
         _MNIST,
     ),
+    # Causal LMs (Hugging Face model_types; defaults are HF's config defaults).
+    "llama": (LlamaLM, _llama_options(), _TOKENS),
+    "qwen2": (
+        LlamaLM,
+        _llama_options(
+            vocab_size=151936,
+            intermediate_size=22016,
+            qkv_bias=True,
+            max_position_embeddings=32768,
+        ),
+        _TOKENS,
+    ),
+    "mistral": (
+        LlamaLM,
+        _llama_options(
+            intermediate_size=14336,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=131072,
+            sliding_window=4096,
+        ),
+        _TOKENS,
+    ),
+    "gpt2": (
+        GPT2LM,
+        {
+            "vocab_size": 50257,
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": None,
+            "max_position_embeddings": 1024,
+            "layer_norm_epsilon": 1e-5,
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": True,
+            "remat": False,
+        },
+        _TOKENS,
+    ),
 }
 
 MODEL_NAMES = list(_REGISTRY)
@@ -160,9 +232,13 @@ def default_options(name: str) -> dict[str, Any]:
     return dict(_entry(name)[1])
 
 
-def input_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, int, int]:
+def input_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
     """The (H, W, C) input shape the model is meant for (CIFAR, ImageNet or MNIST); for a ViT
-    built with `options` holding `image_size`, that size."""
+    built with `options` holding `image_size`, that size; for a causal LM (`llama`, `qwen2`,
+    `mistral`, `gpt2`), `(max_position_embeddings,)`: token ids over its whole context (any
+    shorter length works too)."""
+    if _entry(name)[2] == _TOKENS:
+        return (int({**_entry(name)[1], **(options or {})}["max_position_embeddings"]),)
     h, w, c = _entry(name)[2]
     size = (options or {}).get("image_size")
     if size is not None and "image_size" in _entry(name)[1]:
@@ -205,8 +281,10 @@ def block_outputs(
 
 
 def init_variables(module: nn.Module, rng: jax.Array, shape: tuple[int, ...]) -> dict[str, Any]:
-    """`module.init` on zeros of `shape` (NHWC), returning the variables without intermediates."""
-    variables = module.init(rng, jnp.zeros(shape, jnp.float32), train=False)
+    """`module.init` on zeros of `shape` (NHWC; (batch, time) int32 token ids for the models
+    whose class says `takes_tokens`), returning the variables without intermediates."""
+    dtype = jnp.int32 if getattr(module, "takes_tokens", False) else jnp.float32
+    variables = module.init(rng, jnp.zeros(shape, dtype), train=False)
     return {k: v for k, v in variables.items() if k != "intermediates"}
 
 
