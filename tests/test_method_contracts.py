@@ -211,3 +211,15 @@ def test_every_nan_bit_pattern_ranks_below_every_number(layout):
     np.testing.assert_array_equal(got[2], [1, 1, 0, 1, 0, 1, 0])  # then the first NaN
     # Pairs (NaN, 1.0), (NaN, -inf), (NaN, +inf): the number wins each one.
     np.testing.assert_array_equal(nm.ravel(), [0, 1, 0, 1, 0, 1])
+
+
+# --- swap-rate defaults ------------------------------------------------------------------------
+
+
+def test_swap_rate_poly_defaults_by_hand():
+    """``swap_rate(epoch, epochs, 'poly')`` defaults to ``rate=1.0, power=4.0`` (the signature
+    promises them): ``(1 - epoch / epochs) ** 4``."""
+    got = [float(jm.swap_rate(e, 10, "poly")) for e in (0, 5, 9)]
+    np.testing.assert_allclose(got, [1.0, 0.5**4, 0.1**4], rtol=1e-6)
+    # power=0: a constant fraction ``rate`` in every epoch.
+    assert [float(jm.swap_rate(e, 4, "poly", rate=0.25, power=0.0)) for e in range(4)] == [0.25] * 4
