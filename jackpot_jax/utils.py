@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,33 +68,25 @@ def variables_of(params, batch_stats):
     return v
 
 
-def digest(flat: dict) -> str:
-    """sha256 over a flat ``{path: array}`` dict (paths, shapes, dtypes and bytes, in path order)."""
+def masks_digest(masks: Mapping[str, Any]) -> str:
+    """The one digest of a set of masks (hex sha256), the same wherever the masks are held.
+
+    ``masks`` is flat, ``{'/'-joined path: 0/1 array}`` (as `jackpot_jax.method.flatten_paths`
+    and the ``masks/<path>`` keys of jackpot.npz give them), of any dtype: float32 on the
+    device and uint8 in jackpot.npz hash the same. For each path in sorted (Python string)
+    order, the hash takes the UTF-8 header ``f"{path}:{shape}:bool;"`` (shape as a tuple, e.g.
+    ``(3, 4)``), then the mask as a C-ordered bool array's bytes (one byte per weight, 0 or 1).
+    ``tools/mask_digest.py`` prints it for jackpot.npz files; a multi-process run prints it
+    for its final masks. A value other than 0 or 1 is a ValueError naming the path."""
     h = hashlib.sha256()
-    for path in sorted(flat):
-        a = np.ascontiguousarray(flat[path])
-        h.update(f"{path}:{a.shape}:{a.dtype};".encode())
-        h.update(a.tobytes())
+    for path in sorted(masks):
+        m = np.asarray(masks[path])
+        if not np.all((m == 0) | (m == 1)):
+            raise ValueError(f"masks_digest: {path} holds values other than 0 and 1")
+        m = np.ascontiguousarray(m, dtype=bool)
+        h.update(f"{path}:{m.shape}:bool;".encode())
+        h.update(m.tobytes())
     return h.hexdigest()
-
-
-# The crash tests' hook: JACKPOT_JAX_KILL_AT="<event>:<n>" SIGKILLs this process at the n-th
-# `kill_point(event)` it passes (events: 'step', 'save', 'export'), so that a test can stop a
-# run at the same place every time instead of racing a timer. Unset: a dict look-up per call.
-_KILL_COUNTS: dict[str, int] = {}
-
-
-def kill_point(event: str) -> None:
-    """SIGKILLs the process at the n-th ``event`` when JACKPOT_JAX_KILL_AT='event:n' is set."""
-    spec = os.environ.get("JACKPOT_JAX_KILL_AT")
-    if not spec:
-        return
-    name, _, n = spec.partition(":")
-    if name != event:
-        return
-    _KILL_COUNTS[event] = _KILL_COUNTS.get(event, 0) + 1
-    if _KILL_COUNTS[event] == int(n):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def flatten_dict(nested: Mapping[str, Any], sep: str = "/", prefix: str = "") -> dict[str, Any]:

@@ -6,6 +6,7 @@ machine are refused in-process). Local HTTP servers on 127.0.0.1 still work."""
 
 import os
 import socket
+import sys
 import tempfile
 
 import pytest
@@ -35,6 +36,10 @@ os.environ.update(
 os.environ.pop("JACKPOT_JAX_DATA_DIR", None)
 os.environ.pop("JACKPOT_DATA_DIR", None)  # the deprecated name, still read
 os.environ.pop("JACKPOT_JAX_KILL_AT", None)
+# The crash points of the resume tests (`crash_hooks`; subprocesses load them from
+# crashpoints/sitecustomize.py when it is on their PYTHONPATH).
+CRASHPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crashpoints")
+sys.path.insert(0, CRASHPOINTS)
 
 _LOCAL = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 _connect = socket.socket.connect

@@ -13,6 +13,9 @@ from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import modes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# On a subprocess's PYTHONPATH with JACKPOT_JAX_KILL_AT='event:n': it SIGKILLs itself at
+# the n-th crash point (tests/crashpoints/crash_hooks.py).
+CRASHPOINTS = os.path.join(ROOT, "tests", "crashpoints")
 
 
 def _fashion_mnist_available():

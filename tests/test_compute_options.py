@@ -12,10 +12,9 @@ import pytest
 from pipeline_helpers import python_script
 
 import jackpot_jax
-from jackpot_jax import kernels, models
+from jackpot_jax import core, kernels, models
 from jackpot_jax import method as jm
 from jackpot_jax.kernels.native import onednn, topk_select
-from jackpot_jax.pipeline import engine
 
 ONEDNN_CALL = next(iter(onednn.TARGETS))  # the forward convolution
 TOPK_CALL = topk_select.TARGET
@@ -50,7 +49,7 @@ def _batch(n=4):
 def _eval_hlo(options):
     module, variables = _lenet()
     images, labels = _batch()
-    step = engine.make_eval_step(module, options)
+    step = core.make_eval_step(module, options)
     return step.lower(variables, images, labels, jnp.ones(4)).as_text()
 
 
@@ -60,25 +59,19 @@ def _search_hlo(options):
     budget = jm.keep_counts(params, 0.9)
     scores = jm.init_scores_from_mask(jm.criterion_mask(jm.magnitude_scores(params), budget))
     tx = optax.sgd(0.1)
-    state = engine.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        trainable=scores,
-        opt_state=tx.init(scores),
-        batch_stats=None,
-        rng=jax.random.key_data(jax.random.key(0)),
-    )
-    step = engine.make_train_step(module, "search", tx, budget=budget, options=options)
-    return step.lower(state, params, *_batch()).as_text()
+    state = core.SearchState.create(apply_fn=module.apply, params=scores, tx=tx, frozen=params)
+    step = core.make_search_step(module.apply, tx, budget, options=options)
+    return step.lower(state, *_batch()).as_text()
 
 
 @needs_onednn
 @pytest.mark.parametrize("order", [(ON, OFF), (OFF, ON)], ids=["on_first", "off_first"])
 def test_cached_eval_steps_follow_their_options(order):
-    engine.steps._eval_step.cache_clear()
+    core.steps._eval_step.cache_clear()
     texts = {o: _eval_hlo(o) for o in order}
     assert ONEDNN_CALL in texts[ON]
     assert ONEDNN_CALL not in texts[OFF]
-    assert engine.steps._eval_step.cache_info().currsize == 2  # two entries, not one reused
+    assert core.steps._eval_step.cache_info().currsize == 2  # two entries, not one reused
 
 
 @needs_onednn
@@ -161,7 +154,7 @@ def test_the_environment_chooses_auto_and_an_explicit_option_beats_it(monkeypatc
 
 def test_importing_any_module_leaves_xla_flags_alone():
     names = sorted(m.name for m in pkgutil.walk_packages(jackpot_jax.__path__, "jackpot_jax."))
-    assert "jackpot_jax.pipeline.engine" in names and "jackpot_jax.kernels.options" in names
+    assert "jackpot_jax.core.steps" in names and "jackpot_jax.kernels.options" in names
     for start in ("--xla_cpu_enable_fast_math=false", None):
         setup = (
             f"os.environ['XLA_FLAGS'] = {start!r}\n"

@@ -374,8 +374,9 @@ def _search(tmp_path, arch, image_shape):
     (pre-trained checkpoint dir, search workdir)."""
     from pipeline_helpers import tiny_config
 
+    from jackpot_jax import core
     from jackpot_jax.data import datasets as data
-    from jackpot_jax.pipeline import engine, modes
+    from jackpot_jax.pipeline import modes
 
     config = tiny_config(
         **{
@@ -398,7 +399,7 @@ def _search(tmp_path, arch, image_shape):
         model_options={"num_classes": 10, **config.model_options},
     )
     config.pretrained = pre
-    modes.run_search(config, str(tmp_path / "search"), ds=ds, mesh=engine.make_mesh(1))
+    modes.run_search(config, str(tmp_path / "search"), ds=ds, mesh=core.make_mesh(1))
     return pre, tmp_path / "search", ds
 
 

@@ -22,11 +22,12 @@ from pipeline_helpers import (
 )
 
 import jackpot_jax
+from jackpot_jax import core
 from jackpot_jax import method as jm
 from jackpot_jax.data import input_pipeline
 from jackpot_jax.errors import ConfigError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
-from jackpot_jax.pipeline import engine, modes
+from jackpot_jax.pipeline import loop, modes
 
 
 class TinyMLP(nn.Module):
@@ -129,10 +130,12 @@ def test_bad_settings_are_named():
     module = TinyMLP()
     data = _data(n_batches=1)
     variables = module.init(jax.random.key(0), data[0][0])
-    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'learning_rate'"):
         jackpot_jax.find_jackpot(module, variables, data, learning_rate=0.1)
-    with pytest.raises(ConfigError, match="init='snip'"):
-        jackpot_jax.find_jackpot(module, variables, data, init="snip")
+    with pytest.raises(ConfigError, match="criterion 'grasp' reads data"):
+        jackpot_jax.find_jackpot(module, variables, data, init="grasp")
+    with pytest.raises(ConfigError, match="init='nope' is not known; expected one of"):
+        jackpot_jax.find_jackpot(module, variables, data, init="nope")
     with pytest.raises(ConfigError, match="no prunable parameter"):
         jackpot_jax.find_jackpot(module, variables, data, include=["nothing_matches"])
 
@@ -155,8 +158,8 @@ def test_equals_the_cli_for_the_same_model_data_and_seed(tmp_path):
 
     ds = modes.load_data(config)
     module, variables = ckpt_lib.load_model(dense, ds.image_shape)
-    put = engine.batch_to_mesh(engine.make_mesh(), ds)  # the CLI's normalisation, on device
-    batch = engine.mode_batch_size(config, config.search)
+    put = core.batch_to_mesh(core.make_mesh(), ds)  # the CLI's normalisation, on device
+    batch = loop.mode_batch_size(config, config.search)
 
     def batches(epoch):
         for b in input_pipeline.train_batches(
@@ -188,7 +191,7 @@ def test_equals_the_cli_for_the_same_model_data_and_seed(tmp_path):
         sparsity=config.sparsity,
         epochs=s.epochs,
         label_smoothing=config.label_smoothing,
-        options=engine.compute_options(config),
+        options=core.compute_options(config),
         seed=config.seed,
         **settings,
     )
@@ -212,3 +215,41 @@ def test_the_example_on_your_own_model_runs():
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("dense: ") and lines[-1].startswith("jackpot (90%")
     assert [line.split(":")[0] for line in lines[1:-1]] == [f"search epoch {e}" for e in (1, 2, 3)]
+
+
+def test_defaults_are_the_command_lines():
+    """Every search setting of `find_jackpot` that the CLI's config also has defaults to the
+    CLI's value (`pipeline.config.base_config().search`)."""
+    import inspect
+
+    from jackpot_jax.pipeline import config as config_lib
+
+    search = config_lib.base_config().search
+    params = inspect.signature(jackpot_jax.find_jackpot).parameters
+    shared = [k for k in search if k in params and k != "pattern"]
+    assert len(shared) >= 17, shared
+    for key in shared:
+        assert params[key].default == search[key], key
+    # pattern '' in the config means unstructured: None here
+    assert params["pattern"].default is None and search["pattern"] == ""
+
+
+def test_snip_warm_up_on_the_first_batches():
+    """``init='snip'`` with 0 epochs returns the SNIP mask of the first ``snip_batches``
+    batches under the budget, computed here from the method's functions."""
+    module = TinyMLP()
+    data = _data(n_batches=3)
+    variables = module.init(jax.random.key(0), data[0][0])
+    jp = jackpot_jax.find_jackpot(
+        module, variables, data, init="snip", snip_batches=2, epochs=0, sparsity=0.5
+    )
+    params = variables["params"]
+
+    def logits_fn(p, x):
+        return module.apply({"params": p}, x)
+
+    importance = jm.snip_scores(jm.temperature_loss(logits_fn, 1.0), params, data[:2])
+    want = jm.criterion_mask(importance, jm.keep_counts(params, 0.5))
+    for path, m in jm.flatten_paths(want).items():
+        np.testing.assert_array_equal(jm.flatten_paths(jp.masks)[path], m, err_msg=path)
+    assert jp.history == []

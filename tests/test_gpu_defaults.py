@@ -3,7 +3,7 @@ mask_layout 'together': one unrolled radix search over all layers) computes the 
 step as the CPU's defaults (the explicit convolutions; the per-layer or native top-k).
 
 On the CPU (CI) the GPU's code paths are forced with `kernels.ComputeOptions` inside a real
-search step of `engine.make_train_step`; where a GPU is present the step with the resolved
+search step of `core.make_search_step`; where a GPU is present the step with the resolved
 defaults is compared too. The suite pins JAX to the CPU (tests/conftest.py); on a GPU machine:
 
     JACKPOT_TEST_PLATFORMS=cuda python -m pytest -q tests/test_gpu_defaults.py
@@ -18,9 +18,8 @@ import optax
 import pytest
 from test_ops import _equations
 
-from jackpot_jax import kernels, models
+from jackpot_jax import core, kernels, models
 from jackpot_jax import method as jm
-from jackpot_jax.pipeline import engine
 
 GPU_DEFAULTS = kernels.ComputeOptions(conv_impl=kernels.AUTO["gpu"], mask_layout="together")
 ON_GPU = jax.default_backend() == "gpu"
@@ -68,20 +67,20 @@ def _search_step(options):
     traced with ``options``."""
     module, variables, budget, scores, images, labels = _problem()
     tx = optax.sgd(1.0)
-    step = engine.make_train_step(module, "search", tx, budget=budget, options=options)
-    state = engine.TrainState(
-        jnp.zeros((), jnp.int32),
-        scores,
-        tx.init(scores),
-        variables["batch_stats"],
-        jax.random.key_data(jax.random.key(0)),
+    step = core.make_search_step(module.apply, tx, budget, options=options)
+    state = core.SearchState.create(
+        apply_fn=module.apply,
+        params=scores,
+        tx=tx,
+        frozen=variables["params"],
+        batch_stats=variables["batch_stats"],
     )
     # float32 products on every backend (a GPU would otherwise use TF32 for both)
     with jax.default_matmul_precision("highest"):
-        jaxpr = jax.make_jaxpr(step)(state, variables["params"], images, labels).jaxpr
-        new, metrics = step(state, variables["params"], images, labels)
+        jaxpr = jax.make_jaxpr(step)(state, images, labels).jaxpr
+        new, metrics = step(state, images, labels)
     names = [e.primitive.name for e in _equations(jaxpr)]
-    return float(metrics["loss"]), jax.device_get(new.trainable), names
+    return float(metrics["loss"]), jax.device_get(new.params), names
 
 
 def _masks(options, scores, budget):

@@ -390,14 +390,14 @@ def test_imagenet_folder_skips_a_corrupt_file_with_one_warning(tree, caplog):
 
 
 def test_engine_normalises_uint8_batches_on_the_mesh_as_the_host_does():
-    from jackpot_jax.pipeline import engine
+    from jackpot_jax import core
 
     ds = d.synthetic_dataset(image_shape=(6, 6, 3), n_train=8, augment='crop_flip')
     ds = d.dataclasses.replace(ds, mean=d.CIFAR_MEAN, std=d.CIFAR_STD)
     raw = next(iter(ip.split_batches(ds, 'train', 8, train=True, normalize=False)))
     host = next(iter(ip.split_batches(ds, 'train', 8, train=True)))
     assert raw['image'].dtype == np.uint8
-    images, labels = engine.batch_to_mesh(engine.make_mesh(), ds)(raw)
+    images, labels = core.batch_to_mesh(core.make_mesh(), ds)(raw)
     np.testing.assert_allclose(np.asarray(images), host['image'], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(labels), host['label'])
     np.testing.assert_allclose(host['image'], reading.normalize(ds, raw['image']), atol=1e-6)
@@ -414,14 +414,15 @@ jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2,
 import numpy as np
 from jax.experimental import multihost_utils
 from jackpot_jax.data import datasets as d
-from jackpot_jax.pipeline import engine
+from jackpot_jax import core
 from jackpot_jax.data import input_pipeline as ip
 from jackpot_jax import models
+from jackpot_jax.pipeline.evaluate import evaluate
 
 ds = d.load_dataset('synthetic:cifar10', train_subset=20, val_examples=16, test_subset=10)
-mesh = engine.make_mesh()
+mesh = core.make_mesh()
 assert mesh.devices.size == 2 and jax.process_count() == 2
-put = engine.batch_to_mesh(mesh, ds)
+put = core.batch_to_mesh(mesh, ds)
 gathered = []
 for b in ip.train_batches(ds, 8, seed=3, epochs=[0, 1], normalize=False,
                           process_index=jax.process_index(), process_count=2):
@@ -435,7 +436,7 @@ for (x, y), s in zip(gathered, single):
     np.testing.assert_array_equal(np.asarray(y), s['label'])
 module = models.get_model('lenet300_100', num_classes=10)
 variables = models.init_variables(module, jax.random.key(0), (1, 32, 32, 3))
-res = engine.evaluate(module, variables, ds, 'test', 4, mesh)  # 10 examples: a padded last batch
+res = evaluate(module, variables, ds, 'test', 4, mesh)  # 10 examples: a padded last batch
 print('RESULT', json.dumps(res))
 '''
 
@@ -472,13 +473,13 @@ def test_two_jax_processes_feed_their_rows_and_evaluate_as_one():
     # One process on one device gives the same evaluation.
     import jax
 
-    from jackpot_jax import models
-    from jackpot_jax.pipeline import engine
+    from jackpot_jax import core, models
+    from jackpot_jax.pipeline.evaluate import evaluate
 
     ds = d.load_dataset('synthetic:cifar10', train_subset=20, val_examples=16, test_subset=10)
     module = models.get_model('lenet300_100', num_classes=10)
     variables = models.init_variables(module, jax.random.key(0), (1, 32, 32, 3))
-    one = engine.evaluate(module, variables, ds, 'test', 4, engine.make_mesh(1))
+    one = evaluate(module, variables, ds, 'test', 4, core.make_mesh(1))
     assert one['examples'] == results[0]['examples'] == 10
     for key in ('accuracy', 'loss'):
         assert abs(one[key] - results[0][key]) < 1e-5

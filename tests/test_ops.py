@@ -10,9 +10,8 @@ import pytest
 from jax import lax
 
 import jackpot_jax
-from jackpot_jax import kernels, models
+from jackpot_jax import core, kernels, models
 from jackpot_jax import method as jm
-from jackpot_jax.pipeline import engine
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -240,7 +239,7 @@ _STEPS = {}
 
 
 def _search_update(name, impl, compute_dtype="float32", onednn_mode="auto"):
-    """Scores after one search step of `engine.make_train_step` (SGD lr 1, no momentum):
+    """Scores after one search step of `core.make_search_step` (SGD lr 1, no momentum):
     old - new is the score gradient. Cached: each (network, switches, dtype) compiles once."""
     key = (name, impl, compute_dtype, onednn_mode)
     if key not in _STEPS:
@@ -250,7 +249,7 @@ def _search_update(name, impl, compute_dtype="float32", onednn_mode="auto"):
 
 
 def _search_step(name, impl, compute_dtype):
-    """A jitted search step of `engine.make_train_step` on network ``name`` and its inputs:
+    """A jitted search step of `core.make_search_step` on network ``name`` and its inputs:
     (step, state, params, images, labels, scores)."""
     make, shape = NETS[name]
     module = make()
@@ -265,20 +264,19 @@ def _search_step(name, impl, compute_dtype):
     labels = jnp.asarray(rng.integers(0, 10, 4), jnp.int32)
     tx = optax.sgd(1.0)
     with kernels.use(conv_impl=impl):
-        step = engine.make_train_step(
-            module,
-            "search",
+        step = core.make_search_step(
+            module.apply,
             tx,
-            budget=budget,
+            budget,
             options=kernels.options.current().replace(compute_dtype=compute_dtype),
         )
     # The step donates its state: give it copies, the caller keeps ``scores``.
-    state = engine.TrainState(
-        jnp.zeros((), jnp.int32),
-        jax.tree.map(jnp.copy, scores),
-        tx.init(scores),
-        variables.get("batch_stats"),
-        jax.random.key_data(jax.random.key(0)),
+    state = core.SearchState.create(
+        apply_fn=module.apply,
+        params=jax.tree.map(jnp.copy, scores),
+        tx=tx,
+        frozen=params,
+        batch_stats=variables.get("batch_stats"),
     )
     return step, state, params, images, labels, scores
 
@@ -286,7 +284,7 @@ def _search_step(name, impl, compute_dtype):
 def _run_search_step(name, impl, compute_dtype):
     """(scores before, state after, metrics) of one search step."""
     step, state, params, images, labels, scores = _search_step(name, impl, compute_dtype)
-    new, metrics = step(state, params, images, labels)
+    new, metrics = step(state, images, labels)
     return scores, new, metrics
 
 
@@ -295,8 +293,8 @@ def _run_search_step(name, impl, compute_dtype):
 def test_search_step_score_gradients_agree_with_and_without_the_fast_path(name, onednn_mode):
     old, fast, _ = _search_update(name, "explicit", onednn_mode=onednn_mode)
     _, plain, _ = _search_update(name, "xla")
-    g_fast = jax.tree.map(jnp.subtract, old, fast.trainable)
-    g_plain = jax.tree.map(jnp.subtract, old, plain.trainable)
+    g_fast = jax.tree.map(jnp.subtract, old, fast.params)
+    g_plain = jax.tree.map(jnp.subtract, old, plain.params)
     for path, a in jm.flatten_paths(g_fast).items():
         b = jm.flatten_paths(g_plain)[path]
         assert np.max(np.abs(b)) > 0, path
@@ -321,7 +319,7 @@ def _operand_dtypes(name, impl, compute_dtype):
     products of the traced search step (forward and backward pass)."""
     with kernels.use(onednn="off"):  # oneDNN's float32 convolutions are custom calls
         step, state, params, images, labels, _ = _search_step(name, impl, compute_dtype)
-        jaxpr = jax.make_jaxpr(step)(state, params, images, labels).jaxpr
+        jaxpr = jax.make_jaxpr(step)(state, images, labels).jaxpr
     out = {"conv_general_dilated": [], "dot_general": []}
     for eqn in _equations(jaxpr):
         if eqn.primitive.name in out:
@@ -350,7 +348,7 @@ def test_bfloat16_step_convolves_in_bfloat16(impl):
 def test_bfloat16_search_step_rounds_like_bfloat16_and_keeps_float32_state(impl):
     old, new, metrics = _search_update("resnet8", impl, "bfloat16")
     _, ref, ref_metrics = _search_update("resnet8", impl, "float32")
-    for tree in (new.trainable, new.opt_state, new.batch_stats):
+    for tree in (new.params, new.opt_state, new.batch_stats):
         for leaf in jax.tree.leaves(tree):
             if jnp.issubdtype(leaf.dtype, jnp.floating):
                 assert leaf.dtype == jnp.float32
@@ -361,10 +359,10 @@ def test_bfloat16_search_step_rounds_like_bfloat16_and_keeps_float32_state(impl)
     assert 0 < abs(loss - ref_loss) < 8 * 2.0**-9 * abs(ref_loss), (loss, ref_loss)
     # Scores moved, and in the same direction as in float32 (bfloat16 rounding aside).
     g = np.concatenate(
-        [np.ravel(a - b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new.trainable))]
+        [np.ravel(a - b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new.params))]
     )
     g_ref = np.concatenate(
-        [np.ravel(a - b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(ref.trainable))]
+        [np.ravel(a - b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(ref.params))]
     )
     assert np.max(np.abs(g - g_ref)) > 0
     assert np.corrcoef(g, g_ref)[0, 1] > 0.95
@@ -404,9 +402,8 @@ def test_bfloat16_through_the_cli(tmp_path):
 
 def test_bad_compute_dtype():
     with pytest.raises(ValueError, match="compute_dtype='float16'; expected one of"):
-        engine.make_train_step(
-            models.get_model("lenet5"),
-            "dense",
+        core.make_train_step(
+            models.get_model("lenet5").apply,
             optax.sgd(0.1),
             options=kernels.ComputeOptions(compute_dtype="float16"),
         )
@@ -493,9 +490,9 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-from jackpot_jax.pipeline import engine
+from jackpot_jax import core
 from jackpot_jax import kernels
-mesh = engine.make_mesh(2)
+mesh = core.make_mesh(2)
 x = jax.device_put(jnp.ones((8, 4, 4, 6)), NamedSharding(mesh, P("data")))
 kernel = jax.device_put(jnp.ones((3, 3, 6, 6)), NamedSharding(mesh, P()))
 COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter")

@@ -123,7 +123,7 @@ TWO_DEVICES = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import json, jax, jax.numpy as jnp, numpy as np
-    from jackpot_jax.pipeline import engine
+    from jackpot_jax import core
     from jackpot_jax import models
     from jackpot_jax import method as jm
     from jackpot_jax.pipeline.config import base_config
@@ -140,21 +140,21 @@ TWO_DEVICES = textwrap.dedent("""
     cfg = base_config().search
     out = {}
     for n in (1, 2):
-        mesh = engine.make_mesh(n)
-        tx, _ = engine.make_optimizer(cfg, 2, 1)
-        state = engine.TrainState(jnp.zeros((), jnp.int32), scores, tx.init(scores), bs,
-                                 jax.random.key_data(jax.random.key(0)))
+        mesh = core.make_mesh(n)
+        tx, _ = core.make_optimizer(cfg, 2, 1)
+        state = core.SearchState.create(apply_fn=module.apply, params=scores, tx=tx,
+                                        frozen=params, batch_stats=bs)
         state = jax.tree.map(np.array, state)   # the step donates its state: pass copies
-        step = engine.make_train_step(module, "search", tx, budget=budget)
-        state = engine.replicate(mesh, state)
-        new, m = step(state, engine.replicate(mesh, params), *engine.shard_batch(mesh, (x, y)))
-        out[n] = (float(m["loss"]), jax.device_get(new.trainable), jax.device_get(new.batch_stats))
+        step = core.make_search_step(module.apply, tx, budget)
+        state = core.replicate(mesh, state)
+        new, m = step(state, *core.shard_batch(mesh, (x, y)))
+        out[n] = (float(m["loss"]), jax.device_get(new.params), jax.device_get(new.batch_stats))
     assert abs(out[1][0] - out[2][0]) < 1e-5, (out[1][0], out[2][0])
     for a, b in zip(jax.tree.leaves(out[1][1:]), jax.tree.leaves(out[2][1:])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(jax.tree.leaves(out[2][1])[0] - jax.tree.leaves(scores)[0]).max()) > 0
     try:
-        engine.check_batch(7, engine.make_mesh(2))
+        core.check_batch(7, core.make_mesh(2))
     except ValueError as e:
         assert "batch_size=7" in str(e) and "2 devices" in str(e), e
     else:

@@ -10,11 +10,12 @@ import shutil
 import subprocess
 import sys
 
+import crash_hooks
 import numpy as np
 import pytest
-from pipeline_helpers import ROOT, cli_overrides, pretrained_dir, tiny_config
+from pipeline_helpers import CRASHPOINTS, ROOT, cli_overrides, pretrained_dir, tiny_config
 
-from jackpot_jax import errors, utils
+from jackpot_jax import errors
 from jackpot_jax.pipeline import resume, train
 
 # Scores 1.0 / 0.999: masks flip in every epoch of these tiny searches, so equal final masks
@@ -298,7 +299,7 @@ def test_killed_search_resumes_to_the_same_masks(reference, tmp_path, kill_at, c
         os.environ,
         JACKPOT_JAX_KILL_AT=kill_at,
         JACKPOT_JAX_XLA_FLAGS="0",
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        PYTHONPATH=os.pathsep.join([ROOT, CRASHPOINTS, os.environ.get("PYTHONPATH", "")]),
     )
     killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL, where asked
@@ -309,7 +310,7 @@ def test_killed_search_resumes_to_the_same_masks(reference, tmp_path, kill_at, c
     assert resume_from >= RESUMED_AT_LEAST[kill_at], (kill_at, saved)
     logged = open(work / "metrics.jsonl").readlines()
     steps = []  # the rerun's training steps, counted where the loop would kill
-    monkeypatch.setattr(utils, "kill_point", lambda event: steps.append(event == "step"))
+    crash_hooks.install(lambda event: steps.append(event == "step"), monkeypatch.setattr)
     capfd.readouterr()
     summary = train.run(config, str(work))  # the same config, rerun
     out = capfd.readouterr().out

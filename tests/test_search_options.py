@@ -5,16 +5,25 @@ swap search killed and resumed."""
 import json
 import os
 
+import crash_hooks
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from pipeline_helpers import ROOT, TINY, cli, cli_overrides, pretrained_dir, tiny_config
+from pipeline_helpers import (
+    CRASHPOINTS,
+    ROOT,
+    TINY,
+    cli,
+    cli_overrides,
+    pretrained_dir,
+    tiny_config,
+)
 
+from jackpot_jax import core
 from jackpot_jax import method as jm
-from jackpot_jax import utils
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
-from jackpot_jax.pipeline import engine, train
+from jackpot_jax.pipeline import train
 from jackpot_jax.pipeline.config import base_config
 
 CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_lenet300.py")
@@ -217,7 +226,7 @@ def test_persistent_mask_gradient_is_straight_through():
 def test_cosine_per_step_learning_rates_by_hand():
     cfg = base_config().search
     cfg.lr, cfg.momentum, cfg.weight_decay, cfg.schedule = 0.2, 0.0, 0.0, "cosine_step"
-    tx, schedule = engine.make_optimizer(cfg, epochs=2, steps_per_epoch=3)
+    tx, schedule = core.make_optimizer(cfg, epochs=2, steps_per_epoch=3)
     # 0.5 * 0.2 * (1 + cos(pi t / 6)), t = 0..5, worked out by hand
     hand = [0.2, 0.1866025, 0.15, 0.1, 0.05, 0.0133975]
     np.testing.assert_allclose([float(schedule(t)) for t in range(6)], hand, atol=1e-6)
@@ -230,13 +239,13 @@ def test_cosine_per_step_learning_rates_by_hand():
         moves.append(-float(upd))
     np.testing.assert_allclose(moves, hand, atol=1e-6)
     cfg.schedule = "cosine_epoch"  # the official code: constant within an epoch
-    _, per_epoch = engine.make_optimizer(cfg, epochs=2, steps_per_epoch=3)
+    _, per_epoch = core.make_optimizer(cfg, epochs=2, steps_per_epoch=3)
     np.testing.assert_allclose(
         [float(per_epoch(t)) for t in range(6)], [0.2, 0.2, 0.2, 0.1, 0.1, 0.1], atol=1e-7
     )
     cfg.schedule = "linear"
     with pytest.raises(ValueError, match="schedule='linear'"):
-        engine.make_optimizer(cfg, 2, 3)
+        core.make_optimizer(cfg, 2, 3)
 
 
 def test_adamw_updates_by_hand():
@@ -245,7 +254,7 @@ def test_adamw_updates_by_hand():
     cfg = base_config().search
     cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.schedule = "adamw", 0.01, 0.1, "cosine_step"
     cfg.b1, cfg.b2 = 0.8, 0.9
-    tx, schedule = engine.make_optimizer(cfg, epochs=1, steps_per_epoch=4)
+    tx, schedule = core.make_optimizer(cfg, epochs=1, steps_per_epoch=4)
     grads = np.array([0.5, -2.0, 1.0, 0.25])
     p, state = jnp.asarray(3.0), None
     state = tx.init(p)
@@ -260,7 +269,7 @@ def test_adamw_updates_by_hand():
         np.testing.assert_allclose(float(p), ref_p, rtol=1e-6)
     cfg.optimizer = "adam"
     with pytest.raises(ValueError, match="optimizer='adam'.*sgd.*adamw"):
-        engine.make_optimizer(cfg, 2, 3)
+        core.make_optimizer(cfg, 2, 3)
 
 
 # --- a swap search end to end: resume ---------------------------------------------------------
@@ -308,7 +317,9 @@ def test_swap_search_killed_and_rerun_resumes_to_the_same_mask(tmp_path, monkeyp
     keys = ["dataset", "pretrained", "eval_batch_size", "pretrain.epochs", *TINY, *SWAP]
     # The launcher adds no XLA flags: the CLI's first epochs round as this process does (the
     # swaps, lr 2.0, follow score differences that a fusion flag's rounding can change).
-    env = dict(os.environ, JACKPOT_JAX_KILL_AT="save:3", JACKPOT_JAX_XLA_FLAGS="0")
+    env = dict(
+        os.environ, JACKPOT_JAX_KILL_AT="save:3", JACKPOT_JAX_XLA_FLAGS="0", PYTHONPATH=CRASHPOINTS
+    )
     killed = cli(work, CONFIG, *cli_overrides(config, keys), check=False, timeout=600, env=env)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL, where asked
     assert not (work / "summary.json").exists()
@@ -317,7 +328,7 @@ def test_swap_search_killed_and_rerun_resumes_to_the_same_mask(tmp_path, monkeyp
     done = [int(n) for n in os.listdir(work / "checkpoints") if n.isdigit()]
     assert max(done) in (2, 3), done
     steps = []  # the rerun's training steps, counted where the loop would kill
-    monkeypatch.setattr(utils, "kill_point", lambda event: steps.append(event == "step"))
+    crash_hooks.install(lambda event: steps.append(event == "step"), monkeypatch.setattr)
     capfd.readouterr()
     again = train.run(config, str(work))
     assert f"resuming {work} from epoch {max(done)}" in capfd.readouterr().out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import ROOT, load_config
 
-from jackpot_jax.experiments import runner, stats, sweep, sweep_report
+from jackpot_jax.experiments import common, runner, stats, sweep, sweep_report
 from jackpot_jax.experiments.study_pieces import Study
 
 TABLE = {(1, 1): 0.50, (2, 1): 0.60, (3, 1): 0.55, (1, 2): 0.65, (2, 2): 0.70, (3, 2): 0.80}
@@ -27,7 +27,7 @@ def _evaluate(calls, table=TABLE):
 
 def test_coordinate_search_by_hand():
     calls = []
-    best, seen, finished = sweep.coordinate_search(
+    best, seen, finished = common.coordinate_search(
         _evaluate(calls), {"a": 1, "b": 1}, {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 3
     )
     # round 1: a at b=1 -> a=2 (0.60); b at a=2 -> b=2 (0.70)
@@ -36,7 +36,7 @@ def test_coordinate_search_by_hand():
     assert calls == [(1, 1), (2, 1), (3, 1), (2, 2), (1, 2), (3, 2)]  # each point once
     assert len(seen) == 6
     # One round only: the search stops after round 1 at (2, 2).
-    best, _, finished = sweep.coordinate_search(
+    best, _, finished = common.coordinate_search(
         _evaluate([]), {"a": 1, "b": 1}, {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 1
     )
     assert best == {"a": 2, "b": 2} and finished
@@ -44,19 +44,19 @@ def test_coordinate_search_by_hand():
 
 def test_coordinate_search_ties_keep_the_current_level_and_missing_values_stop():
     flat = {k: 0.5 for k in TABLE}
-    best, _, _ = sweep.coordinate_search(
+    best, _, _ = common.coordinate_search(
         _evaluate([], flat), {"a": 2, "b": 2}, {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 2
     )
     assert best == {"a": 2, "b": 2}
     pending = dict(TABLE)
     del pending[(2, 2)]  # not run yet: the search waits there
     calls = []
-    best, seen, finished = sweep.coordinate_search(
+    best, seen, finished = common.coordinate_search(
         _evaluate(calls, pending), {"a": 1, "b": 1}, {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 2
     )
     assert not finished and best == {"a": 2, "b": 1} and calls[-1] == (2, 2)
     with pytest.raises(ValueError, match="factor 'b'"):
-        sweep.coordinate_search(
+        common.coordinate_search(
             _evaluate([]), {"a": 1, "b": 9}, {"a": (1, 2, 3), "b": (1, 2)}, ("a", "b"), 1
         )
 
@@ -70,10 +70,10 @@ def test_recipe_names_and_overrides():
         "mask_update": "swap",
     }
     assert sweep.recipe_name("jackpot", r, 10) == "jackpot_b64_lr0.2_s0.99_cosine_step_swap_e10"
-    mode, over = sweep.recipe_overrides("jackpot", r, 10)
+    mode, over = common.recipe_overrides("jackpot", r, 10)
     assert mode == "search" and over["search.use_abs"] is False  # 2023: raw scores
     assert over["batch_size"] == 64 and over["search.schedule"] == "cosine_step"
-    mode, over = sweep.recipe_overrides("weight_tuning", {"batch_size": 128, "lr": 0.02}, 3)
+    mode, over = common.recipe_overrides("weight_tuning", {"batch_size": 128, "lr": 0.02}, 3)
     assert mode == "finetune" and over == {
         "batch_size": 128,
         "finetune.epochs": 3,
@@ -81,7 +81,7 @@ def test_recipe_names_and_overrides():
         "finetune.mask": "magnitude",
     }
     with pytest.raises(ValueError, match="kind='dense'"):
-        sweep.recipe_overrides("dense", r, 1)
+        common.recipe_overrides("dense", r, 1)
 
 
 def test_assessment_by_hand():
@@ -148,7 +148,7 @@ def test_the_sweep_config_is_valid():
         d = sweep.design_for(c, net)
         assert c.select_seed not in d["final_seeds"] and len(d["final_seeds"]) == 3
         for kind, factors in (("jackpot", c.jackpot_factors), ("wt", c.wt_factors)):
-            best, _, finished = sweep.coordinate_search(
+            best, _, finished = common.coordinate_search(
                 lambda p: 0.5,
                 d[f"{kind}_start"],
                 d[f"{kind}_levels"],
@@ -156,7 +156,7 @@ def test_the_sweep_config_is_valid():
                 d["max_rounds"],
             )
             assert finished and best == d[f"{kind}_start"]
-        sweep.recipe_overrides("jackpot", d["jackpot_start"], 1)
+        common.recipe_overrides("jackpot", d["jackpot_start"], 1)
     c.per_network.lenet5.final_seeds = (0, 1, 2)
     with pytest.raises(ValueError, match="include the selection seed 0"):
         sweep.design_for(c, "lenet5")
@@ -259,7 +259,11 @@ def test_sweep_killed_then_resumed_by_replanned_workers(serial_sweep, tmp_path, 
         "from test_sweep import tiny_config as get_config\n"
     )
     workdir = tmp_path / "wd"
-    env = dict(os.environ, PYTHONPATH=ROOT, JACKPOT_JAX_KILL_AT="export:4")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests", "crashpoints")]),
+        JACKPOT_JAX_KILL_AT="export:4",
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "jackpot_jax.sweep", f"--config={config}", f"--workdir={workdir}"],
         cwd=ROOT,

@@ -151,7 +151,7 @@ def test_search_step_is_the_same_with_either_mask(monkeypatch, compute):
     for layout in ("per_layer", "native"):
         compute(mask_layout=layout)
         _, new, metrics = _run_search_step("lenet5", "explicit", "float32")
-        out[layout] = (new.trainable, metrics["loss"])
+        out[layout] = (new.params, metrics["loss"])
     (a, loss_a), (b, loss_b) = out["per_layer"], out["native"]
     assert float(loss_a) == float(loss_b)
     for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

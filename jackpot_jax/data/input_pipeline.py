@@ -16,7 +16,7 @@ process count either: process p of P reads rows [p*B/P, (p+1)*B/P) of every glob
 size B, so the processes' shards are disjoint and together are exactly the one-process batch.
 
 Batches are dicts of numpy arrays: 'image' float32 NHWC, normalised with the dataset's
-mean/std (in [0, 1] units) (or uint8 with normalize=False: the engine normalises on the
+mean/std (in [0, 1] units) (or uint8 with normalize=False: the training loop normalises on the
 device, which moves a quarter of the bytes and saves the host about a quarter of its work
 per ImageNet image), 'label' int32, 'weight' float32 (1 for an example, 0 for the
 padding of a last partial batch and for a file that could not be decoded). A file that cannot

@@ -73,7 +73,7 @@ class ReadBatch:
 
     `augment` is the dataset's ('none' | 'crop_flip' | 'inception'); with `train=False`,
     'inception' data get Resize + CenterCrop and the others nothing. normalize=False leaves
-    the images uint8 (the engine normalises on the device: a quarter of the bytes to move).
+    the images uint8 (the training loop normalises on the device: a quarter of the bytes to move).
     """
 
     split: object  # data.Split

@@ -18,10 +18,12 @@ import os
 import queue as queue_lib
 import socket
 import time
+from collections.abc import Mapping
 
 import ml_collections
 
-from jackpot_jax.pipeline import engine, modes, train
+from jackpot_jax import core
+from jackpot_jax.pipeline import modes, train
 
 # What a planned piece answers with (its numbers are not known yet).
 PLACEHOLDER = {
@@ -45,7 +47,7 @@ class Pieces:
         os.makedirs(self.workdir, exist_ok=True)
         self.plan = {} if plan else None  # target file -> Task, in the order first asked
         self.ds = None if plan else modes.load_data(config.base)
-        self.mesh = None if plan else engine.make_mesh(config.base.num_devices)
+        self.mesh = None if plan else core.make_mesh(config.base.num_devices)
         self.ran = 0
 
     def folder(self, network, seed, name) -> str:
@@ -217,8 +219,22 @@ def work(
     return ran
 
 
-def _worker_main(factory, config, workdir, tasks, index, queue):
+def worker_env(workers: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables each of `workers` worker processes adds to the environment it inherits:
+    an equal share of a GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION, at most 0.75), unless
+    ``environ`` already sets XLA_PYTHON_CLIENT_MEM_FRACTION or XLA_PYTHON_CLIENT_PREALLOCATE."""
+    if any(
+        k in environ for k in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
+    ):
+        return {}
+    return {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{min(0.75, 0.9 / workers):.3f}"}
+
+
+def _worker_main(factory, config, workdir, tasks, index, queue, env):
     """A worker process: its own JAX runtime, data and mesh, the shared task list."""
+    # The worker's own environment, before its first JAX computation starts a backend
+    # (importing the package starts none); the parent's stays as it was.
+    os.environ.update(env)
     try:
         st = factory(config, workdir)
         queue.put((index, work(st, tasks), None))
@@ -230,19 +246,17 @@ def _worker_main(factory, config, workdir, tasks, index, queue):
 
 def run_workers(factory, config, workdir: str, tasks: list[Task], workers: int) -> int:
     """Runs `tasks` in `workers` spawned processes that share `workdir`, each with its own
-    `factory(config, workdir)` (a `Pieces` class); returns how many pieces they ran. On a GPU each process gets an equal share of its memory (unless
-    XLA_PYTHON_CLIENT_MEM_FRACTION or XLA_PYTHON_CLIENT_PREALLOCATE is already set)."""
+    `factory(config, workdir)` (a `Pieces` class); returns how many pieces they ran. On a GPU
+    each process gets an equal share of its memory (`worker_env`: passed to the workers, this
+    process's environment is left alone)."""
     if not tasks:
         return 0
-    if not any(
-        k in os.environ for k in ("XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")
-    ):
-        os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{min(0.75, 0.9 / workers):.3f}"
+    env = worker_env(workers)
     print(f"[pieces] {len(tasks)} pieces to run on {workers} worker processes", flush=True)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker_main, args=(factory, config, workdir, tasks, i, queue))
+        ctx.Process(target=_worker_main, args=(factory, config, workdir, tasks, i, queue, env))
         for i in range(workers)
     ]
     for proc in procs:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 
+from jackpot_jax import core, utils
 from jackpot_jax import method as jm
-from jackpot_jax import utils
 from jackpot_jax.experiments.runner import Pieces
-from jackpot_jax.pipeline import engine, export, modes, pruning
+from jackpot_jax.pipeline import export, modes, pruning
+from jackpot_jax.pipeline.evaluate import evaluate
 
-CRITERIA = ("magnitude", "snip", "grasp", "random")
+CRITERIA = tuple(jm.CRITERIA)  # the registry, in its order: magnitude, snip, grasp, random
 
 
 def level_name(sparsity, pattern: str) -> str:
@@ -120,13 +121,13 @@ class Study(Pieces):
             masked = utils.variables_of(
                 jm.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
             )
-            acc = engine.evaluate(
+            acc = evaluate(
                 module,
                 masked,
                 self.ds,
                 "test",
                 c.eval_batch_size,
                 self.mesh,
-                options=engine.compute_options(c),
+                options=core.compute_options(c),
             )
             yield name, masks, acc["accuracy"], float(jm.overlap(masks, jackpot_masks))

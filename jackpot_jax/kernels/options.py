@@ -2,7 +2,7 @@
 
 A `ComputeOptions` is a frozen, hashable value. The pipeline builds one from the config
 (`ComputeOptions.from_config`), resolves its ``'auto'`` fields for the backend at hand
-(`resolve`) and hands it to the step builders (`jackpot_jax.pipeline.engine`), which make it
+(`resolve`) and hands it to the step builders (`jackpot_jax.core`), which make it
 part of every cache key and trace their step inside ``with use(options):``. The kernels and
 the method read the options of the step being traced with `current()`; outside any step the
 defaults apply. Library users may wrap their own code in ``with use(...)`` too, but should

@@ -21,6 +21,7 @@ same names at the top level.
 """
 
 from jackpot_jax.method.budgets import (  # noqa: F401
+    DISTRIBUTIONS,
     keep_counts,
 )
 from jackpot_jax.method.masks import (  # noqa: F401
@@ -44,10 +45,19 @@ from jackpot_jax.method.nm import (  # noqa: F401
     pattern_summary,
     satisfies_pattern,
 )
+from jackpot_jax.method.oneshot import (  # noqa: F401
+    InputStats,
+    add_stats,
+    input_stats,
+    sparsegpt,
+    sparsegpt_from_stats,
+    update_stats,
+    wanda,
+    wanda_from_stats,
+)
+from jackpot_jax.method.oneshot import magnitude as magnitude_mask  # noqa: F401
 from jackpot_jax.method.paths import (  # noqa: F401
-    CRITERIA,
     DEFAULT_EXCLUDE,
-    DISTRIBUTIONS,
     FilterFn,
     PyTree,
     check_mirror,
@@ -59,7 +69,18 @@ from jackpot_jax.method.paths import (  # noqa: F401
     prunable_paths,
     tree_from_paths,
 )
+from jackpot_jax.method.registry import Registry  # noqa: F401
+from jackpot_jax.method.rules import (  # noqa: F401
+    MASK_UPDATES,
+    MaskRule,
+    swap_rule,
+    topk_rule,
+)
 from jackpot_jax.method.scores import (  # noqa: F401
+    CRITERIA,
+    WARMUPS,
+    CriterionInputs,
+    criterion,
     grasp_scores,
     init_scores_from_mask,
     kaiming_uniform_scores,
@@ -81,11 +102,14 @@ from jackpot_jax.method.topk import (  # noqa: F401
 )
 
 __all__ = [
+    "add_stats",
     "apply_masks",
     "check_mirror",
     "check_swap_schedule",
     "CRITERIA",
+    "criterion",
     "criterion_mask",
+    "CriterionInputs",
     "DEFAULT_EXCLUDE",
     "default_filter",
     "dense_kept",
@@ -94,14 +118,19 @@ __all__ = [
     "flatten_paths",
     "grasp_scores",
     "init_scores_from_mask",
+    "input_stats",
+    "InputStats",
     "kaiming_uniform_scores",
     "keep_counts",
+    "magnitude_mask",
     "magnitude_scores",
     "make_filter",
     "map_prunable",
     "mask_flips",
+    "MASK_UPDATES",
     "masked_params",
     "masked_params_from_masks",
+    "MaskRule",
     "masks_from_scores",
     "nm_budget",
     "nm_mask",
@@ -114,14 +143,23 @@ __all__ = [
     "prunable_paths",
     "PyTree",
     "random_scores",
+    "Registry",
     "satisfies_pattern",
     "snip_scores",
+    "sparsegpt",
+    "sparsegpt_from_stats",
     "sparsity_summary",
     "ste_mask",
     "swap_masks",
     "swap_rate",
+    "swap_rule",
     "SWAP_SCHEDULES",
     "temperature_loss",
     "topk_mask",
+    "topk_rule",
     "tree_from_paths",
+    "update_stats",
+    "wanda",
+    "wanda_from_stats",
+    "WARMUPS",
 ]

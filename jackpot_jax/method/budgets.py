@@ -9,14 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from jackpot_jax.method.paths import (
-    DISTRIBUTIONS,
     FilterFn,
     PyTree,
     flatten_paths,
     prunable_paths,
     tree_from_paths,
 )
+from jackpot_jax.method.registry import Registry
 from jackpot_jax.method.topk import topk_mask
+
+DISTRIBUTIONS = Registry(
+    "distribution",
+    "fn(sizes: dict[path, int], flat: dict[path, array], sparsity: float, erk_power: float)"
+    " -> dict[path, keep count] (per layer) or int (one global top-k)",
+)
 
 # ---------------------------------------------------------------------------------------------
 # Layer budgets
@@ -74,23 +80,42 @@ def keep_counts(
     The achieved global sparsity is within one weight per layer of the target.
     """
     sparsity = _check_sparsity(sparsity)
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution={distribution!r}; expected one of {DISTRIBUTIONS}")
+    fn = DISTRIBUTIONS[distribution]
     chosen = prunable_paths(params, filter_fn)
     flat = flatten_paths(params)
-    shapes = {p: tuple(np.shape(flat[p])) for p in chosen}
-    sizes = {p: int(np.prod(s)) for p, s in shapes.items()}
-    total = sum(sizes.values())
-    if distribution == "global":
-        return _keep_of(total, sparsity)
-    if distribution == "uniform":
-        counts = {p: _keep_of(n, sparsity) for p, n in sizes.items()}
-    elif distribution == "erk":
-        dens = _erk_densities(shapes, sparsity, erk_power)
-        counts = {p: min(sizes[p], int(round(dens[p] * sizes[p]))) for p in chosen}
-    else:  # global_magnitude
-        mags = np.concatenate([np.abs(np.asarray(flat[p], np.float32)).ravel() for p in chosen])
-        m = np.asarray(topk_mask(jnp.asarray(mags), _keep_of(total, sparsity)))
-        offsets = np.cumsum([0] + [sizes[p] for p in chosen])
-        counts = {p: int(m[a:b].sum()) for p, a, b in zip(chosen, offsets[:-1], offsets[1:])}
+    sizes = {p: int(np.size(flat[p])) for p in chosen}
+    counts = fn(sizes, flat, sparsity, erk_power)
+    if isinstance(counts, int):
+        return counts
     return tree_from_paths(params, counts)
+
+
+@DISTRIBUTIONS.register("global_magnitude")
+def _global_magnitude(sizes, flat, sparsity, erk_power):
+    """One global |w| threshold (exact global top-k, ties by tree order) fixes each layer's
+    count; the search then keeps exactly that count per layer (the official rule)."""
+    chosen = list(sizes)
+    mags = np.concatenate([np.abs(np.asarray(flat[p], np.float32)).ravel() for p in chosen])
+    m = np.asarray(topk_mask(jnp.asarray(mags), _keep_of(sum(sizes.values()), sparsity)))
+    offsets = np.cumsum([0] + [sizes[p] for p in chosen])
+    return {p: int(m[a:b].sum()) for p, a, b in zip(chosen, offsets[:-1], offsets[1:])}
+
+
+@DISTRIBUTIONS.register("uniform")
+def _uniform(sizes, flat, sparsity, erk_power):
+    """Every layer prunes ``floor(sparsity * n)`` of its ``n`` weights."""
+    return {p: _keep_of(n, sparsity) for p, n in sizes.items()}
+
+
+@DISTRIBUTIONS.register("erk")
+def _erk(sizes, flat, sparsity, erk_power):
+    """Erdos-Renyi-Kernel densities (RigL), layers over density 1 made dense."""
+    shapes = {p: tuple(np.shape(flat[p])) for p in sizes}
+    dens = _erk_densities(shapes, sparsity, erk_power)
+    return {p: min(n, int(round(dens[p] * n))) for p, n in sizes.items()}
+
+
+@DISTRIBUTIONS.register("global")
+def _global(sizes, flat, sparsity, erk_power):
+    """One int, the total kept: masks are then one top-k over all scores."""
+    return _keep_of(sum(sizes.values()), sparsity)

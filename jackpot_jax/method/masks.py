@@ -8,17 +8,17 @@ import chex
 import jax
 import numpy as np
 
-from jackpot_jax.method.nm import NMPattern, _nm_hard
-from jackpot_jax.method.paths import PyTree, _is_none, flatten_paths, path_str
+from jackpot_jax.method.nm import NMPattern, nm_hard
+from jackpot_jax.method.paths import PyTree, flatten_paths, is_none, path_str
 from jackpot_jax.method.topk import (
-    _float_dtype,
-    _global_masks,
-    _layout_key,
-    _maybe_abs,
-    _straight_through,
-    _topk_masks,
+    float_dtype,
+    global_masks,
+    layout_key,
+    maybe_abs,
     ste_mask,
+    straight_through_of,
     topk_mask,
+    topk_masks,
 )
 
 
@@ -61,7 +61,7 @@ def masks_from_scores(
                 raise ValueError(f"keep count {k} for layer {path!r} is outside [0, {n}]")
             b_paths[path] = int(k)
         key = tuple(sorted(b_paths.items()))
-    return _masks_fn(key, bool(use_abs), bool(straight_through), _layout_key())(scores)
+    return _masks_fn(key, bool(use_abs), bool(straight_through), layout_key())(scores)
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,28 +73,28 @@ def _masks_fn(budget_key, use_abs: bool, straight_through: bool, layout: tuple):
     if straight_through:
         mask_fn = lambda s, k: ste_mask(s, k, use_abs=use_abs)
     else:
-        mask_fn = lambda s, k: topk_mask(_maybe_abs(s, use_abs), k)
+        mask_fn = lambda s, k: topk_mask(maybe_abs(s, use_abs), k)
 
     @jax.jit
     def fn(scores):
         if isinstance(budget_key, int):
-            return _global_masks(scores, budget_key, mask_fn)
+            return global_masks(scores, budget_key, mask_fn)
         budgets = dict(budget_key)
         with_paths, treedef = jax.tree_util.tree_flatten_with_path(scores)
-        ranked = [_maybe_abs(s, use_abs) for _, s in with_paths]
+        ranked = [maybe_abs(s, use_abs) for _, s in with_paths]
         leaf_budgets = [budgets[path_str(kp)] for kp, _ in with_paths]
         hard: list = [None] * len(ranked)
         topk = [i for i, b in enumerate(leaf_budgets) if not isinstance(b, NMPattern)]
         for i, h in zip(
-            topk, _topk_masks([ranked[i] for i in topk], [leaf_budgets[i] for i in topk], layout)
+            topk, topk_masks([ranked[i] for i in topk], [leaf_budgets[i] for i in topk], layout)
         ):
             hard[i] = h
         for i, b in enumerate(leaf_budgets):
             if isinstance(b, NMPattern):
-                hard[i] = _nm_hard(ranked[i], b.n, b.m)
-        hard = [h.astype(_float_dtype(r)) for h, r in zip(hard, ranked)]
+                hard[i] = nm_hard(ranked[i], b.n, b.m)
+        hard = [h.astype(float_dtype(r)) for h, r in zip(hard, ranked)]
         if straight_through:
-            hard = [_straight_through(h, r) for h, r in zip(hard, ranked)]
+            hard = [straight_through_of(h, r) for h, r in zip(hard, ranked)]
         return jax.tree.unflatten(treedef, hard)
 
     return fn
@@ -110,7 +110,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
         chex.assert_equal_shape([m, w])
         return w * m.astype(w.dtype)
 
-    return jax.tree.map(apply, masks, params, is_leaf=_is_none)
+    return jax.tree.map(apply, masks, params, is_leaf=is_none)
 
 
 def masked_params(

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jackpot_jax.method.paths import FilterFn, PyTree, flatten_paths, map_prunable
-from jackpot_jax.method.topk import _float_dtype, _maybe_abs, _ordered_keys, _straight_through
+from jackpot_jax.method.topk import float_dtype, maybe_abs, ordered_keys, straight_through_of
 
 # ---------------------------------------------------------------------------------------------
 # N:M patterns
@@ -87,14 +87,14 @@ def nm_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _nm_mask(scores: jax.Array, n: int, m: int) -> jax.Array:
-    return _nm_hard(scores, n, m).astype(_float_dtype(scores))
+    return nm_hard(scores, n, m).astype(float_dtype(scores))
 
 
-def _nm_hard(scores: jax.Array, n: int, m: int) -> jax.Array:
+def nm_hard(scores: jax.Array, n: int, m: int) -> jax.Array:
     """bool N:M mask. Each entry's rank in its group is the number of entries that beat it
     (a larger key, or an equal key at a lower index); the ``n`` of rank < n are kept. The
     order-preserving uint32 keys make the order total (NaN included), so counts are exact."""
-    keys = jnp.moveaxis(_ordered_keys(jax.lax.stop_gradient(scores)), -2, -1)
+    keys = jnp.moveaxis(ordered_keys(jax.lax.stop_gradient(scores)), -2, -1)
     groups = keys.reshape(*keys.shape[:-1], keys.shape[-1] // m, m)
     a, b = groups[..., :, None], groups[..., None, :]  # entry i, competitor j
     lower = np.tril(np.ones((m, m), bool), -1)  # [i, j]: j < i
@@ -105,8 +105,8 @@ def _nm_hard(scores: jax.Array, n: int, m: int) -> jax.Array:
 def nm_ste_mask(scores: jax.Array, n: int, m: int, *, use_abs: bool = True) -> jax.Array:
     """Straight-through N:M mask: the value is ``nm_mask`` (of ``|scores|`` with ``use_abs``),
     the gradient the identity (times ``sign(scores)`` with ``use_abs``), as `ste_mask`."""
-    s = _maybe_abs(scores, use_abs)
-    return _straight_through(nm_mask(s, n, m), s)
+    s = maybe_abs(scores, use_abs)
+    return straight_through_of(nm_mask(s, n, m), s)
 
 
 def nm_budget(params: PyTree, pattern: NMPattern, filter_fn: FilterFn | None = None) -> PyTree:

@@ -13,14 +13,11 @@ PyTree = Any
 FilterFn = Callable[[str, Any], bool]
 
 
-DISTRIBUTIONS = ("global_magnitude", "uniform", "erk", "global")
-CRITERIA = ("magnitude", "random", "snip", "grasp")
-
 # The classifier stays dense by default (as in the official code).
 DEFAULT_EXCLUDE = (r"(^|/)classifier(/|$)",)
 
 
-def _is_none(x) -> bool:
+def is_none(x) -> bool:
     return x is None
 
 
@@ -43,7 +40,7 @@ def path_str(keypath) -> str:
 
 def flatten_paths(tree: PyTree, *, keep_none: bool = False) -> dict[str, Any]:
     """``{path: leaf}`` for a tree; ``None`` leaves are dropped unless ``keep_none``."""
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)[0]
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)[0]
     return {path_str(kp): v for kp, v in flat if keep_none or v is not None}
 
 

@@ -1,7 +1,14 @@
-"""Criterion scores (importance: larger = keep) and score initialisation."""
+"""Criterion scores (importance: larger = keep), score initialisation, and their registries.
+
+`CRITERIA` maps a criterion's name to ``fn(params, inputs: CriterionInputs) -> importance``;
+`WARMUPS` maps a warm-up's name to ``fn(params, budget, inputs, kept, pruned) -> scores``
+(every criterion is also a warm-up: its mask under the budget as two score levels; plus
+edge-popup's ``kaiming``). A new criterion is one `criterion`-decorated function here.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -11,7 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jackpot_jax.method.paths import FilterFn, PyTree, _is_none, map_prunable, prunable_paths
+from jackpot_jax import kernels
+from jackpot_jax.errors import ConfigError
+from jackpot_jax.method.masks import criterion_mask
+from jackpot_jax.method.paths import FilterFn, PyTree, is_none, map_prunable, prunable_paths
+from jackpot_jax.method.registry import Registry
 
 # ---------------------------------------------------------------------------------------------
 # Criteria (importance: larger = keep) and score initialisation
@@ -57,7 +68,7 @@ def snip_scores(
     like = map_prunable(lambda _, w: True, params, filter_fn)
     g = _sum_grads(loss_fn, params, batches)
     return jax.tree.map(
-        lambda m, w, gw: None if m is None else jnp.abs(w * gw), like, params, g, is_leaf=_is_none
+        lambda m, w, gw: None if m is None else jnp.abs(w * gw), like, params, g, is_leaf=is_none
     )
 
 
@@ -79,7 +90,7 @@ def grasp_scores(
     g = _sum_grads(loss_fn, params, batches)
     # Tangent: the gradient on prunable leaves, zero elsewhere (the Hessian block over them).
     tangent = jax.tree.map(
-        lambda m, gw: jnp.zeros_like(gw) if m is None else gw, like, g, is_leaf=_is_none
+        lambda m, gw: jnp.zeros_like(gw) if m is None else gw, like, g, is_leaf=is_none
     )
     grad_fn = jax.grad(loss_fn)
 
@@ -92,7 +103,7 @@ def grasp_scores(
         h = hvp(params, batch)
         hg = h if hg is None else jax.tree.map(jnp.add, hg, h)
     return jax.tree.map(
-        lambda m, w, h: None if m is None else w * h, like, params, hg, is_leaf=_is_none
+        lambda m, w, h: None if m is None else w * h, like, params, hg, is_leaf=is_none
     )
 
 
@@ -141,3 +152,95 @@ def kaiming_uniform_scores(
         return jax.random.uniform(keys[path], np.shape(w), jnp.float32, -bound, bound)
 
     return map_prunable(init, params, filter_fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registries
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CriterionInputs:
+    """What a criterion or warm-up may read besides the weights.
+
+    ``seed``: random criteria draw from it (``random``: key ``seed + 7919``; ``kaiming``: key
+    ``seed``). ``logits_fn(params, x) -> logits``: the model's forward pass in train mode
+    (data criteria). ``batches(count)``: that many training batches ``(x, y)`` (SNIP);
+    ``balanced(per_class)``: a class-balanced sample as a list of ``(x, y)`` batches (GraSP).
+    """
+
+    filter_fn: FilterFn | None = None
+    seed: int = 0
+    logits_fn: Callable[[PyTree, Any], jax.Array] | None = None
+    batches: Callable[[int], list] | None = None
+    balanced: Callable[[int], list] | None = None
+    snip_batches: int = 1
+    grasp_per_class: int = 10
+    grasp_temperature: float = 200.0
+
+    def need(self, field: str, criterion: str):
+        value = getattr(self, field)
+        if value is None:
+            raise ConfigError(
+                f"criterion {criterion!r} reads data: it needs CriterionInputs.{field} "
+                "(and logits_fn); magnitude, random and kaiming need none"
+            )
+        return value
+
+
+CRITERIA = Registry(
+    "criterion", "fn(params, inputs: CriterionInputs) -> importance tree (larger = keep)"
+)
+WARMUPS = Registry(
+    "init", "fn(params, budget, inputs: CriterionInputs, kept, pruned) -> initial scores"
+)
+
+
+def criterion(name: str, **tags):
+    """Registers a criterion under ``name`` and the warm-up of the same name (its mask under
+    the search's budget as two score levels, `init_scores_from_mask`)."""
+
+    def add(fn):
+        CRITERIA.register(name, **tags)(fn)
+
+        def warmup(params, budget, inputs, kept, pruned):
+            mask = criterion_mask(fn(params, inputs), budget)
+            return init_scores_from_mask(mask, kept, pruned)
+
+        WARMUPS.register(name, **tags)(warmup)
+        return fn
+
+    return add
+
+
+@criterion("magnitude", needs_data=False)
+def _magnitude(params, inputs: CriterionInputs):
+    return magnitude_scores(params, inputs.filter_fn)
+
+
+@criterion("snip", needs_data=True)
+def _snip(params, inputs: CriterionInputs):
+    batches = inputs.need("batches", "snip")(inputs.snip_batches)
+    loss = temperature_loss(inputs.need("logits_fn", "snip"), 1.0)
+    return snip_scores(loss, params, batches, inputs.filter_fn)
+
+
+@criterion("grasp", needs_data=True)
+def _grasp(params, inputs: CriterionInputs):
+    batches = inputs.need("balanced", "grasp")(inputs.grasp_per_class)
+    loss = temperature_loss(inputs.need("logits_fn", "grasp"), inputs.grasp_temperature)
+    # The Hessian-vector product is forward-over-reverse: XLA's own convolution (the explicit
+    # one defines only a reverse-mode rule).
+    with kernels.use(conv_impl="xla"):
+        return grasp_scores(loss, params, batches, inputs.filter_fn)
+
+
+@criterion("random", needs_data=False)
+def _random(params, inputs: CriterionInputs):
+    return random_scores(jax.random.key(inputs.seed + 7919), params, inputs.filter_fn)
+
+
+@WARMUPS.register("kaiming", needs_data=False)
+def _kaiming(params, budget, inputs: CriterionInputs, kept, pruned):
+    """Edge-popup's random scores: no warm-up mask (``budget``, ``kept``, ``pruned`` unused)."""
+    return kaiming_uniform_scores(jax.random.key(inputs.seed), params, inputs.filter_fn)

@@ -12,11 +12,11 @@ import numpy as np
 from jackpot_jax.method.masks import apply_masks
 from jackpot_jax.method.paths import PyTree, flatten_paths, path_str
 from jackpot_jax.method.topk import (
-    _float_dtype,
-    _layout_key,
-    _maybe_abs,
-    _ordered_keys,
-    _straight_through,
+    float_dtype,
+    layout_key,
+    maybe_abs,
+    ordered_keys,
+    straight_through_of,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def _swap_layer(
     n = int(np.size(mask))
     if keep in (0, n):  # nothing pruned or nothing kept: no pair to swap
         return mask
-    keys = _ordered_keys(_maybe_abs(scores, use_abs)).ravel()
+    keys = ordered_keys(maybe_abs(scores, use_abs)).ravel()
     kept = mask.ravel() > 0
     # The cut is the (n - keep)-th smallest score, i.e. the (keep + 1)-th largest.
     cut = _kth_largest_key(keys, jnp.int32(keep + 1), layout)
@@ -149,7 +149,7 @@ def swap_masks(
             )
     key = tuple(sorted((p, int(k)) for p, k in b_paths.items()))
     # the resolved mask layout (radix bits play no part in the swap rule): part of the cache key
-    return _swap_fn(key, bool(use_abs), _layout_key()[0])(
+    return _swap_fn(key, bool(use_abs), layout_key()[0])(
         scores, masks, jnp.asarray(rate, jnp.float32)
     )
 
@@ -181,6 +181,6 @@ def masked_params_from_masks(
 
     def ste(m, s):
         chex.assert_equal_shape([m, s])
-        return _straight_through(m.astype(_float_dtype(s)), _maybe_abs(s, use_abs))
+        return straight_through_of(m.astype(float_dtype(s)), maybe_abs(s, use_abs))
 
     return apply_masks(params, jax.tree.map(ste, masks, scores))

@@ -17,7 +17,7 @@ from jackpot_jax.method.paths import PyTree
 # ---------------------------------------------------------------------------------------------
 
 
-def _ordered_keys(x: jax.Array) -> jax.Array:
+def ordered_keys(x: jax.Array) -> jax.Array:
     """uint32 keys whose unsigned order equals the float order of ``x`` (float32).
 
     NaN gets key 1, below every number (-inf is 0x007FFFFF) and above the padding key 0: a
@@ -73,7 +73,7 @@ def _blocked_topk(
     row_of = np.repeat(np.arange(len(live)), rows)  # static: which array a row is
     keys = [
         jnp.pad(
-            _ordered_keys(jax.lax.stop_gradient(arrays[i]).ravel()),
+            ordered_keys(jax.lax.stop_gradient(arrays[i]).ravel()),
             (0, r * _BLOCK - arrays[i].size),
         )
         for i, r in zip(live, rows)
@@ -125,7 +125,7 @@ def _blocked_topk(
     return out
 
 
-def _layout_key() -> tuple[str, int]:
+def layout_key() -> tuple[str, int]:
     """The mask layout (resolved for this backend) and radix bits of the `ComputeOptions` being
     traced now: a static argument of every jitted mask function, so that its cache never
     serves a step traced with other options."""
@@ -133,7 +133,7 @@ def _layout_key() -> tuple[str, int]:
     return (options.mask_layout(opts), opts.radix_bits)
 
 
-def _topk_masks(arrays: Sequence[jax.Array], keeps: Sequence[int], layout) -> list:
+def topk_masks(arrays: Sequence[jax.Array], keeps: Sequence[int], layout) -> list:
     layout, radix_bits = layout
     if layout == "native":
         from jackpot_jax.kernels.native import topk_select
@@ -159,20 +159,20 @@ def topk_mask(scores: jax.Array, keep: int) -> jax.Array:
     keep = int(keep)
     if not 0 <= keep <= n:
         raise ValueError(f"keep={keep} is outside [0, {n}] for scores of shape {np.shape(scores)}")
-    return _topk_mask(jnp.asarray(scores), keep, _layout_key())
+    return _topk_mask(jnp.asarray(scores), keep, layout_key())
 
 
-def _float_dtype(x):
+def float_dtype(x):
     return x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _topk_mask(scores: jax.Array, keep: int, layout: tuple) -> jax.Array:
     # Jitted also when called eagerly: one compilation per (shape, keep), not per primitive.
-    return _topk_masks([scores], [keep], layout)[0].astype(_float_dtype(scores))
+    return topk_masks([scores], [keep], layout)[0].astype(float_dtype(scores))
 
 
-def _maybe_abs(scores, use_abs: bool):
+def maybe_abs(scores, use_abs: bool):
     return jnp.abs(scores) if use_abs else scores
 
 
@@ -183,16 +183,16 @@ def ste_mask(scores: jax.Array, keep: int, *, use_abs: bool = True) -> jax.Array
     w.r.t. ``scores`` carries ``sign(scores)``. The value equals ``topk_mask`` bit for bit:
     ``s - stop_gradient(s)`` is exactly zero for finite scores.
     """
-    s = _maybe_abs(scores, use_abs)
-    return _straight_through(topk_mask(s, keep), s)
+    s = maybe_abs(scores, use_abs)
+    return straight_through_of(topk_mask(s, keep), s)
 
 
-def _straight_through(hard: jax.Array, s: jax.Array) -> jax.Array:
+def straight_through_of(hard: jax.Array, s: jax.Array) -> jax.Array:
     """``hard`` in value, the identity w.r.t. ``s`` in gradient."""
     return jax.lax.stop_gradient(hard) + (s - jax.lax.stop_gradient(s))
 
 
-def _global_masks(scores: PyTree, keep: int, mask_fn) -> PyTree:
+def global_masks(scores: PyTree, keep: int, mask_fn) -> PyTree:
     flat, treedef = jax.tree.flatten(scores)
     if not flat:
         raise ValueError("scores tree has no leaf that is not None")

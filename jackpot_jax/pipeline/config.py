@@ -8,6 +8,8 @@ magnitude mask, |scores| ranked, one global magnitude threshold fixing per-layer
 import ml_collections
 from ml_collections import config_dict
 
+from jackpot_jax import method as jm
+
 
 def _sgd(lr, epochs, weight_decay, momentum=0.9):
     # optimizer: "sgd" (torch's SGD: weight decay added to the gradient, momentum, the official
@@ -67,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.prune = ml_collections.ConfigDict()
     c.prune.include = ()  # regexes over '/'-joined param paths; () = every kernel
-    c.prune.exclude = (r"(^|/)classifier(/|$)",)  # the classifier stays dense (official code)
+    c.prune.exclude = tuple(jm.DEFAULT_EXCLUDE)  # the classifier stays dense (official code)
 
     c.pretrain = _sgd(lr=0.1, epochs=200, weight_decay=5e-4)
 

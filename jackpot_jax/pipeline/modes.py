@@ -1,7 +1,8 @@
 """The four modes of the pipeline: pretrain, lottery-jackpot search, fine-tune (Eq. 9), eval.
 
-Each ``run_<mode>(config, workdir)`` builds its inputs, runs `engine.train_loop`, writes its
-exports (`jackpot_jax.pipeline.export`) and returns the run's summary (also in summary.json).
+Each ``run_<mode>(config, workdir)`` builds its inputs, its `core.SearchState` and its step
+(`jackpot_jax.core`), runs `loop.train_loop`, writes its exports (`jackpot_jax.pipeline.export`)
+and returns the run's summary (also in summary.json).
 """
 
 from __future__ import annotations
@@ -9,21 +10,21 @@ from __future__ import annotations
 import os
 import time
 
-import jax
-
+from jackpot_jax import core, utils
 from jackpot_jax import method as jm
-from jackpot_jax import utils
 from jackpot_jax.errors import ConfigError, MissingInputError
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
-from jackpot_jax.pipeline import engine, export
+from jackpot_jax.pipeline import export, loop
+from jackpot_jax.pipeline.evaluate import evaluate
 from jackpot_jax.pipeline.pruning import (
     budget_for,
+    criterion_inputs,
     criterion_mask,
-    initial_scores,
+    pattern_of,
     pattern_report,
     prune_filter,
 )
-from jackpot_jax.pipeline.sources import init_model, load_data, model_options  # noqa: F401
+from jackpot_jax.pipeline.sources import init_model, load_data
 from jackpot_jax.pipeline.summaries import (
     base_summary,
     mask_summary,
@@ -73,7 +74,7 @@ def _start(workdir, config, ds, mesh):
     if utils.is_primary():
         os.makedirs(workdir, exist_ok=True)
     utils.sync("mode:workdir")
-    return time.time(), ds or load_data(config), mesh or engine.make_mesh(config.num_devices)
+    return time.time(), ds or load_data(config), mesh or core.make_mesh(config.num_devices)
 
 
 def _evaluate_test(config, module, variables, ds, mesh) -> dict:
@@ -81,14 +82,14 @@ def _evaluate_test(config, module, variables, ds, mesh) -> dict:
     reads only the validation split: its summary then has no test accuracies)."""
     if not config.get("evaluate_test", True):
         return {}
-    return engine.evaluate(
+    return evaluate(
         module,
         variables,
         ds,
         "test",
         config.eval_batch_size,
         mesh,
-        options=engine.compute_options(config),
+        options=core.compute_options(config),
     )
 
 
@@ -96,22 +97,38 @@ def run_pretrain(config, workdir: str, *, ds=None, mesh=None) -> dict:
     """Dense SGD training; leaves workdir/model (loadable with `checkpoint.load_model`)."""
     t0, ds, mesh = _start(workdir, config, ds, mesh)
     module, variables, opts = init_model(config, ds, config.seed)
-    state, log = engine.train_loop(
+    cfg = config.pretrain
+    _, spe = loop.steps_per_epoch(config, ds, mesh, cfg)
+    tx, schedule = core.make_optimizer(cfg, cfg.epochs, spe)
+    state = core.SearchState.create(
+        apply_fn=module.apply,
+        params=variables["params"],
+        tx=tx,
+        seed=config.seed,
+        batch_stats=utils.batch_stats_of(variables),
+    )
+    step = core.make_train_step(
+        module.apply,
+        tx,
+        label_smoothing=config.label_smoothing,
+        options=core.compute_options(config),
+    )
+    state, log = loop.train_loop(
         config=config,
         workdir=workdir,
         module=module,
         ds=ds,
         mesh=mesh,
-        kind="dense",
-        trainable=variables["params"],
-        frozen=None,
-        batch_stats=utils.batch_stats_of(variables),
-        opt_cfg=config.pretrain,
-        epochs=config.pretrain.epochs,
+        state=state,
+        step=step,
+        schedule=schedule,
+        opt_cfg=cfg,
+        epochs=cfg.epochs,
         seed=config.seed,
-        eval_params=lambda s: utils.variables_of(s.trainable, s.batch_stats),
+        label="pretrain",
+        eval_variables=lambda s: utils.variables_of(s.params, s.batch_stats),
     )
-    final = utils.as_numpy(utils.variables_of(state.trainable, state.batch_stats))
+    final = utils.as_numpy(utils.variables_of(state.params, state.batch_stats))
     model_dir = ckpt_lib.save_variables(
         os.path.join(workdir, "model"), final, arch=config.model, model_options=opts, overwrite=True
     )
@@ -140,77 +157,90 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
     )
     filter_fn = prune_filter(config)
     params, batch_stats = variables["params"], utils.batch_stats_of(variables)
-    budget = budget_for(config, params, filter_fn)
-    scores = initial_scores(config, module, variables, ds, config.seed, filter_fn, budget)
-    hard_masks = jax.jit(lambda s: jm.masks_from_scores(s, budget, use_abs=cfg.use_abs))
-    init_mask = hard_masks(scores)
-    swap = cfg.mask_update == "swap"
+    _, spe = loop.steps_per_epoch(config, ds, mesh, cfg)
+    tx, schedule = core.make_optimizer(cfg, cfg.epochs, spe)
+    init = core.init_search(
+        params,
+        apply_fn=module.apply,
+        tx=tx,
+        batch_stats=batch_stats,
+        sparsity=config.sparsity,
+        pattern=pattern_of(config),
+        distribution=cfg.distribution,
+        filter_fn=filter_fn,
+        init=cfg.init,
+        score_kept=cfg.score_kept,
+        score_pruned=cfg.score_pruned,
+        mask_update=cfg.mask_update,
+        use_abs=cfg.use_abs,
+        seed=config.seed,
+        inputs=criterion_inputs(config, module, variables, ds, config.seed, filter_fn),
+    )
+    budget, init_mask = init.budget, init.masks
+    swap_rate = None
+    if cfg.mask_update == "swap":
+        swap_rate = core.swap_rate_schedule(
+            cfg.epochs, spe, cfg.swap_schedule, cfg.swap_rate, cfg.swap_power
+        )
+    step = core.make_search_step(
+        module.apply,
+        tx,
+        budget,
+        mask_update=cfg.mask_update,
+        use_abs=cfg.use_abs,
+        swap_rate=swap_rate,
+        label_smoothing=config.label_smoothing,
+        options=core.compute_options(config),
+    )
 
     def current_masks(state):
         """The search's mask now: the persistent one (swap) or the top-k of the scores."""
-        if swap:
-            return utils.as_numpy(state.masks)
-        return hard_masks(utils.as_numpy(state.trainable))
+        return core.current_masks(state, budget, mask_update=cfg.mask_update, use_abs=cfg.use_abs)
 
     dense_acc = _evaluate_test(config, module, variables, ds, mesh)
     init_vars = utils.variables_of(jm.apply_masks(params, init_mask), batch_stats)
     init_acc = _evaluate_test(config, module, init_vars, ds, mesh)
     init_val = (
-        engine.evaluate(
+        evaluate(
             module,
             init_vars,
             ds,
             "val",
             config.eval_batch_size,
             mesh,
-            options=engine.compute_options(config),
+            options=core.compute_options(config),
         )
         if len(ds.val)
         else {}
     )
-    prev = {"mask": init_mask}
 
-    # Host copies: arrays committed to the mesh would compile the mask function again.
-    def hook(epoch, state):
-        m = current_masks(state)
-        out = {
-            "overlap_with_init": float(jm.overlap(m, init_mask)),
-            "mask_flips": int(jm.mask_flips(m, prev["mask"])),
-        }
-        prev["mask"] = m
-        return out
-
-    def eval_params(state):
+    def eval_variables(state):
         m = current_masks(state)
         return utils.variables_of(jm.apply_masks(params, m), state.batch_stats)
 
-    state, log = engine.train_loop(
+    state, log = loop.train_loop(
         config=config,
         workdir=workdir,
         module=module,
         ds=ds,
         mesh=mesh,
-        kind="search",
-        trainable=scores,
-        frozen=params,
-        batch_stats=batch_stats,
+        state=init.state,
+        step=step,
+        schedule=schedule,
         opt_cfg=cfg,
         epochs=cfg.epochs,
         seed=config.seed,
-        budget=budget,
-        epoch_hook=hook,
-        eval_params=eval_params,
-        masks=init_mask if swap else None,
+        label="search",
+        eval_variables=eval_variables,
+        tracker=core.MaskTracker(current_masks, init_mask),
     )
-    scores = utils.as_numpy(state.trainable)
+    scores = utils.as_numpy(state.params)
     masks = utils.as_numpy(current_masks(state))
     same_on_every_process(masks, "final masks")
     final_bs = utils.as_numpy(state.batch_stats)
     final_vars = utils.variables_of(utils.as_numpy(jm.apply_masks(params, masks)), final_bs)
     test = _evaluate_test(config, module, final_vars, ds, mesh)
-    utils.kill_point("export")
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
-    utils.kill_point("export")
     ckpt_lib.save_variables(
         os.path.join(workdir, "model"),
         utils.variables_of(utils.as_numpy(params), final_bs),
@@ -219,7 +249,6 @@ def run_search(config, workdir: str, *, ds=None, mesh=None) -> dict:
         scores=jm.flatten_paths(scores),
         overwrite=True,
     )
-    utils.kill_point("export")
     summary = base_summary(config, "search", ds, log, t0)
     summary.update(mask_summary(masks, config))
     summary.update(
@@ -275,23 +304,40 @@ def run_finetune(config, workdir: str, *, ds=None, mesh=None) -> dict:
     params = variables["params"]
     init_vars = utils.variables_of(jm.apply_masks(params, masks), utils.batch_stats_of(variables))
     init_acc = _evaluate_test(config, module, init_vars, ds, mesh)
-    state, log = engine.train_loop(
+    _, spe = loop.steps_per_epoch(config, ds, mesh, cfg)
+    tx, schedule = core.make_optimizer(cfg, cfg.epochs, spe)
+    state = core.SearchState.create(
+        apply_fn=module.apply,
+        params=params,
+        tx=tx,
+        seed=config.seed,
+        frozen=masks,
+        batch_stats=utils.batch_stats_of(variables),
+    )
+    step = core.make_train_step(
+        module.apply,
+        tx,
+        params_fn=core.masked_weights,
+        label_smoothing=config.label_smoothing,
+        options=core.compute_options(config),
+    )
+    state, log = loop.train_loop(
         config=config,
         workdir=workdir,
         module=module,
         ds=ds,
         mesh=mesh,
-        kind="masked",
-        trainable=params,
-        frozen=masks,
-        batch_stats=utils.batch_stats_of(variables),
+        state=state,
+        step=step,
+        schedule=schedule,
         opt_cfg=cfg,
         epochs=cfg.epochs,
         seed=config.seed,
-        eval_params=lambda s: utils.variables_of(jm.apply_masks(s.trainable, masks), s.batch_stats),
+        label="finetune",
+        eval_variables=lambda s: utils.variables_of(jm.apply_masks(s.params, masks), s.batch_stats),
     )
     final_vars = utils.as_numpy(
-        utils.variables_of(jm.apply_masks(state.trainable, masks), state.batch_stats)
+        utils.variables_of(jm.apply_masks(state.params, masks), state.batch_stats)
     )
     test = _evaluate_test(config, module, final_vars, ds, mesh)
     export.write_jackpot(workdir, config, opts, masks, final_vars, source)
@@ -335,14 +381,14 @@ def run_eval(config, workdir: str, *, ds=None, mesh=None) -> dict:
             jm.apply_masks(variables["params"], masks), utils.batch_stats_of(variables)
         )
     res = {
-        s: engine.evaluate(
+        s: evaluate(
             module,
             variables,
             ds,
             s,
             config.eval_batch_size,
             mesh,
-            options=engine.compute_options(config),
+            options=core.compute_options(config),
         )
         for s in ("val", "test")
         if len(ds.split(s))

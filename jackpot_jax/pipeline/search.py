@@ -2,10 +2,9 @@
 
 The command line's search (`modes.run_search`) reads a dataset by name and a model from the
 zoo; this function takes your module, its pre-trained variables and your batches, and runs the
-same search with the same pieces: the prune filter and budget (`pruning`), the warm-up mask,
-the score initialisation, the optimiser (`engine.make_optimizer`) and the jitted,
-data-parallel search step (`engine.make_train_step`, under the `ComputeOptions` you give).
-Every setting defaults to the CLI's (`pipeline.config.base_config().search`).
+same search core (`jackpot_jax.core`: `init_search`, `make_search_step`, `run_epoch`) under
+the `ComputeOptions` you give. Every default is the command line's
+(`pipeline.config.base_config().search`; a test holds them equal).
 """
 
 from __future__ import annotations
@@ -13,21 +12,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from jackpot_jax import kernels, utils
+from jackpot_jax import core, kernels, utils
 from jackpot_jax import method as jm
-from jackpot_jax.errors import ConfigError, InputError, NonFiniteError
-from jackpot_jax.pipeline import config as config_lib
-from jackpot_jax.pipeline import engine, pruning
-
-WARMUPS = ("magnitude", "random", "kaiming")  # the warm-ups that need no data
+from jackpot_jax.errors import InputError
 
 
 @dataclasses.dataclass
@@ -68,31 +63,6 @@ def _takes_train(module: nn.Module) -> bool:
     return "train" in inspect.signature(type(module).__call__).parameters
 
 
-def _search_config(sparsity, epochs, overrides: dict) -> Any:
-    config = config_lib.base_config()
-    config.sparsity = sparsity
-    if epochs is not None:
-        config.search.epochs = epochs
-    for key, value in overrides.items():
-        if key in ("include", "exclude"):
-            config.prune[key] = tuple(value or ())
-        elif key in config.search:
-            config.search[key] = value
-        else:
-            known = sorted([*config.search.keys(), "include", "exclude"])
-            raise ConfigError(f"find_jackpot: unknown setting {key!r}; known: {known}")
-    if config.search.init not in WARMUPS:
-        raise ConfigError(
-            f"init={config.search.init!r}; find_jackpot supports {WARMUPS} (snip and grasp "
-            "read a dataset: use the command line)"
-        )
-    if config.search.weights != "pretrained":
-        raise ConfigError(
-            "find_jackpot searches in the variables it is given (weights='pretrained')"
-        )
-    return config
-
-
 def _epoch_batches(batches, epoch: int) -> Iterable:
     return batches(epoch) if callable(batches) else batches
 
@@ -109,109 +79,165 @@ def find_jackpot(
     batches: Iterable | Callable[[int], Iterable],
     *,
     sparsity: float = 0.9,
-    epochs: int | None = None,
+    pattern: str | None = None,
+    distribution: str = "global_magnitude",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    init: str = "magnitude",
+    score_kept: float = 1.0,
+    score_pruned: float = 0.95,
+    use_abs: bool = True,
+    mask_update: str = "topk",
+    swap_schedule: str = "official",
+    swap_rate: float = 1.0,
+    swap_power: float = 4.0,
+    epochs: int = 30,
     steps_per_epoch: int | None = None,
+    optimizer: str = "sgd",
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 5e-4,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    schedule: str = "cosine_epoch",
     loss_fn: Callable | None = None,
     label_smoothing: float = 0.0,
+    snip_batches: int = 1,
     options: kernels.ComputeOptions | None = None,
     num_devices: int | None = None,
     seed: int = 0,
-    **search: Any,
 ) -> Jackpot:
     """Finds a lottery jackpot in ``module`` with pre-trained ``variables``: a mask over the
     prunable weights, learned through scores, that never changes a kept weight.
 
-    ``module``: any Linen module returning logits, with or without a ``train`` keyword and
-    ``batch_stats``. ``batches``: (images, labels) numpy pairs, as a re-iterable (a list) or a
-    callable ``epoch -> iterable``; every batch has the same size, a multiple of the device
-    count. ``sparsity``: the fraction of prunable weights removed (ignored with ``pattern``).
-    ``epochs`` (default the CLI's, 30) and ``steps_per_epoch`` (default: the batches' length,
-    or one counting pass over epoch 0). ``loss_fn(logits, labels) -> scalar`` replaces the
-    cross-entropy. ``options``: how the step is computed (`kernels.ComputeOptions`).
-    ``search``: any key of the CLI's ``config.search`` (``optimizer`` ('sgd' or 'adamw'),
-    ``lr``, ``momentum``, ``weight_decay``, ``schedule``, ``distribution``, ``init`` (magnitude, random, kaiming),
-    ``score_kept``, ``score_pruned``, ``use_abs``, ``mask_update`` ('topk' or 'swap'),
-    ``swap_*``, ``pattern`` (e.g. "2:4")) and ``include`` / ``exclude`` (regexes over
-    '/'-joined parameter paths choosing what is pruned; default: every kernel except a
-    ``classifier``).
+    Data: ``module`` is any Linen module returning logits (or any output ``loss_fn`` reads),
+    with or without a ``train`` keyword and ``batch_stats``. ``batches``: ``(inputs, labels)``
+    numpy pairs, as a re-iterable (a list) or a callable ``epoch -> iterable``; every batch
+    has the same size, a multiple of the device count. ``loss_fn(logits, labels) -> scalar``
+    replaces the cross-entropy (``label_smoothing`` then plays no part; history accuracy is
+    NaN).
+
+    What is pruned: ``include`` / ``exclude`` regexes over '/'-joined parameter paths
+    (default: every kernel except a ``classifier``). How much: ``sparsity`` (the fraction of
+    prunable weights removed) split over layers by ``distribution`` (`jm.DISTRIBUTIONS`:
+    'global_magnitude', 'uniform', 'erk', 'global'), or an N:M ``pattern`` such as "2:4"
+    along each kernel's input axis (``sparsity`` and ``distribution`` then play no part).
+
+    The search: warm-up ``init`` (`jm.WARMUPS`: 'magnitude', 'random', 'kaiming', or 'snip'
+    on the first ``snip_batches`` batches; 'grasp' needs a class-balanced sample: use the
+    command line) as two score levels ``score_kept`` / ``score_pruned``; ``use_abs`` ranks
+    |scores|; ``mask_update`` (`jm.MASK_UPDATES`): 'topk' (the paper) or 'swap' (the 2023
+    code, with ``swap_schedule``, ``swap_rate``, ``swap_power``). ``epochs`` of
+    ``steps_per_epoch`` steps (default: the batches' length, or one counting pass over epoch
+    0). The optimiser of the scores: ``optimizer`` 'sgd' (``momentum``, ``nesterov``,
+    ``weight_decay`` added to the gradient) or 'adamw' (``b1``, ``b2``, decoupled
+    ``weight_decay``), learning rate ``lr`` on ``schedule`` 'cosine_epoch' or 'cosine_step'.
+
+    How: ``options`` (`kernels.ComputeOptions`) says how the step is computed, never what it
+    computes; ``num_devices`` (default all) the data-parallel mesh; ``seed`` the random
+    warm-ups and dropout.
     """
-    config = _search_config(sparsity, epochs, search)
-    cfg = config.search
     if "params" not in variables:
         raise InputError(f"variables have no 'params' collection (got {sorted(variables)})")
     params, batch_stats = variables["params"], utils.batch_stats_of(variables)
     applier = _Applier(module, _takes_train(module))
-    filter_fn = pruning.prune_filter(config)
-    try:
-        jm.prunable_paths(params, filter_fn)
-    except ValueError as e:
-        raise ConfigError(f"no prunable parameter: {e}") from None
-    budget = pruning.budget_for(config, params, filter_fn)
-    scores = pruning.initial_scores(config, applier, variables, None, seed, filter_fn, budget)
-    hard_masks = jax.jit(lambda s: jm.masks_from_scores(s, budget, use_abs=cfg.use_abs))
-    init_mask = utils.as_numpy(hard_masks(scores))
-    swap = cfg.mask_update == "swap"
-
     spe = steps_per_epoch or _count(batches)
     if spe <= 0:
         raise InputError("batches is empty")
-    tx, schedule = engine.make_optimizer(cfg, cfg.epochs, spe)
-    swap_rate = engine.swap_rate_fn(cfg, cfg.epochs, spe) if swap else None
-    options = kernels.resolve(options)
-    mesh = engine.make_mesh(num_devices)
-    step = engine.make_train_step(
-        applier,
-        "search",
-        tx,
-        budget=budget,
-        use_abs=cfg.use_abs,
-        label_smoothing=label_smoothing,
-        swap_rate=swap_rate,
-        options=options,
-        loss_fn=loss_fn,
+    opt_cfg = ml_collections.ConfigDict(
+        dict(
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            b1=b1,
+            b2=b2,
+            schedule=schedule,
+        )
     )
-    state = engine.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        trainable=scores,
-        opt_state=tx.init(scores),
+    tx, lr_schedule = core.make_optimizer(opt_cfg, epochs, spe)
+    filter_fn = core.search_filter(include, exclude)
+
+    def logits_fn(p, x):
+        out, _ = applier.apply(
+            utils.variables_of(p, batch_stats),
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(0)},
+        )
+        return out
+
+    def first_batches(count):
+        return [
+            (np.asarray(x), np.asarray(y))
+            for x, y in itertools.islice(_epoch_batches(batches, 0), count)
+        ]
+
+    init_search = core.init_search(
+        params,
+        apply_fn=applier.apply,
+        tx=tx,
         batch_stats=batch_stats,
-        rng=jax.random.key_data(jax.random.key(seed)),
-        masks=init_mask if swap else None,
+        sparsity=sparsity,
+        pattern=pattern,
+        distribution=distribution,
+        filter_fn=filter_fn,
+        init=init,
+        score_kept=score_kept,
+        score_pruned=score_pruned,
+        mask_update=mask_update,
+        use_abs=use_abs,
+        seed=seed,
+        inputs=jm.CriterionInputs(
+            filter_fn=filter_fn,
+            seed=seed,
+            logits_fn=logits_fn,
+            batches=first_batches,
+            snip_batches=snip_batches,
+        ),
     )
-    state = engine.replicate(mesh, utils.as_numpy(state))
-    frozen = engine.replicate(mesh, params)
+    budget = init_search.budget
+    rate = None
+    if mask_update == "swap":
+        rate = core.swap_rate_schedule(epochs, spe, swap_schedule, swap_rate, swap_power)
+    options = kernels.resolve(options)
+    mesh = core.make_mesh(num_devices)
+    step = core.make_search_step(
+        applier.apply,
+        tx,
+        budget,
+        mask_update=mask_update,
+        use_abs=use_abs,
+        swap_rate=rate,
+        loss_fn=loss_fn,
+        label_smoothing=label_smoothing,
+        options=options,
+    )
+    state = core.replicate(mesh, utils.as_numpy(init_search.state))
 
     def current_masks(state):
-        return utils.as_numpy(state.masks if swap else hard_masks(utils.as_numpy(state.trainable)))
+        masks = core.current_masks(state, budget, mask_update=mask_update, use_abs=use_abs)
+        return utils.as_numpy(masks)
 
-    history, previous = [], init_mask
-    for epoch in range(cfg.epochs):
-        metrics = []
-        for images, labels in itertools.islice(_epoch_batches(batches, epoch), spe):
-            engine.check_batch(len(images), mesh)
-            images, labels = engine.shard_batch(mesh, (np.asarray(images), np.asarray(labels)))
-            state, m = step(state, frozen, images, labels)
-            metrics.append(m)
-        metrics = jax.device_get(metrics)
-        if not metrics:
-            raise InputError(f"batches gave no batch in epoch {epoch}")
-        if not all(bool(m["finite"]) for m in metrics):
-            raise NonFiniteError(
-                f"the loss or the scores became NaN or infinite in epoch {epoch + 1}: lower the "
-                f"learning rate (lr={cfg.lr}) or check the inputs"
-            )
-        masks = current_masks(state)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean([m["loss"] for m in metrics])),
-                "accuracy": float(np.mean([m["accuracy"] for m in metrics])),
-                "learning_rate": float(schedule(epoch * spe)),
-                "overlap_with_init": float(jm.overlap(masks, init_mask)),
-                "mask_flips": int(jm.mask_flips(masks, previous)),
-            }
+    initial = utils.as_numpy(init_search.masks)
+    tracker = core.MaskTracker(current_masks, initial)
+
+    def sharded(epoch):
+        for inputs, labels in _epoch_batches(batches, epoch):
+            core.check_batch(len(inputs), mesh)
+            yield core.shard_batch(mesh, (np.asarray(inputs), np.asarray(labels)))
+
+    history = []
+    for epoch in range(epochs):
+        state, record = core.run_epoch(
+            step, state, sharded(epoch), steps=spe, epoch=epoch, tracker=tracker, lr=lr
         )
-        previous = masks
+        history.append(
+            {"epoch": epoch + 1, **record, "learning_rate": float(lr_schedule(epoch * spe))}
+        )
 
     masks = current_masks(state)
     masked = utils.as_numpy(jm.apply_masks(params, masks))
@@ -220,7 +246,7 @@ def find_jackpot(
         masks=masks,
         params=masked,
         variables=utils.variables_of(masked, final_stats),
-        scores=utils.as_numpy(state.trainable),
+        scores=utils.as_numpy(state.params),
         budget=budget,
         history=history,
         options=options,

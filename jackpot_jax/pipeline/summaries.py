@@ -10,7 +10,7 @@ import numpy as np
 
 from jackpot_jax import method as jm
 from jackpot_jax import utils
-from jackpot_jax.pipeline import engine
+from jackpot_jax.pipeline.loop import mode_batch_size
 from jackpot_jax.pipeline.pruning import pattern_report
 from jackpot_jax.pipeline.resume import MetricsLog
 
@@ -21,7 +21,7 @@ def same_on_every_process(masks, what: str) -> None:
         return
     from jax.experimental import multihost_utils
 
-    digest = utils.digest(jm.flatten_paths(masks))
+    digest = utils.masks_digest(jm.flatten_paths(masks))
     print(
         f"process {jax.process_index()}/{jax.process_count()}: {what} sha256 {digest}", flush=True
     )
@@ -37,7 +37,7 @@ def base_summary(config, mode, ds, log: MetricsLog, t0) -> dict:
         "model": config.model,
         "dataset": config.dataset,
         "seed": config.seed,
-        "batch_size": engine.mode_batch_size(config, config.get(mode)),
+        "batch_size": mode_batch_size(config, config.get(mode)),
         "num_devices": jax.device_count() if not config.num_devices else config.num_devices,
         "final_val_accuracy": log.records[-1].get("val_accuracy") if log.records else None,
         "best_val_epoch": best["epoch"] if best else None,

@@ -1,9 +1,10 @@
 """The pipeline's entry point: `run(config, workdir)` runs ``config.mode``.
 
 `jackpot_jax.main` is a thin absl wrapper around it. The pieces live in modules named by
-role: `engine` (mesh, train state, steps, epoch loop), `resume` (the workdir's config, orbax
-checkpoints, metrics log), `criteria` (budgets and criterion masks), `modes` (pretrain,
-search, finetune, eval) and `export` (jackpot.npz and loaders).
+role: `loop` (the epoch loop over the core's steps), `resume` (the workdir's config, orbax
+checkpoints, metrics log), `pruning` (the config's filter, budget and criterion masks),
+`modes` (pretrain, search, finetune, eval) and `export` (jackpot.npz and loaders); the
+state and steps are `jackpot_jax.core`'s.
 
 What a run leaves in its workdir:
   config.json     the config; a rerun with another config is refused (resume=False: moved aside)
@@ -26,10 +27,8 @@ from jackpot_jax import kernels, models, utils
 from jackpot_jax import method as jm
 from jackpot_jax.errors import ConfigError
 from jackpot_jax.pipeline import modes, resume
-from jackpot_jax.pipeline.pruning import WARMUPS
 
 MODES = ("pretrain", "search", "finetune", "eval")
-MASK_UPDATES = ("topk", "swap")
 RUNNERS = {
     "pretrain": modes.run_pretrain,
     "search": modes.run_search,
@@ -42,12 +41,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """`ConfigError` for a value that cannot work, before anything runs."""
     choices = {
         "mode": MODES,
-        "search.init": WARMUPS,
-        "search.distribution": jm.DISTRIBUTIONS,
+        "search.init": tuple(jm.WARMUPS),
+        "search.distribution": tuple(jm.DISTRIBUTIONS),
         "search.weights": ("pretrained", "random"),
         "finetune.weights": ("pretrained", "random"),
-        "finetune.mask": ("jackpot",) + jm.CRITERIA,
-        "search.mask_update": MASK_UPDATES,
+        "finetune.mask": ("jackpot", *jm.CRITERIA),
+        "search.mask_update": tuple(jm.MASK_UPDATES),
     }
     for key, allowed in choices.items():
         node, leaf = config, key
