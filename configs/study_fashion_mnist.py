@@ -18,6 +18,7 @@ from jackpot_jax.pipeline.config import base_config
 
 def get_config():
     c = ml_collections.ConfigDict()
+    c.study = "paper"  # the study `python -m jackpot_jax.study` runs: `experiments.study`
     c.base = base_config()  # the pipeline config every piece starts from
     c.base.dataset = "fashion_mnist"
     c.base.batch_size = 256

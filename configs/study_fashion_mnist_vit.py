@@ -21,7 +21,7 @@ from jackpot_jax.pipeline.config import base_config
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.study = "vit"  # `python -m jackpot_jax.study` runs `experiments.vit_study`
+    c.study = "vit"  # the study `python -m jackpot_jax.study` runs: `experiments.vit_study`
     c.network = "vit_fmnist"
     b = c.base = base_config()
     b.model = c.network

@@ -24,6 +24,7 @@ from jackpot_jax.pipeline.config import base_config
 
 def get_config():
     c = ml_collections.ConfigDict()
+    c.study = "sweep"  # the study `python -m jackpot_jax.study` runs: `experiments.sweep`
     c.base = base_config()  # every piece starts from it (as in the study)
     c.base.dataset = "fashion_mnist"
     c.base.batch_size = 256  # the pretraining batch; recipes set their own

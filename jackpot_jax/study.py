@@ -1,9 +1,10 @@
 """Command line: ``python -m jackpot_jax.study --config configs/study_fashion_mnist.py --workdir DIR``.
 
-The code is `jackpot_jax.experiments.study`; this module only launches it.
+Runs the study that the config's ``study`` field names (``"paper"`` without one) from
+`jackpot_jax.experiments.registry.STUDIES`; this module only launches it.
 """
 
 if __name__ == "__main__":
-    from jackpot_jax.experiments.study import cli
+    from jackpot_jax.experiments.registry import cli
 
-    cli()
+    cli(default="paper")

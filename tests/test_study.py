@@ -184,3 +184,46 @@ def test_plan_lists_each_piece_once_with_what_it_needs(tmp_path):
         assert any("search_pretrained_magnitude_p0.9_e1" in n for n in t.needs)
     # Nothing ran: no folder but the plan's targets' parents was touched.
     assert not list(tmp_path.glob("**/summary.json"))
+
+
+def test_each_study_config_names_its_study_in_the_registry():
+    """`python -m jackpot_jax.study` runs what the config's `study` field names."""
+    from jackpot_jax.experiments import common, registry, sweep, vit_study
+
+    expected = {
+        "study_fashion_mnist.py": study.run_study,
+        "sweep_search_fashion_mnist.py": sweep.run_sweep,
+        "study_fashion_mnist_vit.py": vit_study.run_vit_study,
+    }
+    for name, run in expected.items():
+        config = load_config(os.path.join(ROOT, "configs", name))
+        _, chosen = common.study_of(config, registry.STUDIES, default="paper")
+        assert chosen.run is run, name
+    config = load_config(os.path.join(ROOT, "configs", "study_fashion_mnist.py"))
+    del config["study"]  # a config without the field: the launcher's default
+    assert common.study_of(config, registry.STUDIES, "sweep")[1].run is sweep.run_sweep
+
+
+def test_the_command_names_an_unknown_study_in_one_error_line(tmp_path):
+    config = os.path.join(ROOT, "configs", "study_fashion_mnist.py")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jackpot_jax.study",
+            f"--config={config}",
+            "--config.study=vit_large",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: study='vit_large' is not a study; expected one of ['paper', 'sweep', 'vit']"
+    ]
+    assert not os.listdir(tmp_path)  # nothing ran

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import ROOT, load_config
 
-from jackpot_jax.experiments import vit_study
+from jackpot_jax.experiments import common, vit_pieces, vit_study
 
 
 def _study_config():
@@ -41,15 +41,15 @@ def _tiny_config():
 
 
 def test_module_of_by_hand():
-    assert vit_study.module_of("patch_embed/kernel") == ("patch_embed", 0)
-    assert vit_study.module_of("blocks_0/attn/query/kernel") == ("query", 1)
-    assert vit_study.module_of("blocks_3/attn/out/kernel") == ("attn_out", 4)
-    assert vit_study.module_of("blocks_11/mlp/fc2/kernel") == ("mlp_fc2", 12)
-    assert vit_study.module_of("blocks_0/attn/query/bias") is None
-    assert vit_study.module_of("classifier/kernel") is None
-    assert vit_study.parse_optimizer("adamw/0.003") == ("adamw", 0.003)
+    assert vit_pieces.module_of("patch_embed/kernel") == ("patch_embed", 0)
+    assert vit_pieces.module_of("blocks_0/attn/query/kernel") == ("query", 1)
+    assert vit_pieces.module_of("blocks_3/attn/out/kernel") == ("attn_out", 4)
+    assert vit_pieces.module_of("blocks_11/mlp/fc2/kernel") == ("mlp_fc2", 12)
+    assert vit_pieces.module_of("blocks_0/attn/query/bias") is None
+    assert vit_pieces.module_of("classifier/kernel") is None
+    assert common.parse_optimizer("adamw/0.003") == ("adamw", 0.003)
     with pytest.raises(ValueError, match="'adamw'.*<sgd\\|adamw>/<lr>"):
-        vit_study.parse_optimizer("adamw")
+        common.parse_optimizer("adamw")
 
 
 def test_the_study_config_is_valid():
@@ -92,7 +92,7 @@ def test_tiny_vit_study_end_to_end(tiny_study):
     assert sel["weight_tuning"]["distribution"] == sel["jackpot"]["distribution"]
 
     # Final rows are the pieces' own test accuracies, seed by seed.
-    tag = vit_study.recipe_tag("jackpot", sel["jackpot"])
+    tag = vit_pieces.recipe_tag("jackpot", sel["jackpot"])
     for level, lname in (("0.8", "p0.8"), ("2:4", "nm2of4")):
         row = next(r for r in saved["rows"] if r["level"] == level and r["method"] == "jackpot")
         for s in (1, 2):
@@ -121,7 +121,7 @@ def test_tiny_vit_study_end_to_end(tiny_study):
     assert 1 - kept / total == pytest.approx(0.8, abs=1.5 / total)
     # Every prunable ViT kernel is typed, and the head is not among them.
     typed = {r["module"] for r in saved["layers"]}
-    assert typed == set(vit_study.MODULE_TYPES)
+    assert typed == set(vit_pieces.MODULE_TYPES)
     # The extra `global` budget rows exist when another budget was selected.
     if sel["jackpot"]["distribution"] != "global":
         assert any(r["level"] == "0.8 global" for r in saved["rows"])

@@ -19,6 +19,7 @@ import ml_collections
 
 from jackpot_jax import method as jm
 from jackpot_jax import utils
+from jackpot_jax.errors import ConfigError
 from jackpot_jax.experiments import provenance, runner
 from jackpot_jax.experiments.claims import assess_claims
 from jackpot_jax.experiments.stats import STD_LABEL, per_seed, summary_row
@@ -82,7 +83,7 @@ def experiments(st: Study, c: ml_collections.ConfigDict) -> dict:
     chosen = tuple(c.get("experiments", ("paper",)))
     unknown = sorted(set(chosen) - set(EXPERIMENTS))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"experiments={chosen!r}: unknown {unknown}; expected a subset of {EXPERIMENTS}"
         )
     if "nm" in chosen:
@@ -173,7 +174,7 @@ def nm_rows(st: Study, c: ml_collections.ConfigDict) -> list[dict]:
     magnitude mask and jackpot at the same sparsity (1 - n/m) and search budget."""
     pattern = jm.parse_pattern(c.nm_pattern)
     if pattern is None:
-        raise ValueError("experiments include 'nm' but nm_pattern is empty; set e.g. '2:4'")
+        raise ConfigError("experiments include 'nm' but nm_pattern is empty; set e.g. '2:4'")
     S, p, name = c.short_epochs, pattern.sparsity, str(pattern)
     rows = []
     for net in c.networks:
@@ -221,36 +222,9 @@ def nm_rows(st: Study, c: ml_collections.ConfigDict) -> list[dict]:
     return rows
 
 
-def main(argv):
-    from absl import flags, logging
-
-    from jackpot_jax import xla_flags
-
-    logging.set_verbosity(logging.WARNING)
-    utils.log(xla_flags.apply_recommended())  # before JAX starts its backend
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    config = flags.FLAGS.config
-    if config.get("study") == "vit":  # configs/study_fashion_mnist_vit.py
-        from jackpot_jax.experiments import vit_report, vit_study
-
-        res = vit_study.run_vit_study(config, flags.FLAGS.workdir)
-        for line in vit_report.answers(res) if res.get("complete") else []:
-            print(line)
-        print(f"report: {os.path.join(os.path.abspath(flags.FLAGS.workdir), 'report.md')}")
-        return
-    res = run_study(config, flags.FLAGS.workdir)
-    for claim in sorted(res["claims"], key=lambda x: (x["claim"], x["network"])):
-        print(f"claim {claim['claim']} {claim['network']}: {claim['verdict']}")
-    print(f"report: {os.path.join(os.path.abspath(flags.FLAGS.workdir), 'report.md')}")
-
-
-def cli() -> None:
-    """The command line (flags, then `main`)."""
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Path to configs/study_*.py", lock_config=False)
-    flags.DEFINE_string("workdir", None, "Where the pieces, report.md and results.json go.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+def lines(res: dict) -> list[str]:
+    """What the command prints when the study is done: each claim's verdict per network."""
+    return [
+        f"claim {claim['claim']} {claim['network']}: {claim['verdict']}"
+        for claim in sorted(res["claims"], key=lambda x: (x["claim"], x["network"]))
+    ]

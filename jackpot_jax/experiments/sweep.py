@@ -12,7 +12,8 @@ the command resumes, and `--config.workers=N` shares the pieces among N processe
 again after each batch: coordinate descent decides its next points from finished runs). The
 selection seed's runs are made with `evaluate_test=False`: they never read the test split.
 Writes DIR/report.md (`sweep_report`), DIR/results.json (per-seed values, paired differences,
-provenance) and DIR/accuracy_vs_epochs.png.
+provenance) and DIR/accuracy_vs_epochs.png. Recipes as overrides and pieces, and the
+coordinate search, are `common`'s; the command line is `registry`'s (study ``"sweep"``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ import os
 import ml_collections
 
 from jackpot_jax import utils
+from jackpot_jax.errors import ConfigError
 from jackpot_jax.experiments import provenance, runner
+from jackpot_jax.experiments.common import plain, recipe_overrides, recipe_run, select
 from jackpot_jax.experiments.stats import STD_LABEL, per_seed, summary_row
 from jackpot_jax.experiments.study_pieces import Study
 from jackpot_jax.experiments.sweep_report import METHODS, assess, write_report
-
-# ---------------------------------------------------------------------------------------------
-# Recipes as pieces
-# ---------------------------------------------------------------------------------------------
 
 
 def recipe_name(kind: str, recipe: dict, epochs: int) -> str:
@@ -40,30 +39,6 @@ def recipe_name(kind: str, recipe: dict, epochs: int) -> str:
             f"_{recipe['schedule']}_{recipe['mask_update']}_e{epochs}"
         )
     return f"wt_b{recipe['batch_size']}_lr{recipe['lr']:g}_e{epochs}"
-
-
-def recipe_overrides(kind: str, recipe: dict, epochs: int) -> tuple[str, dict]:
-    """(mode, dotted config overrides) of a jackpot search or a weight-tuning run."""
-    if kind == "jackpot":
-        over = {
-            "batch_size": recipe["batch_size"],
-            "search.epochs": epochs,
-            "search.lr": recipe["lr"],
-            "search.score_pruned": recipe["score_pruned"],
-            "search.schedule": recipe["schedule"],
-            "search.mask_update": recipe["mask_update"],
-        }
-        if recipe["mask_update"] == "swap":
-            over["search.use_abs"] = False  # the 2023 code ranks raw scores
-        return "search", over
-    if kind == "weight_tuning":
-        return "finetune", {
-            "batch_size": recipe["batch_size"],
-            "finetune.epochs": epochs,
-            "finetune.lr": recipe["lr"],
-            "finetune.mask": "magnitude",
-        }
-    raise ValueError(f"kind={kind!r}; expected 'jackpot' or 'weight_tuning'")
 
 
 def run_recipe(
@@ -77,95 +52,36 @@ def run_recipe(
     selection: bool = False,
 ) -> dict | None:
     """The summary of one recipe's run (run now, or read back), or None while it is only
-    planned (a `Study` with `plan=True`: no result yet). A `selection` run (and its seed's
-    dense checkpoint) does not evaluate the test split."""
-    test = {"evaluate_test": False} if selection else {}
-    dense = st.pretrained(network, seed, **test)
+    planned. A `selection` run (and its seed's dense checkpoint) does not evaluate the test
+    split."""
     mode, over = recipe_overrides(kind, recipe, epochs)
-    over.update(test)
-    r = st.piece(
-        network,
-        seed,
-        recipe_name(kind, recipe, epochs),
-        mode,
-        needs=[dense["dir"]],
-        sparsity=sparsity,
-        pretrained=os.path.join(dense["dir"], "model"),
-        **over,
-    )
-    return r if os.path.exists(os.path.join(r["dir"], "summary.json")) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Selection
-# ---------------------------------------------------------------------------------------------
-
-
-def coordinate_search(evaluate, start: dict, levels: dict, factors, max_rounds: int):
-    """Coordinate descent: for each factor in turn, every level with the other factors at the
-    best point so far; the highest value wins (a tie keeps the current level). Rounds repeat
-    until one changes nothing or `max_rounds` are done.
-
-    `evaluate(point) -> float | None` (None: not known yet). Returns (best point, {point key:
-    value} of every evaluated point, finished): `finished` is False when a value was missing,
-    and the search stopped there."""
-    for f in factors:
-        if f not in levels or start.get(f) not in levels[f]:
-            raise ValueError(
-                f"factor {f!r}: the starting level {start.get(f)!r} is not "
-                f"among its levels {levels.get(f)}"
-            )
-    best, seen = dict(start), {}
-
-    def value(point):
-        key = tuple(sorted(point.items()))
-        if key not in seen:
-            seen[key] = evaluate(point)
-        return seen[key]
-
-    for _ in range(max_rounds):
-        changed = False
-        for f in factors:
-            points = [dict(best, **{f: v}) for v in levels[f]]
-            values = [value(p) for p in points]
-            if any(v is None for v in values):
-                return best, seen, False
-            top = max(values)
-            if value(best) < top:
-                best = points[values.index(top)]
-                changed = True
-        if not changed:
-            break
-    return best, seen, True
-
-
-def _plain(cfg) -> dict:
-    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    name = recipe_name(kind, recipe, epochs)
+    return recipe_run(st, network, seed, name, mode, over, sparsity, selection)
 
 
 def design_for(c, network: str) -> dict:
     """The selection design of one network: starting points, levels and rounds, with
     `c.per_network[network]` (if any) overriding the sweep-wide ones."""
     d = {
-        "jackpot_start": _plain(c.jackpot_start or c.official),
-        "jackpot_levels": _plain(c.jackpot_levels),
-        "wt_start": _plain(c.wt_start),
-        "wt_levels": _plain(c.wt_levels),
+        "jackpot_start": plain(c.jackpot_start or c.official),
+        "jackpot_levels": plain(c.jackpot_levels),
+        "wt_start": plain(c.wt_start),
+        "wt_levels": plain(c.wt_levels),
         "max_rounds": c.max_rounds,
         "note": "",
         "final_seeds": tuple(c.final_seeds),
     }
-    over = _plain(c.per_network.get(network) or {})
+    over = plain(c.per_network.get(network) or {})
     unknown = sorted(set(over) - set(d))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"per_network.{network}: unknown keys {unknown}; expected some of {sorted(d)}"
         )
     for k, v in over.items():
-        d[k] = dict(d[k], **_plain(v)) if isinstance(d[k], dict) else v
+        d[k] = dict(d[k], **plain(v)) if isinstance(d[k], dict) else v
     d["final_seeds"] = tuple(d["final_seeds"])
     if c.select_seed in d["final_seeds"]:
-        raise ValueError(
+        raise ConfigError(
             f"{network}: final_seeds {d['final_seeds']} include the selection seed "
             f"{c.select_seed}; the final runs need fresh seeds"
         )
@@ -200,26 +116,17 @@ def experiments(st: Study, c) -> dict:
                 )
                 return None if r is None else r["final_val_accuracy"]
 
-            best, seen, done = coordinate_search(
+            best, records, done = select(
                 evaluate,
                 design[f"{prefix}_start"],
                 design[f"{prefix}_levels"],
-                tuple(factors),
+                factors,
                 design["max_rounds"],
+                {"network": net, "method": kind},
             )
             finished &= done
             selected[kind] = best
-            for order, (key, val) in enumerate(seen.items()):
-                res["sweep"].append(
-                    {
-                        "network": net,
-                        "method": kind,
-                        "order": order,
-                        "recipe": dict(key),
-                        "val_accuracy": val,
-                        "selected": dict(key) == best and done,
-                    }
-                )
+            res["sweep"] += records
         dense_sel = st.pretrained(net, c.select_seed, evaluate_test=False)
         res["selected"][net] = {
             "jackpot": selected["jackpot"],
@@ -231,7 +138,7 @@ def experiments(st: Study, c) -> dict:
             res["complete"] = False
             continue
         recipes = {
-            "jackpot_official": ("jackpot", _plain(c.official)),
+            "jackpot_official": ("jackpot", plain(c.official)),
             "jackpot_selected": ("jackpot", selected["jackpot"]),
             "weight_tuning_selected": ("weight_tuning", selected["weight_tuning"]),
         }
@@ -268,7 +175,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "final_seeds": list(c.final_seeds),
         "final_epochs": list(c.final_epochs),
         "pretrain_epochs": c.pretrain_epochs,
-        "official": _plain(c.official),
+        "official": plain(c.official),
         "jackpot_factors": list(c.jackpot_factors),
         "wt_factors": list(c.wt_factors),
         "designs": res.pop("designs"),
@@ -291,27 +198,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return res
 
 
-def main(argv):
-    from absl import flags, logging
-
-    from jackpot_jax import xla_flags
-
-    logging.set_verbosity(logging.WARNING)
-    utils.log(xla_flags.apply_recommended())  # before JAX starts its backend
-    if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    res = run_sweep(flags.FLAGS.config, flags.FLAGS.workdir)
-    for net, sel in res["selected"].items():
-        print(f"{net}: jackpot {sel['jackpot']}, weight tuning {sel['weight_tuning']}")
-    print(f"report: {os.path.join(os.path.abspath(flags.FLAGS.workdir), 'report.md')}")
-
-
-def cli() -> None:
-    """The command line (flags, then `main`)."""
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Path to configs/sweep_*.py", lock_config=False)
-    flags.DEFINE_string("workdir", None, "Where the pieces, report.md and results.json go.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+def lines(res: dict) -> list[str]:
+    """What the command prints when the sweep is done: each network's selected recipes."""
+    return [
+        f"{net}: jackpot {sel['jackpot']}, weight tuning {sel['weight_tuning']}"
+        for net, sel in res["selected"].items()
+    ]

@@ -1,4 +1,5 @@
-"""report.md and module_sparsity.png of the ViT study (`vit_study`), from its results."""
+"""report.md and module_sparsity.png of the ViT study (`vit_study`), from its results; the
+answers the command prints."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import os
 import numpy as np
 
 from jackpot_jax.experiments import provenance
+from jackpot_jax.experiments.common import parse_optimizer
 from jackpot_jax.experiments.stats import STD_NOTE, difference_text, pct
-from jackpot_jax.experiments.vit_study import MODULE_TYPES, parse_optimizer
+from jackpot_jax.experiments.vit_pieces import MODULE_TYPES
 
 WITHIN = 0.5  # points: "within half a point of dense"
 

@@ -6,11 +6,11 @@ command resumes, and `--config.workers=N` shares the pieces among N processes.
 
 1. **Recipe selection** on the selection seed's final-epoch VALIDATION accuracy (5,000 ... or
    `base.val_examples` images held out of the training set; its runs never evaluate the test
-   split) at `select_sparsity`: coordinate descent (`sweep.coordinate_search`) over the
-   optimiser on the scores with its learning rate (SGD or AdamW), the pruned-score value and the
-   budget (`global_magnitude`: per-layer counts fixed by the magnitude mask; `global`: the
-   scores ranked across layers, so the search may move counts between layers); the same for
-   the weight-tuning baseline's optimiser and learning rate.
+   split) at `select_sparsity`: coordinate descent (`common.select`) over the optimiser on
+   the scores with its learning rate (SGD or AdamW), the pruned-score value and the budget
+   (`global_magnitude`: per-layer counts fixed by the magnitude mask; `global`: the scores
+   ranked across layers, so the search may move counts between layers); the same for the
+   weight-tuning baseline's optimiser and learning rate.
 2. **Final runs** on fresh seeds at every level of `sparsities` and `patterns` (2:4): the
    jackpot with the selected recipe after `search_epochs`, against the magnitude mask and a
    random mask (no tuning), and the magnitude mask with its weights tuned for as many epochs
@@ -18,160 +18,26 @@ command resumes, and `--config.workers=N` shares the pieces among N processes.
    GraSP and random masks; the jackpot's sparsity per layer (module type x depth, plotted).
 
 Writes DIR/report.md (`vit_report`), DIR/results.json (per-seed values, paired differences with
-95% intervals, provenance) and DIR/module_sparsity.png.
+95% intervals, provenance) and DIR/module_sparsity.png. Its pieces live in `vit_pieces`; its
+command line is `registry`'s (study ``"vit"``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
 import ml_collections
-import numpy as np
 
-from jackpot_jax import method as jm
 from jackpot_jax import utils
+from jackpot_jax.errors import ConfigError
 from jackpot_jax.experiments import provenance, runner
+from jackpot_jax.experiments.common import plain, select
 from jackpot_jax.experiments.stats import STD_LABEL, difference_record, per_seed, summary_row
-from jackpot_jax.experiments.study_pieces import CRITERIA, Study, level_name, pattern_overrides
-from jackpot_jax.experiments.sweep import coordinate_search
-from jackpot_jax.pipeline import export
+from jackpot_jax.experiments.study_pieces import CRITERIA
+from jackpot_jax.experiments.vit_pieces import VitStudy, level_of, module_of
+from jackpot_jax.experiments.vit_report import answers, write_report
 
 METHODS = ("dense", "magnitude", "random", "magnitude+weight_tuning", "jackpot")
-
-# A prunable kernel's module type and depth, from its '/'-joined path in `models.vit`.
-MODULE_TYPES = ("patch_embed", "query", "key", "value", "attn_out", "mlp_fc1", "mlp_fc2")
-_BLOCK = re.compile(r"blocks_(\d+)/(attn/(query|key|value|out)|mlp/(fc1|fc2))/kernel$")
-
-
-def module_of(path: str) -> tuple[str, int] | None:
-    """(module type, depth) of a ViT kernel path: the patch embedding is depth 0, block i is
-    depth i + 1; None for anything else."""
-    if path.endswith("patch_embed/kernel"):
-        return "patch_embed", 0
-    m = _BLOCK.search(path)
-    if m is None:
-        return None
-    kind = m.group(3) or m.group(4)
-    kind = {"out": "attn_out", "fc1": "mlp_fc1", "fc2": "mlp_fc2"}.get(kind, kind)
-    return kind, int(m.group(1)) + 1
-
-
-def parse_optimizer(level: str) -> tuple[str, float]:
-    """'adamw/0.003' -> ('adamw', 0.003): an optimiser level names the optimiser and its lr
-    together (their scales differ by orders of magnitude)."""
-    name, _, lr = level.partition("/")
-    try:
-        return name, float(lr)
-    except ValueError:
-        raise ValueError(f"optimizer level {level!r}; expected '<sgd|adamw>/<lr>'") from None
-
-
-def recipe_tag(kind: str, recipe: dict) -> str:
-    opt, lr = parse_optimizer(recipe["optimizer"])
-    if kind == "jackpot":
-        return f"{opt}_lr{lr:g}_s{recipe['score_pruned']:g}_{recipe['distribution']}"
-    return f"{opt}_lr{lr:g}_{recipe['distribution']}"
-
-
-def recipe_overrides(kind: str, recipe: dict) -> dict:
-    opt, lr = parse_optimizer(recipe["optimizer"])
-    if kind == "jackpot":
-        return {
-            "search.optimizer": opt,
-            "search.lr": lr,
-            "search.score_pruned": recipe["score_pruned"],
-            "search.distribution": recipe["distribution"],
-        }
-    return {
-        "finetune.optimizer": opt,
-        "finetune.lr": lr,
-        "finetune.mask": "magnitude",
-        "search.distribution": recipe["distribution"],  # the magnitude mask's budget
-    }
-
-
-def _plain(cfg) -> dict:
-    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-
-
-class VitStudy(Study):
-    """The ViT study's pieces: recipe runs and a mask-evaluation piece that also handles N:M."""
-
-    def recipe_run(self, kind, seed, recipe, level, selection=False) -> dict | None:
-        """One jackpot search or weight-tuning run of `recipe` at `level` (a sparsity or an N:M
-        pattern); None while only planned. A selection run and its seed's dense checkpoint
-        never evaluate the test split."""
-        c, net = self.c, self.c.network
-        test = {"evaluate_test": False} if selection else {}
-        dense = self.pretrained(net, seed, **test)
-        sparsity, pattern = _level(level)
-        mode, epochs = (
-            ("search", c.search_epochs) if kind == "jackpot" else ("finetune", c.tune_epochs)
-        )
-        name = f"{kind}_{recipe_tag(kind, recipe)}_{level_name(sparsity, pattern)}_e{epochs}"
-        r = self.piece(
-            net,
-            seed,
-            name,
-            mode,
-            needs=[dense["dir"]],
-            sparsity=sparsity,
-            pretrained=os.path.join(dense["dir"], "model"),
-            **{f"{mode}.epochs": epochs},
-            **recipe_overrides(kind, recipe),
-            **pattern_overrides(pattern),
-            **test,
-        )
-        return r if os.path.exists(os.path.join(r["dir"], "summary.json")) else None
-
-    def masks_report(self, seed, level, jackpot_dir, distribution) -> dict | None:
-        """Test accuracy of every criterion's mask (no tuning) at `level` under the budget
-        `distribution`, its overlap with the jackpot in `jackpot_dir`, and the jackpot's and
-        the magnitude mask's pruned fraction per prunable kernel. None while only planned."""
-        net = self.c.network
-        sparsity, pattern = _level(level)
-        tag = os.path.basename(jackpot_dir)
-        path = self.folder(net, seed, f"masks_{tag}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
-        dense = self.pretrained(net, seed)
-        needs = [os.path.join(d, "summary.json") for d in (dense["dir"], jackpot_dir)]
-        call = ("masks_report", (seed, level, jackpot_dir, distribution), {})
-        if self.planned(path, needs, 1, call):
-            return None
-        _, jackpot_masks, _, _ = export.load_jackpot(jackpot_dir)
-        c = self.cfg(
-            net,
-            seed,
-            sparsity=sparsity,
-            pretrained=os.path.join(dense["dir"], "model"),
-            **{"search.distribution": distribution},
-            **pattern_overrides(pattern),
-        )
-        out = {"criteria": {}, "layers": {}}
-        for name, masks, acc, overlap in self.criterion_masks(c, seed, jackpot_masks):
-            out["criteria"][name] = {"test_accuracy": acc, "overlap_with_jackpot": overlap}
-            if name == "magnitude":
-                out["layers"]["magnitude"] = _pruned_fractions(masks)
-        out["layers"]["jackpot"] = _pruned_fractions(jackpot_masks)
-        utils.write_json(path, out)
-        return out
-
-
-def _level(level) -> tuple[float, str]:
-    """(sparsity, pattern) of a level: a float sparsity, or an N:M pattern string."""
-    if isinstance(level, str):
-        pattern = jm.parse_pattern(level)
-        return pattern.sparsity, str(pattern)
-    return float(level), ""
-
-
-def _pruned_fractions(masks) -> dict[str, float]:
-    flat = utils.flatten_dict(masks)
-    return {k: float(1.0 - np.mean(np.asarray(m))) for k, m in flat.items() if m is not None}
 
 
 def experiments(st: VitStudy, c) -> dict:
@@ -184,32 +50,22 @@ def experiments(st: VitStudy, c) -> dict:
         ("jackpot", c.jackpot_start, c.jackpot_levels, c.jackpot_factors),
         ("weight_tuning", c.wt_start, c.wt_levels, c.wt_factors),
     ):
-        levels = {f: tuple(v) for f, v in _plain(levels).items()}
+        levels = {f: tuple(v) for f, v in plain(levels).items()}
         # The baseline's magnitude mask takes the selected jackpot's budget (per-layer counts).
         fixed = {} if kind == "jackpot" else {"distribution": selected["jackpot"]["distribution"]}
         if kind == "weight_tuning" and not finished:
             break  # waits for the jackpot's selection (planning only)
 
-        def evaluate(point, kind=kind, fixed=fixed):
-            recipe = dict(point, **fixed)
+        def evaluate(recipe, kind=kind):  # `select` adds the fixed factors
             r = st.recipe_run(kind, c.select_seed, recipe, c.select_sparsity, selection=True)
             return None if r is None else r["final_val_accuracy"]
 
-        best, seen, done = coordinate_search(
-            evaluate, _plain(start), levels, tuple(factors), c.max_rounds
+        best, records, done = select(
+            evaluate, plain(start), levels, factors, c.max_rounds, {"method": kind}, fixed
         )
         finished &= done
-        selected[kind] = dict(best, **fixed)
-        for order, (key, val) in enumerate(seen.items()):
-            res["sweep"].append(
-                {
-                    "method": kind,
-                    "order": order,
-                    "recipe": dict(dict(key), **fixed),
-                    "val_accuracy": val,
-                    "selected": dict(key) == best and done,
-                }
-            )
+        selected[kind] = best
+        res["sweep"] += records
     dense_sel = st.pretrained(c.network, c.select_seed, evaluate_test=False)
     res["selected"] = {
         "jackpot": selected.get("jackpot"),
@@ -227,7 +83,7 @@ def experiments(st: VitStudy, c) -> dict:
         # recipe under the `global` budget (no weight-tuning baseline).
         finals.append((c.global_budget_level, "global", " global"))
     for level, budget, suffix in finals:
-        sparsity, pattern = _level(level)
+        sparsity, pattern = level_of(level)
         label = (pattern or f"{sparsity:g}") + suffix
         recipe = dict(selected["jackpot"], distribution=budget)
         jack = [st.recipe_run("jackpot", s, recipe, level) for s in seeds]
@@ -322,13 +178,11 @@ def differences(res: dict) -> list[dict]:
 
 def run_vit_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) the ViT study and writes the report; returns results.json's content."""
-    from jackpot_jax.experiments.vit_report import write_report
-
     if config.quick:
         config = runner.apply_quick(config)
     c = config
     if c.select_seed in tuple(c.final_seeds):
-        raise ValueError(
+        raise ConfigError(
             f"final_seeds {tuple(c.final_seeds)} include the selection seed {c.select_seed}; "
             "the final runs need fresh seeds"
         )
@@ -342,7 +196,7 @@ def run_vit_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     b = c.base
     res["settings"] = {
         "network": c.network,
-        "model_options": _plain(b.model_options),
+        "model_options": plain(b.model_options),
         "dataset": b.dataset,
         "train_examples": len(st.ds.train),
         "val_examples": len(st.ds.val),
@@ -371,12 +225,12 @@ def run_vit_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "select_seed": c.select_seed,
         "select_sparsity": c.select_sparsity,
         "max_rounds": c.max_rounds,
-        "jackpot_start": _plain(c.jackpot_start),
+        "jackpot_start": plain(c.jackpot_start),
         "jackpot_factors": list(c.jackpot_factors),
-        "jackpot_levels": {k: list(v) for k, v in _plain(c.jackpot_levels).items()},
-        "wt_start": _plain(c.wt_start),
+        "jackpot_levels": {k: list(v) for k, v in plain(c.jackpot_levels).items()},
+        "wt_start": plain(c.wt_start),
         "wt_factors": list(c.wt_factors),
-        "wt_levels": {k: list(v) for k, v in _plain(c.wt_levels).items()},
+        "wt_levels": {k: list(v) for k, v in plain(c.wt_levels).items()},
         "final_seeds": list(c.final_seeds),
         "sparsities": list(c.sparsities),
         "patterns": list(c.patterns),
@@ -388,3 +242,8 @@ def run_vit_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     utils.write_json(os.path.join(st.workdir, "results.json"), res)
     write_report(res, st.workdir)
     return res
+
+
+def lines(res: dict) -> list[str]:
+    """What the command prints when the study is done: its answers, once every run is in."""
+    return answers(res) if res.get("complete") else []
