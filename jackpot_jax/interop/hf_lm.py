@@ -32,7 +32,7 @@ from jackpot_jax.errors import ConfigError, InputError, MissingInputError, Outpu
 from jackpot_jax.pipeline import checkpoint, export
 
 SUPPORTED = ("llama", "qwen2", "mistral", "gpt2")
-LM_ARCHS = SUPPORTED  # registry names of the LMs are their HF model_types
+LM_ARCHS = tuple(models.LM_NAMES)  # registry names of the LMs are their HF model_types
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",

@@ -197,7 +197,10 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any], tuple[int, 
     ),
 }
 
-MODEL_NAMES = list(_REGISTRY)
+# Causal LMs take token ids, not images: listed apart so that code looping over the image
+# classifiers (MODEL_NAMES) keeps their conventions; get_model takes both.
+LM_NAMES = ["llama", "qwen2", "mistral", "gpt2"]
+MODEL_NAMES = [name for name in _REGISTRY if name not in LM_NAMES]
 
 # timm's standard class-token ViTs (no distillation token, no register tokens, token pooling),
 # with an optional pretrained tag after a dot: `timm:vit_base_patch16_224.augreg_in21k`.
@@ -210,7 +213,10 @@ TIMM_VIT_FORM = "timm:<vit|deit>_<tiny|small|base|large|huge>_patch<P>_<image si
 
 def valid_names() -> str:
     """The model names `get_model` takes, for messages."""
-    return f"{', '.join(MODEL_NAMES)}, or {TIMM_VIT_FORM} (e.g. timm:vit_small_patch16_224)"
+    return (
+        f"{', '.join(MODEL_NAMES)}, {TIMM_VIT_FORM} (e.g. timm:vit_small_patch16_224), or a "
+        f"language model: {', '.join(LM_NAMES)}"
+    )
 
 
 def _entry(name: str):
@@ -247,7 +253,7 @@ def input_shape(name: str, options: Mapping[str, Any] | None = None) -> tuple[in
 
 
 def get_model(name: str, num_classes: int | None = None, **options) -> nn.Module:
-    """Returns the Flax module `name` (one of MODEL_NAMES, or a `timm:` ViT name).
+    """Returns the Flax module `name` (one of MODEL_NAMES or LM_NAMES, or a `timm:` ViT name).
 
     `num_classes` defaults to 10 for CIFAR/MNIST models and 1000 for ImageNet ones;
     `options` are model-specific (`width` for CIFAR ResNets, `dropout_rate` for VGG-bn,
@@ -290,6 +296,7 @@ def init_variables(module: nn.Module, rng: jax.Array, shape: tuple[int, ...]) ->
 
 __all__ = [
     "MODEL_NAMES",
+    "LM_NAMES",
     "TIMM_VIT_PATTERN",
     "valid_names",
     "get_model",
