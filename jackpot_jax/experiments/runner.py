@@ -22,8 +22,7 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from jackpot_jax import core
-from jackpot_jax.pipeline import modes, train
+from jackpot_jax.pipeline import engine, modes, train
 
 # What a planned piece answers with (its numbers are not known yet).
 PLACEHOLDER = {
@@ -47,7 +46,7 @@ class Pieces:
         os.makedirs(self.workdir, exist_ok=True)
         self.plan = {} if plan else None  # target file -> Task, in the order first asked
         self.ds = None if plan else modes.load_data(config.base)
-        self.mesh = None if plan else core.make_mesh(config.base.num_devices)
+        self.mesh = None if plan else engine.make_mesh(config.base.num_devices)
         self.ran = 0
 
     def folder(self, network, seed, name) -> str:
