@@ -572,6 +572,7 @@ def main(argv=None) -> int:
         default=None,
         help="baseline trace file: read if it exists (same commit and tests), else written",
     )
+    ap.add_argument("--resume", type=Path, default=None, help="a partial JSON report to continue")
     ap.add_argument("--list", action="store_true", help="print the drawn mutants and stop")
     ap.add_argument("--json", type=Path, default=None, help="report file")
     args = ap.parse_args(argv)
@@ -626,6 +627,14 @@ def main(argv=None) -> int:
             print(f"{m.id}: {m.original!r} -> {m.mutated!r}")
         return 0
     equivalent = json.loads(args.equivalent.read_text()) if args.equivalent else {}
+    results: dict[str, dict] = {}
+    if args.resume:  # a partial report of the same command: keep its results, run the rest
+        keys = ("status", "seconds", "selected_tests", "runs", "note", "tail")
+        for entry in json.loads(args.resume.read_text())["mutants"]:
+            if "status" in entry:
+                results[entry["id"]] = {k: entry[k] for k in keys if k in entry}
+        print(f"resumed: {len(results)} results read from {args.resume}", flush=True)
+    to_run = [m for m in drawn if m.id not in results]
 
     work = Path(tempfile.mkdtemp(prefix="mutation_score_"))
 
@@ -636,7 +645,6 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     started = time.time()
-    results: dict[str, dict] = {}
     try:
         plugin_dir = work / "plugin"
         plugin_dir.mkdir()
@@ -674,7 +682,7 @@ def main(argv=None) -> int:
 
         pool = concurrent.futures.ThreadPoolExecutor(max(1, args.jobs))
         try:
-            futures = [pool.submit(job, m) for m in drawn]
+            futures = [pool.submit(job, m) for m in to_run]
             for i, fut in enumerate(concurrent.futures.as_completed(futures), 1):
                 m, r = fut.result()
                 if r["status"] == "aborted":
