@@ -15,11 +15,12 @@ Parts (`--only`, repeatable; default cifar, imagenet, lenet):
   0, 1, 2 and all workers.
 
 Both host paths stop at uint8 batches, as the training loop uses them: the engine normalises
-on the device (`engine.batch_to_mesh`).
-* lenet: the real training loop (`engine.train_loop`, Caffe LeNet-5, dense SGD, batch 256, on
-  in-memory 28x28 data, 3 epochs) with device prefetch (2) and without (0), against the bare
-  jitted step called on one batch already on the device, timed before and after the loops:
-  the median img/s of epochs 2-3 (the first compiles) over the mean of the two bare runs.
+on the device (`core.batch_to_mesh`).
+* lenet: the real training loop (`pipeline.loop.train_loop`, Caffe LeNet-5, dense SGD, batch
+  256, on in-memory 28x28 data, 3 epochs) with device prefetch (2) and without (0), against
+  the bare jitted step (the loop's own) called on one batch already on the device, timed
+  before and after the loops: the median img/s of epochs 2-3 (the first compiles) over the
+  mean of the two bare runs.
 * resnet32: the same for ResNet-32x2 on synthetic CIFAR (`--resnet32-train` images, batch
   128): on a GPU this is the check that an epoch takes within 10% of its bare steps.
 
@@ -237,11 +238,10 @@ def bench_imagenet(args, rows):
 
 def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
     import jax
-    import jax.numpy as jnp
 
-    from jackpot_jax import utils
+    from jackpot_jax import core, utils
     from jackpot_jax.pipeline import config as config_lib
-    from jackpot_jax.pipeline import engine, modes
+    from jackpot_jax.pipeline import loop, sources
 
     ds = data_lib.load_dataset(
         f'synthetic:{dataset}', train_subset=n_train, val_examples=16, test_subset=16
@@ -252,52 +252,57 @@ def bench_loop(args, rows, *, name, model, dataset, n_train, batch, epochs=3):
     config.data_workers = 0
     config.pretrain.epochs = epochs
     config.pretrain.lr = 0.01  # random labels: 0.1 diverges; the speed does not depend on it
-    mesh = engine.make_mesh()
-    module, variables, _ = modes.init_model(config, ds, 0)
+    mesh = core.make_mesh()
+    module, variables, _ = sources.init_model(config, ds, 0)
     variables = utils.as_numpy(variables)  # host copies: the steps donate their inputs
     spe = n_train // batch
 
-    # Bare step: the same jitted step on one batch already on the mesh, spe steps per epoch.
-    tx, _ = engine.make_optimizer(config.pretrain, epochs, spe)
-    step = engine.make_train_step(module, 'dense', tx)
-    bs = utils.batch_stats_of(variables)
+    # One step for both: the loop's, and the bare one on one batch already on the mesh.
+    tx, schedule = core.make_optimizer(config.pretrain, epochs, spe)
+    step = core.make_train_step(
+        module.apply,
+        tx,
+        label_smoothing=config.label_smoothing,
+        options=core.compute_options(config),
+    )
     x, y = next(ip.iterate_batches(ds, 'train', batch, train=True))
-    x, y = engine.shard_batch(mesh, (x, y))
+    x, y = core.shard_batch(mesh, (x, y))
+
+    def fresh_state():
+        return core.SearchState.create(
+            apply_fn=module.apply,
+            params=variables['params'],
+            tx=tx,
+            batch_stats=utils.batch_stats_of(variables),
+        )
 
     def bare_rate():
-        state = engine.TrainState(
-            jnp.zeros((), jnp.int32),
-            variables['params'],
-            tx.init(variables['params']),
-            bs,
-            jax.random.key_data(jax.random.key(0)),
-        )
-        state = engine.replicate(mesh, utils.as_numpy(state))
-        state, m = step(state, None, x, y)  # compiled on the first call
+        state = core.replicate(mesh, utils.as_numpy(fresh_state()))
+        state, m = step(state, x, y)  # compiled on the first call
         jax.block_until_ready(m)
         t0 = time.perf_counter()
         for _ in range(spe):
-            state, m = step(state, None, x, y)
+            state, m = step(state, x, y)
         jax.block_until_ready((state, m))
         return spe * batch / (time.perf_counter() - t0)
 
     def loop_rates(prefetch):
         config.data_prefetch = prefetch
         with tempfile.TemporaryDirectory() as workdir:
-            engine.train_loop(
+            loop.train_loop(
                 config=config,
                 workdir=workdir,
                 module=module,
                 ds=ds,
                 mesh=mesh,
-                kind='dense',
-                trainable=variables['params'],
-                frozen=None,
-                batch_stats=bs,
+                state=fresh_state(),
+                step=step,
+                schedule=schedule,
                 opt_cfg=config.pretrain,
                 epochs=epochs,
                 seed=0,
-                eval_params=lambda s: utils.variables_of(s.trainable, s.batch_stats),
+                label='pretrain',
+                eval_variables=lambda s: utils.variables_of(s.params, s.batch_stats),
             )
             with open(os.path.join(workdir, 'metrics.jsonl')) as f:
                 records = [json.loads(line) for line in f]
