@@ -2,7 +2,7 @@
 the evaluation step.
 
 A step is ``step(state, inputs, labels) -> (state, metrics)``: one data-parallel SGD (or
-AdamW) update, jitted with the state donated. What it trains is ``state.params``; what the
+AdamW) update, jitted with the state donated (all but ``state.frozen``, the caller's weights). What it trains is ``state.params``; what the
 model sees is ``params_fn(state.params, state)`` — the weights themselves (pretraining),
 the weights times fixed masks (fine-tuning), or the frozen weights times the straight-through
 masks of the scores (the search). ``metrics``: ``loss``, ``accuracy`` (NaN with a custom
@@ -12,9 +12,11 @@ masks of the scores (the search). ``metrics``: ``loss``, ``accuracy`` (NaN with 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -39,6 +41,21 @@ def cast_floats(tree, dtype):
     )
 
 
+def calling_convention(apply_fn: Callable) -> Callable:
+    """``apply_fn`` as the steps call it: ``f(variables, x, train=True, mutable=[...],
+    rngs={...})``. A Linen ``module.apply`` whose ``__call__`` takes no ``train`` keyword is
+    wrapped to drop it, so any Flax model's ``apply`` can be given as it is."""
+    module = getattr(apply_fn, "__self__", None)
+    if isinstance(module, nn.Module) and getattr(apply_fn, "__name__", "") == "apply":
+        if "train" not in inspect.signature(type(module).__call__).parameters:
+
+            def without_train(variables, x, train=False, **kwargs):
+                return apply_fn(variables, x, **kwargs)
+
+            return without_train
+    return apply_fn
+
+
 def masked_weights(trainable, state: SearchState):
     """``params_fn`` of fine-tuning (Eq. 9): the trained weights times the fixed masks in
     ``state.frozen``."""
@@ -58,7 +75,8 @@ def make_train_step(
     """One jitted, data-parallel training step of ``state.params`` by ``tx``.
 
     ``apply_fn(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': key})``
-    calls the model (a Linen ``module.apply``). ``params_fn(trainable, state)`` gives the
+    calls the model: a Linen ``module.apply`` (with or without a ``train`` keyword, see
+    `calling_convention`). ``params_fn(trainable, state)`` gives the
     params the model sees (default: ``trainable`` itself, i.e. dense training; see
     `masked_weights` and `make_search_step`); gradients reach ``trainable`` through it.
     ``after_update(new_state, old_state)`` may change the state after the optimiser step
@@ -72,13 +90,14 @@ def make_train_step(
     float32, and gradients reach the float32 trainables through the casts.
     """
     options = kernels.resolve(options)
+    apply_fn = calling_convention(apply_fn)
     classify = loss_fn is None
     low = None if options.compute_dtype == "float32" else jnp.dtype(options.compute_dtype)
     params_fn = params_fn or (lambda trainable, state: trainable)
 
-    def step(state: SearchState, inputs, labels):
+    def donated_step(state: SearchState, frozen, inputs, labels):
         with kernels.use(options):
-            return traced_step(state, inputs, labels)
+            return traced_step(state.replace(frozen=frozen), inputs, labels)
 
     def traced_step(state: SearchState, inputs, labels):
         dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -118,9 +137,20 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trainable)])
         )
-        return new, {"loss": loss, "accuracy": acc, "finite": finite}
+        return new.replace(frozen=None), {"loss": loss, "accuracy": acc, "finite": finite}
 
-    return jax.jit(step, donate_argnums=(0,))
+    # The state is donated (its buffers are reused for the new one), but not the frozen
+    # weights: they are the caller's arrays, passed through unchanged.
+    jitted = jax.jit(donated_step, donate_argnums=(0,))
+
+    def step(state: SearchState, inputs, labels):
+        new, metrics = jitted(state.replace(frozen=None), state.frozen, inputs, labels)
+        return new.replace(frozen=state.frozen), metrics
+
+    step.lower = lambda state, inputs, labels: jitted.lower(
+        state.replace(frozen=None), state.frozen, inputs, labels
+    )
+    return step
 
 
 def make_search_step(
