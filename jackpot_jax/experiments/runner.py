@@ -22,7 +22,9 @@ from collections.abc import Mapping
 
 import ml_collections
 
-from jackpot_jax.pipeline import engine, modes, train
+from jackpot_jax import core
+from jackpot_jax.pipeline import train
+from jackpot_jax.pipeline.sources import load_data
 
 # What a planned piece answers with (its numbers are not known yet).
 PLACEHOLDER = {
@@ -45,8 +47,8 @@ class Pieces:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.plan = {} if plan else None  # target file -> Task, in the order first asked
-        self.ds = None if plan else modes.load_data(config.base)
-        self.mesh = None if plan else engine.make_mesh(config.base.num_devices)
+        self.ds = None if plan else load_data(config.base)
+        self.mesh = None if plan else core.make_mesh(config.base.num_devices)
         self.ran = 0
 
     def folder(self, network, seed, name) -> str:
