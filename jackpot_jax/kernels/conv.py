@@ -40,7 +40,8 @@ def conv_general_dilated(
     """`jax.lax.conv_general_dilated`, with the explicit-gradient version where it applies.
 
     The explicit version covers 2-D NHWC/HWIO convolutions without dilation or groups (every
-    convolution of the models here); anything else, and the ``'xla'`` switch, calls lax.
+    convolution of the models here); anything else, and ``ComputeOptions.conv_impl`` 'xla',
+    calls lax.
     """
     ones = (1,) * (lhs.ndim - 2)
     simple = (

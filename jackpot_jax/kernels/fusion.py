@@ -44,8 +44,8 @@ _barrier.defvjp(_barrier_fwd, _barrier_bwd)
 
 
 def fusion_barrier(x: jax.Array, key: jax.Array) -> jax.Array:
-    """``x`` unchanged, in value and in gradient; with the ``'explicit'`` switch also a
-    point XLA does not fuse across, forward or backward.
+    """``x`` unchanged, in value and in gradient; with ``ComputeOptions.conv_impl`` 'explicit'
+    also a point XLA does not fuse across, forward or backward.
 
     XLA fuses elementwise producers into each consumer and recomputes them there. In a
     residual stage, every block output is ``relu(bn(conv) + previous output)``, a chain of
@@ -55,8 +55,8 @@ def fusion_barrier(x: jax.Array, key: jax.Array) -> jax.Array:
     through a `lax.cond` whose predicate depends on ``key`` at run time; XLA computes the
     operand once into a buffer. ``key`` is any small array that is replicated across
     devices (a layer's kernel, say); only its first element is read, so no collective is
-    added under data parallelism. It gets no gradient from here. With the ``'xla'`` switch
-    (GPUs, whose fusions are cheap to recompute) this returns ``x``.
+    added under data parallelism. It gets no gradient from here. With conv_impl 'xla' (GPUs,
+    whose fusions are cheap to recompute) this returns ``x``.
     """
     if options.conv_impl() == "xla":
         return x

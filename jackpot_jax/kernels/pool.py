@@ -15,8 +15,8 @@ from jackpot_jax.kernels import options
 
 
 def max_pool(x, window_shape: Sequence[int], strides: Sequence[int] | None = None, padding="VALID"):
-    """`flax.linen.max_pool` on NHWC input; with the ``'explicit'`` switch, non-overlapping
-    unpadded windows get the elementwise first-maximum gradient."""
+    """`flax.linen.max_pool` on NHWC input; with ``ComputeOptions.conv_impl`` 'explicit',
+    non-overlapping unpadded windows get the elementwise first-maximum gradient."""
     import flax.linen as nn  # the fallback only
 
     window, strides = tuple(window_shape), tuple(strides or window_shape)

@@ -17,8 +17,9 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(*args, **kwargs) -> nn.Conv:
-    """`flax.linen.Conv` (same params, same names) computing with `jackpot_jax.kernels`, whose
-    switch picks XLA's convolution or one with hand-written gradients (fast on XLA:CPU)."""
+    """`flax.linen.Conv` (same params, same names) computing with `jackpot_jax.kernels`:
+    XLA's convolution or one with hand-written gradients (fast on XLA:CPU), as
+    ``ComputeOptions.conv_impl`` of the step being traced says."""
     return nn.Conv(*args, conv_general_dilated=kernels.conv_general_dilated, **kwargs)
 
 
@@ -61,7 +62,8 @@ class BatchNorm(nn.Module):
 
 def batch_norm(train: bool, name: str) -> nn.Module:
     """BatchNorm with torch's defaults (torch momentum 0.1 == Flax momentum 0.9): Flax's own,
-    or with ``ops``' explicit implementation `BatchNorm` above (read when traced)."""
+    or, with ``ComputeOptions.conv_impl`` 'explicit', `BatchNorm` above (the options of the
+    step being traced)."""
     if kernels.options.conv_impl() == "explicit":
         return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
