@@ -205,3 +205,37 @@ def test_unsupported_model_type_and_bad_state_dicts(root, tmp_path):
     state_dict["model.extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(InputError, match=r"layers\.1\.mlp\.up_proj\.weight: missing.*extra"):
         hf_lm.lm_from_hf(config, state_dict)
+
+
+def test_export_of_a_checkpoint_with_a_jackpot_and_of_a_jackpot_alone(root, tmp_path):
+    path, _ = _saved("qwen2", root)
+    hf_config = json.load(open(os.path.join(path, "config.json")))
+    hf_config["bos_token_id"] = 5  # carried into the export from the checkpoint's hf_config.json
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config, f)
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"model_max_length": 64}, f)
+    ckpt = hf_lm.convert_hf_lm(path, tmp_path / "ckpt")
+    module, variables = checkpoint.load_model(ckpt)
+    masks = _two_four_masks(variables["params"])
+    masked = jax.tree.map(np.asarray, variables)
+    for p, m in masks.items():
+        node = params_at(masked["params"], p.rsplit("/", 1)[0])
+        node["kernel"] = node["kernel"] * m
+    info = checkpoint.load_model_info(ckpt)
+    arrays = {f"masks/{p}": m.astype(np.uint8) for p, m in masks.items()}
+    arrays.update({f"params/{p}": v for p, v in jm.flatten_paths(masked["params"]).items()})
+    meta = {"arch": info["arch"], "options": info["options"], "pretrained_checkpoint": ckpt}
+    npz = str(tmp_path / "jackpot.npz")
+    np.savez(npz, meta=np.asarray(json.dumps(meta)), **arrays)
+    ours = _logits(info["arch"], info["options"], masked)
+    for name, args in (("both", (ckpt, npz)), ("alone", (npz, None))):
+        out = hf_lm.export_lm_to_hf(args[0], tmp_path / name, args[1])
+        assert os.path.isfile(os.path.join(out, "tokenizer_config.json"))
+        config = json.load(open(os.path.join(out, "config.json")))
+        assert config["bos_token_id"] == 5 and config["architectures"] == ["Qwen2ForCausalLM"]
+        model = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+        with torch.no_grad():
+            _close(ours, model(torch.as_tensor(TOKENS)).logits.numpy())
+    with pytest.raises(InputError, match="not a checkpoint directory"):
+        hf_lm.export_lm_to_hf(npz, tmp_path / "x", npz)
