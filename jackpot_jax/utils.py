@@ -1,5 +1,5 @@
 """Small helpers the pipeline modules share: process 0 logs and writes, JSON, host copies, flat
-and nested dicts, and the kill hook the crash tests use."""
+and nested dicts, and the one digest of a set of masks (`masks_digest`)."""
 
 from __future__ import annotations
 
