@@ -101,6 +101,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.criteria.snip_batches = 1
     c.criteria.grasp_per_class = 10  # GraSP code: 10 samples per class on CIFAR-10
     c.criteria.grasp_temperature = 200.0
+
+    # mode='lm': a causal LM (pipeline/lm.py). The budget is sparsity (per output row, or per
+    # layer with unstructured='layer') or search.pattern ('2:4'); the optimiser is search's.
+    c.lm = ml_collections.ConfigDict()
+    c.lm.source = ""  # "" = pretrained (a converted dir); 'smollm2', a .gguf or an HF dir
+    c.lm.converter = "jackpot_jax.interop.lm_source:convert_lm_source"  # module:function
+    c.lm.dataset = "shakespeare"  # | text (lm.path: a folder of .txt files or one file)
+    c.lm.path = ""
+    c.lm.seq_len = 256
+    c.lm.max_train_tokens = 0  # 0 = all
+    c.lm.max_eval_tokens = 0  # 0 = all of each held-out split
+    c.lm.eval_batch_size = 4
+    c.lm.calibration_samples = 128  # Wanda / SparseGPT: 128 windows (of 2048 in the papers)
+    c.lm.calibration_batch = 8
+    c.lm.baselines = ("magnitude", "wanda", "sparsegpt", "sparsegpt_update")
+    c.lm.prior = "wanda"  # the search's warm-up mask: magnitude | wanda | sparsegpt
+    c.lm.unstructured = "row"  # without a pattern: per output row (Wanda's count) | layer
+    c.lm.steps = 0  # search steps; 0 = from lm.tokens
+    c.lm.tokens = 0  # search budget in training tokens (rounded up to whole steps)
+    c.lm.eval_every = 0  # steps between validation perplexities (0 = only at the end)
+    c.lm.remat = False  # rematerialise each block in the backward pass
+    c.lm.blocksize = 128  # SparseGPT
+    c.lm.percdamp = 0.01
     return c
 
 

@@ -26,14 +26,15 @@ import ml_collections
 from jackpot_jax import kernels, models, utils
 from jackpot_jax import method as jm
 from jackpot_jax.errors import ConfigError
-from jackpot_jax.pipeline import modes, resume
+from jackpot_jax.pipeline import lm, modes, resume
 
-MODES = ("pretrain", "search", "finetune", "eval")
+MODES = ("pretrain", "search", "finetune", "eval", "lm")
 RUNNERS = {
     "pretrain": modes.run_pretrain,
     "search": modes.run_search,
     "finetune": modes.run_finetune,
     "eval": modes.run_eval,
+    "lm": lm.run_lm,
 }
 
 
@@ -48,6 +49,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "finetune.mask": ("jackpot", *jm.CRITERIA),
         "search.mask_update": tuple(jm.MASK_UPDATES),
     }
+    if config.mode == "lm":
+        lm.check_lm_config(config)
     for key, allowed in choices.items():
         node, leaf = config, key
         if "." in key:
