@@ -63,10 +63,13 @@ def python_script(source: str, env_update=None, **kw):
 
 
 def load_config(path):
+    """`get_config()` of a config file; `configs/cifar.py:cifar10_vgg19` passes the name after
+    the colon (ml_collections' convention)."""
+    path, _, arg = path.partition(":")
     spec = importlib.util.spec_from_file_location("cfg", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.get_config()
+    return mod.get_config(arg) if arg else mod.get_config()
 
 
 TINY = {

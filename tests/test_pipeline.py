@@ -28,13 +28,19 @@ from jackpot_jax.data import input_pipeline, reading
 from jackpot_jax.pipeline import checkpoint as ckpt_lib
 from jackpot_jax.pipeline import export, modes, train
 
-# Pipeline configs; study and sweep configs (configs/study_*.py, configs/sweep_*.py) are
-# exercised by tests/test_study.py and tests/test_sweep.py.
+# Pipeline configs of image models; study and sweep configs (configs/study_*.py,
+# configs/sweep_*.py) are exercised by tests/test_study.py and tests/test_sweep.py, the
+# language-model configs (configs/lm_*.py) by tests/test_lm_pipeline.py. configs/cifar.py
+# builds four configs by name.
 CONFIGS = sorted(
     c
     for c in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-    if not os.path.basename(c).startswith(("study_", "sweep_"))
-)
+    if not os.path.basename(c).startswith(("study_", "sweep_", "lm_"))
+    and os.path.basename(c) != "cifar.py"
+) + [
+    os.path.join(ROOT, "configs", f"cifar.py:{n}")
+    for n in ("cifar100_resnet32", "cifar10_vgg19", "cifar100_vgg19")
+]
 
 
 @needs_fmnist
@@ -186,7 +192,8 @@ TINY_NETWORKS = {
 @pytest.mark.parametrize("config_path", CONFIGS, ids=[os.path.basename(c) for c in CONFIGS])
 def test_every_config_runs_one_step_on_synthetic_data(tmp_path, config_path, monkeypatch):
     c = load_config(config_path)
-    assert os.path.basename(config_path)[:-3] in _load_doc(config_path)  # run command in docstring
+    file, _, name = config_path.partition(":")
+    assert (name or os.path.basename(file)[:-3]) in _load_doc(file)  # run command in docstring
     if c.model in TINY_NETWORKS:
         _, defaults, shape = models._REGISTRY[c.model]
         monkeypatch.setitem(models._REGISTRY, c.model, (TINY_NETWORKS[c.model], defaults, shape))
