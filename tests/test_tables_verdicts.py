@@ -50,7 +50,7 @@ def test_sentences_claim_only_what_the_interval_shows():
     assert "not shown within 0.5 points" in s and "lower bound -1.52 at or below -0.5" in s
     assert "upper bound +1.14 at or above +0.5" in s and "is within" not in s
     tight = {"mean": 0.1, "ci95": [-0.2, 0.4], "seeds": 3}
-    assert verdicts.equivalence_sentence("a", "b", tight, 0.5).startswith("a is within 0.5 points")
+    assert verdicts.equivalence_sentence("a", "b", tight, 0.5).startswith("A is within 0.5 points")
     s = verdicts.non_inferiority_sentence("a", "b", wide, 0.5)
     assert "not shown no worse" in s
     s = verdicts.difference_sentence("a", "b", wide)

@@ -5,7 +5,8 @@ interval contains 0 (within noise)."""
 
 from __future__ import annotations
 
-from jackpot_jax.experiments.stats import difference_record, difference_text
+from jackpot_jax.experiments import verdicts as vd
+from jackpot_jax.experiments.stats import difference_record, difference_text, paired_difference
 
 CLAIMS = {
     1: "Jackpots exist: a sparse mask over untouched pre-trained weights keeps dense accuracy.",
@@ -172,3 +173,120 @@ def assess_claims(res, c) -> list[dict]:
                 }
             )
     return out
+
+
+# The margin (points) of claim 1 ("keeps dense accuracy") and claim 5 ("adds little").
+CLAIM_MARGIN = 1.0
+
+
+def _diff(a: dict | None, b: dict | None) -> dict | None:
+    """a - b in points, paired over seeds, with its interval; None without per-seed values."""
+    if not a or not b or "per_seed" not in a or "per_seed" not in b:
+        return None
+    return paired_difference(a["per_seed"]["test_acc"], b["per_seed"]["test_acc"])
+
+
+def _means_only(a_name: str, b_name: str, a: dict, b: dict) -> str:
+    d = 100 * (a["test_acc_mean"] - b["test_acc_mean"])
+    return (
+        f"{a_name} minus {b_name}: {d:+.2f} points on the means "
+        f"({100 * a['test_acc_mean']:.2f}% against {100 * b['test_acc_mean']:.2f}%); "
+        "no per-seed values, so no interval and no verdict."
+    )
+
+
+def claim_lines(res: dict) -> str:
+    """The paper's claims as bullets, each decided on the 95% interval of a paired
+    difference over seeds (`verdicts`): claim 1 as equivalence with dense within
+    `CLAIM_MARGIN` points, claim 2 as the difference pre-trained - random with its interval,
+    claim 5 as equivalence of fine-tuning's gain with 0 within the margin, and the jackpot
+    against magnitude + fine-tuning at equal epochs; claims 3 and 4 (overlaps, mean curves)
+    stated as measured, with no test. Rows without per-seed values give the means and say
+    that nothing is decided; one seed decides nothing."""
+    st = res["settings"]
+    p = res["fig5"][0]["sparsity"] if res.get("fig5") else 0.9  # the warm-up sparsity
+    S, L = st["short_epochs"], st["long_epochs"]
+    out = []
+    for net in st["networks"]:
+        t1 = [r for r in res["table1"] if r["network"] == net]
+        dense = find_row(t1, sparsity=p, method="dense")
+        jp_s = find_row(t1, sparsity=p, method="jackpot", epochs=S)
+        jp_l = find_row(t1, sparsity=p, method="jackpot", epochs=L)
+        ft = find_row(t1, sparsity=p, method="jackpot+finetune")
+        mft = find_row(t1, sparsity=p, method="magnitude+finetune")
+        lines = []
+        for jp, e in ((jp_s, S), (jp_l, L)):
+            if jp and dense:
+                name = f"the {e}-epoch jackpot at {p:.0%}"
+                d = _diff(jp, dense)
+                lines.append(
+                    vd.equivalence_sentence(name, "dense", d, CLAIM_MARGIN)
+                    if d
+                    else _means_only(name, "dense", jp, dense)
+                )
+        if lines:
+            out.append(f"- **Claim 1** ({CLAIMS[1]}) {net}: " + " ".join(lines))
+        f2 = [r for r in res["fig2"] if r["network"] == net]
+        parts = []
+        for q in st["curve_sparsities"]:
+            a = find_row(f2, sparsity=q, weights="pretrained")
+            b = find_row(f2, sparsity=q, weights="random")
+            if a and b:
+                d = _diff(a, b)
+                parts.append(
+                    f"at {q:.0%}, "
+                    + (
+                        vd.difference_sentence("pre-trained", "random-init", d)
+                        if d
+                        else _means_only("pre-trained", "random-init", a, b)
+                    )
+                )
+        if parts:
+            out.append(f"- **Claim 2** ({CLAIMS[2]}) {net}: " + " ".join(parts))
+        ov = {
+            r["criterion"]: r["overlap_mean"]
+            for r in res["overlap"]
+            if r["network"] == net and r["sparsity"] == p
+        }
+        if ov:
+            out.append(
+                f"- **Claim 3** ({CLAIMS[3]}) {net}: overlap (Eq. 7) with the {S}-epoch jackpot "
+                f"at {p:.0%}, mean over seeds: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(ov.items(), key=lambda kv: -kv[1]))
+                + f". Two masks at {p:.0%} sparsity agree on at least {1 - 2 * (1 - p):.0%} of "
+                "the weights by counting alone."
+            )
+        f5 = {r["init"]: r for r in res["fig5"] if r["network"] == net}
+        if "magnitude" in f5 and "random" in f5:
+            target = f5["random"]["val_acc_mean"][-1]
+            curve = f5["magnitude"]["val_acc_mean"]
+            reach = next((e for e, v in enumerate(curve) if v >= target), None)
+            seeds = f5["magnitude"].get("seeds")
+            out.append(
+                f"- **Claim 4** ({CLAIMS[4]}) {net}: the random warm-up ends at "
+                f"{100 * target:.2f}% validation accuracy after {len(curve) - 1} epochs; the "
+                "magnitude warm-up's mean curve "
+                + ("never reaches it" if reach is None else f"reaches it after {reach} epoch(s)")
+                + f" (mean curves over {seeds} seed(s); no interval, no test)."
+            )
+        lines = []
+        if ft and jp_s:
+            d = _diff(ft, jp_s)
+            name = f"fine-tuning the {S}-epoch jackpot for {st['finetune_epochs']} epochs"
+            lines.append(
+                vd.equivalence_sentence(
+                    name + " (jackpot+finetune)", f"the {S}-epoch jackpot", d, CLAIM_MARGIN
+                )
+                if d
+                else _means_only("jackpot+finetune", f"the {S}-epoch jackpot", ft, jp_s)
+            )
+        if mft and jp_s:
+            d = _diff(jp_s, mft)
+            name = f"the {S}-epoch jackpot"
+            other = f"magnitude + {mft['epochs']} epochs of fine-tuning"
+            lines.append(
+                vd.difference_sentence(name, other, d) if d else _means_only(name, other, jp_s, mft)
+            )
+        if lines:
+            out.append(f"- **Claim 5** ({CLAIMS[5]}) {net}: " + " ".join(lines))
+    return "\n".join(out)

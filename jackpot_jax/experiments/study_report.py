@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from jackpot_jax.experiments import provenance
-from jackpot_jax.experiments.claims import CLAIMS
+from jackpot_jax.experiments.claims import claim_lines
 from jackpot_jax.experiments.stats import STD_NOTE, pct
 from jackpot_jax.experiments.study_pieces import CRITERIA
+from jackpot_jax.experiments.tables import block, render_table
 
 _DIFF_NOTE = (
     "A verdict on a difference of accuracies gives the paired difference over seeds (each "
@@ -20,12 +21,13 @@ _DIFF_NOTE = (
 def write_report(res: dict, workdir: str) -> str:
     """DIR/report.md: the paper's claims (when that part ran), the N:M rows (when they ran),
     and every invocation's provenance."""
+    folder = os.path.basename(os.path.normpath(workdir))
     lines = (
-        _paper_sections(res, workdir)
+        _paper_sections(res, workdir, folder)
         if res["table1"]
         else ["# N:M sub-networks on Fashion-MNIST", ""]
     )
-    lines += _nm_sections(res)
+    lines += _nm_sections(res, folder)
     note = res.get("statistics", {}).get("note")
     lines += ["## Statistics", "", STD_NOTE + " " + _DIFF_NOTE, ""]
     lines += [f"Note: {note}.", ""] if note else []
@@ -36,7 +38,7 @@ def write_report(res: dict, workdir: str) -> str:
     return path
 
 
-def _paper_sections(res: dict, workdir: str) -> list[str]:
+def _paper_sections(res: dict, workdir: str, folder: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,11 +48,7 @@ def _paper_sections(res: dict, workdir: str) -> list[str]:
     lines = ["# Lottery jackpots on Fashion-MNIST: the paper's claims, checked", ""]
     lines.append("## The paper's claims on this data")
     lines.append("")
-    for claim in sorted(res["claims"], key=lambda x: (x["claim"], x["network"])):
-        lines.append(
-            f"- **Claim {claim['claim']}** ({CLAIMS[claim['claim']]}) — "
-            f"{claim['network']}: **{claim['verdict']}**. {claim['text']}"
-        )
+    lines.append(block(f"{folder}/claims", claim_lines(res)))
     lines += ["", "## Setup", ""]
     quick = " (quick variant: one seed, fewer levels and epochs)" if st["quick"] else ""
     lines.append(
@@ -65,59 +63,14 @@ def _paper_sections(res: dict, workdir: str) -> list[str]:
         "(ddof=1) over seeds; nothing is selected on the test set. Sparsity is over prunable weights (every "
         "kernel but the classifier's)."
     )
-    lines += [
-        "",
-        "## Table 1 analogue",
-        "",
-        "| network | sparsity | method | epochs | test acc. (%) | seeds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in res["table1"]:
-        cost = f"{r['epochs']}({r['cost']})" if r["cost"] else "0"
-        lines.append(
-            f"| {r['network']} | {r['sparsity']:.0%} | {r['method']} | {cost} | "
-            f"{pct(r['test_acc_mean'], r['test_acc_std'])} | {r['seeds']} |"
-        )
-    lines += [
-        "",
-        "## Table 4 analogue: search epochs",
-        "",
-        "| network | sparsity | search epochs | test acc. (%) | overlap with magnitude mask |",
-        "|---|---|---|---|---|",
-    ]
-    for r in res["table4"]:
-        lines.append(
-            f"| {r['network']} | {r['sparsity']:.0%} | {r['epochs']} | "
-            f"{pct(r['test_acc_mean'], r['test_acc_std'])} | "
-            f"{r['overlap_with_magnitude_mean']:.4f} |"
-        )
-    lines += [
-        "",
-        "## Fig. 3 / Fig. 4 analogues: criteria without tuning",
-        "",
-        "| network | sparsity | criterion | test acc. (%) | overlap with jackpot |",
-        "|---|---|---|---|---|",
-    ]
-    ovl = {(r["network"], r["sparsity"], r["criterion"]): r["overlap_mean"] for r in res["overlap"]}
-    for r in res["criteria_accuracy"]:
-        o = ovl.get((r["network"], r["sparsity"], r["criterion"]))
-        lines.append(
-            f"| {r['network']} | {r['sparsity']:.0%} | {r['criterion']} | "
-            f"{pct(r['test_acc_mean'], r['test_acc_std'])} | "
-            f"{'—' if o is None else f'{o:.4f}'} |"
-        )
-    lines += [
-        "",
-        "## Fig. 2 analogue: pre-trained vs randomly initialised weights",
-        "",
-        "| network | sparsity | weights | test acc. (%) |",
-        "|---|---|---|---|",
-    ]
-    for r in res["fig2"]:
-        lines.append(
-            f"| {r['network']} | {r['sparsity']:.0%} | {r['weights']} | "
-            f"{pct(r['test_acc_mean'], r['test_acc_std'])} |"
-        )
+    t = generated_tables(res, folder)
+    for title, name in (
+        ("Table 1 analogue", "table1"),
+        ("Table 4 analogue: search epochs", "table4"),
+        ("Fig. 3 / Fig. 4 analogues: criteria without tuning", "criteria"),
+        ("Fig. 2 analogue: pre-trained vs randomly initialised weights", "fig2"),
+    ):
+        lines += ["", f"## {title}", "", block(f"{folder}/{name}", t[f"{folder}/{name}"])]
     lines += [
         "",
         "## Why the mask moves little",
@@ -212,7 +165,7 @@ def _paper_sections(res: dict, workdir: str) -> list[str]:
     return lines
 
 
-def _nm_sections(res: dict) -> list[str]:
+def _nm_sections(res: dict, folder: str) -> list[str]:
     """The N:M table and what it shows, computed from the rows (nothing when they did not run)."""
     if not res.get("nm"):
         return []
@@ -232,17 +185,8 @@ def _nm_sections(res: dict) -> list[str]:
         "accuracy in %, mean ± sample std (ddof=1) over seeds; the magnitude rows are each search's "
         "starting mask. 'Mask moved' is 1 - overlap (Eq. 7) with that starting mask.",
         "",
-        "| network | structure | sparsity | method | epochs | test acc. (%) | mask moved | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        block(f"{folder}/nm", _nm_table(res)),
     ]
-    for r in res["nm"]:
-        cost = f"{r['epochs']}({r['cost']})" if r["cost"] else "0"
-        moved = r.get("overlap_with_init_mean")
-        lines.append(
-            f"| {r['network']} | {r['structure']} | {r['sparsity']:.0%} | {r['method']} | "
-            f"{cost} | {pct(r['test_acc_mean'], r['test_acc_std'])} | "
-            f"{'—' if moved is None else f'{1 - moved:.4f}'} | {r['seeds']} |"
-        )
     lines.append("")
     for net in st["networks"]:
         rows = {(r["structure"], r["method"]): r for r in res["nm"] if r["network"] == net}
@@ -272,3 +216,95 @@ def _nm_sections(res: dict) -> list[str]:
         lines.append(text)
     lines.append("")
     return lines
+
+
+def _cost(r: dict) -> str:
+    return f"{r['epochs']}({r['cost']})" if r["cost"] else "0"
+
+
+def _acc(r: dict) -> str:
+    return pct(r["test_acc_mean"], r.get("test_acc_std"))
+
+
+def _nm_table(res: dict) -> str:
+    def moved(r):
+        m = r.get("overlap_with_init_mean")
+        return None if m is None else f"{1 - m:.4f}"
+
+    return render_table(
+        res["nm"],
+        [
+            ("network", lambda r: r["network"]),
+            ("structure", lambda r: r["structure"]),
+            ("sparsity", lambda r: f"{r['sparsity']:.0%}"),
+            ("method", lambda r: r["method"]),
+            ("epochs", _cost),
+            ("test acc. (%)", _acc),
+            ("mask moved", moved),
+            ("seeds", lambda r: r["seeds"]),
+        ],
+    )
+
+
+def generated_tables(res: dict, folder: str) -> dict[str, str]:
+    """{block name: content} of every generated block of a study report: '<folder>/claims',
+    '<folder>/table1', '/table4', '/criteria', '/fig2' (when the paper's part ran) and
+    '<folder>/nm' (when the N:M rows ran)."""
+    out = {}
+    if res.get("table1"):
+        ovl = {
+            (r["network"], r["sparsity"], r["criterion"]): r["overlap_mean"] for r in res["overlap"]
+        }
+        net, sp = (lambda r: r["network"]), (lambda r: f"{r['sparsity']:.0%}")
+        out[f"{folder}/claims"] = claim_lines(res)
+        out[f"{folder}/table1"] = render_table(
+            res["table1"],
+            [
+                ("network", net),
+                ("sparsity", sp),
+                ("method", lambda r: r["method"]),
+                ("epochs", _cost),
+                ("test acc. (%)", _acc),
+                ("seeds", lambda r: r["seeds"]),
+            ],
+        )
+        out[f"{folder}/table4"] = render_table(
+            res["table4"],
+            [
+                ("network", net),
+                ("sparsity", sp),
+                ("search epochs", lambda r: r["epochs"]),
+                ("test acc. (%)", _acc),
+                (
+                    "overlap with magnitude mask",
+                    lambda r: f"{r['overlap_with_magnitude_mean']:.4f}",
+                ),
+            ],
+        )
+
+        def ov(r):
+            o = ovl.get((r["network"], r["sparsity"], r["criterion"]))
+            return None if o is None else f"{o:.4f}"
+
+        out[f"{folder}/criteria"] = render_table(
+            res["criteria_accuracy"],
+            [
+                ("network", net),
+                ("sparsity", sp),
+                ("criterion", lambda r: r["criterion"]),
+                ("test acc. (%)", _acc),
+                ("overlap with jackpot", ov),
+            ],
+        )
+        out[f"{folder}/fig2"] = render_table(
+            res["fig2"],
+            [
+                ("network", net),
+                ("sparsity", sp),
+                ("weights", lambda r: r["weights"]),
+                ("test acc. (%)", _acc),
+            ],
+        )
+    if res.get("nm"):
+        out[f"{folder}/nm"] = _nm_table(res)
+    return out

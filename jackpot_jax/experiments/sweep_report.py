@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 
 from jackpot_jax.experiments import provenance
+from jackpot_jax.experiments import verdicts as vd
 from jackpot_jax.experiments.stats import STD_NOTE, difference_record, difference_text, pct
+from jackpot_jax.experiments.tables import block, render_table
 
 METHODS = ("jackpot_official", "jackpot_selected", "weight_tuning_selected")
 NAMES = {
@@ -138,6 +140,128 @@ def _selection_test_text(st: dict) -> str:
     )
 
 
+# The sweep's target, decided on the 95% intervals of the paired differences (issue 29):
+# the 10-epoch jackpot within this many points of dense (an equivalence test), and not below
+# the selected weight tuning by more than the same margin (a non-inferiority test).
+TARGET_MARGIN = 0.3
+
+
+def _target_lines(res: dict, verdicts: list[dict]) -> str:
+    """The target's verdict sentences, one bullet per network, worded by `verdicts`."""
+    out = []
+    for v in verdicts:
+        if v["gap_to_dense"] is None:
+            continue
+        e = v["target_epochs"]
+        eq = vd.equivalence_sentence(
+            f"the selected {e}-epoch jackpot",
+            f"dense ({pct(v['dense'])}%)",
+            v.get("paired_jackpot_minus_dense"),
+            TARGET_MARGIN,
+        )
+        ni = vd.non_inferiority_sentence(
+            "the selected jackpot",
+            "the selected weight tuning",
+            v.get("paired_jackpot_minus_weight_tuning"),
+            TARGET_MARGIN,
+        )
+        met = vd.within_margin(
+            (v.get("paired_jackpot_minus_dense") or {}).get("ci95"), TARGET_MARGIN
+        ) and vd.non_inferior(
+            (v.get("paired_jackpot_minus_weight_tuning") or {}).get("ci95"), TARGET_MARGIN
+        )
+        out.append(
+            f"- **{v['network']}**: target {'met' if met else 'not shown'} (both tests on the "
+            f"95% interval, margin {TARGET_MARGIN} points). {eq} {ni}"
+        )
+    return "\n".join(out)
+
+
+def _budget_table(res: dict, net: str, verdicts: list[dict]) -> tuple[str, str] | None:
+    """(heading, table) of one network's test accuracies per budget and method."""
+    st = res["settings"]
+    rows = [r for r in res["rows"] if r["network"] == net]
+    if not rows:
+        return None
+    budgets = sorted({r["epochs"] for r in rows if r["method"] != "dense"})
+    dense = next(r for r in rows if r["method"] == "dense")
+    head = (
+        f"### {net} at {st['sparsity']:.0%} sparsity (dense: "
+        f"{pct(dense['test_acc_mean'], dense['test_acc_std'])}, "
+        f"{dense['epochs']} pretraining epochs; seeds "
+        f"{', '.join(dense.get('per_seed', {}).get('test_acc', {}))})"
+    )
+    v = next(x for x in verdicts if x["network"] == net)
+    by_epochs = dict(zip(budgets, v["budgets"]))
+
+    def cell(m):
+        def f(e):
+            r = next((r for r in rows if r["method"] == m and r["epochs"] == e), None)
+            return pct(r["test_acc_mean"], r["test_acc_std"]) if r else "n/a"
+
+        return f
+
+    def winner(e):
+        b = by_epochs[e]
+        p = b.get("margin_paired")
+        if b["margin"] is None or p is None:
+            return NAMES[b["winner"]]
+        return (
+            f"{NAMES[b['winner']]} (+{b['margin']:.2f} over {NAMES[b['runner_up']]}; "
+            f"paired {vd.interval_text(p)})"
+        )
+
+    cols = [("epochs", str)] + [(NAMES[m], cell(m)) for m in METHODS]
+    cols.append(("higher mean (difference to the runner-up)", winner))
+    return head, render_table(budgets, cols)
+
+
+def _sweep_table(res: dict, net: str, kind: str, factors, sweep) -> tuple[str, str]:
+    """(heading, table) of one network's selection runs of one kind, in the order run."""
+    st = res["settings"]
+    dval = res["selected"][net].get("dense_val_accuracy")
+    head = (
+        f"### {net}, {kind.replace('_', ' ')} (the dense network: "
+        f"{pct(dval)} on the same validation split)"
+    )
+
+    def level(f):
+        return lambda r: (
+            f"{r['recipe'][f]:g}" if isinstance(r["recipe"][f], float) else str(r["recipe"][f])
+        )
+
+    def acc(r):
+        mark = " **(selected)**" if r["selected"] else ""
+        if kind == "jackpot" and r["recipe"] == st["official"]:
+            mark += " (official)"
+        return pct(r["val_accuracy"]) + mark
+
+    cols = [("#", lambda r: r["order"] + 1)] + [(f, level(f)) for f in factors]
+    return head, render_table(sweep, cols + [("val. acc.", acc)])
+
+
+def generated_tables(res: dict, folder: str) -> dict[str, str]:
+    """{block name: content} of every generated block of the sweep's report, names
+    '<folder>/target', '<folder>/budgets/<net>', '<folder>/sweep/<net>/<kind>'."""
+    st = res["settings"]
+    verdicts = res.get("assessment") or assess(res)
+    out = {f"{folder}/target": _target_lines(res, verdicts)}
+    for net in st["networks"]:
+        t = _budget_table(res, net, verdicts)
+        if t:
+            out[f"{folder}/budgets/{net}"] = t[1]
+        for kind, factors in (
+            ("jackpot", st["jackpot_factors"]),
+            ("weight_tuning", st["wt_factors"]),
+        ):
+            sweep = [r for r in res["sweep"] if r["network"] == net and r["method"] == kind]
+            if sweep:
+                out[f"{folder}/sweep/{net}/{kind}"] = _sweep_table(res, net, kind, factors, sweep)[
+                    1
+                ]
+    return out
+
+
 def write_report(res: dict, workdir: str) -> str:
     import matplotlib
 
@@ -146,22 +270,12 @@ def write_report(res: dict, workdir: str) -> str:
 
     st = res["settings"]
     verdicts = res.get("assessment") or assess(res)
-    names = NAMES
+    folder = os.path.basename(os.path.normpath(workdir))
     lines = ["# Search efficiency on Fashion-MNIST: a recipe selected on validation", ""]
     if not res["complete"]:
         lines += ["**Incomplete: some pieces have not run yet; rerun the command.**", ""]
     lines += ["## Target", ""]
-    for v in verdicts:
-        if v["gap_to_dense"] is None:
-            continue
-        met = v["within_0.3_of_dense"] and v["at_least_weight_tuning"]
-        lines.append(
-            f"- **{v['network']}**: target {'met' if met else 'not met'}. After "
-            f"{v['target_epochs']} epochs the selected jackpot is {v['gap_to_dense']:.2f} points "
-            f"below dense ({pct(v['dense'])}%; target <= 0.30; negative: above dense) and "
-            f"{v['jackpot_minus_weight_tuning']:+.2f} points against the selected weight tuning "
-            f"(target >= 0)." + _paired_text(v)
-        )
+    lines.append(block(f"{folder}/target", _target_lines(res, verdicts)))
     lines += [
         "",
         "## Which recipe wins at which budget (test accuracy, %, mean ± sample std over "
@@ -175,33 +289,9 @@ def write_report(res: dict, workdir: str) -> str:
         "",
     ]
     for net in st["networks"]:
-        rows = [r for r in res["rows"] if r["network"] == net]
-        if not rows:
-            continue
-        budgets = sorted({r["epochs"] for r in rows if r["method"] != "dense"})
-        dense = next(r for r in rows if r["method"] == "dense")
-        lines += [
-            f"### {net} at {st['sparsity']:.0%} sparsity (dense: "
-            f"{pct(dense['test_acc_mean'], dense['test_acc_std'])}, "
-            f"{dense['epochs']} pretraining epochs; seeds "
-            f"{', '.join(dense.get('per_seed', {}).get('test_acc', {}))})",
-            "",
-            "| epochs | " + " | ".join(names[m] for m in METHODS) + " | winner (margin) |",
-            "|---|" + "---|" * len(METHODS) + "---|",
-        ]
-        v = next(x for x in verdicts if x["network"] == net)
-        for e, b in zip(budgets, v["budgets"]):
-            cells = []
-            for m in METHODS:
-                r = next((r for r in rows if r["method"] == m and r["epochs"] == e), None)
-                cells.append(pct(r["test_acc_mean"], r["test_acc_std"]) if r else "n/a")
-            margin = ""
-            if b["margin"] is not None:
-                p = b.get("margin_paired")
-                noise = "; within noise" if p and p.get("within_noise") else ""
-                margin = f" (+{b['margin']:.2f} over {names[b['runner_up']]}{noise})"
-            lines.append(f"| {e} | " + " | ".join(cells) + f" | {names[b['winner']]}{margin} |")
-        lines.append("")
+        table = _budget_table(res, net, verdicts)
+        if table:
+            lines += [table[0], "", block(f"{folder}/budgets/{net}", table[1]), ""]
     lines += [
         "## Selected recipes (final-epoch validation accuracy, seed "
         f"{st['select_seed']}, {st['select_epochs']} epochs)",
@@ -225,29 +315,8 @@ def write_report(res: dict, workdir: str) -> str:
             sweep = [r for r in res["sweep"] if r["network"] == net and r["method"] == kind]
             if not sweep:
                 continue
-            dval = res["selected"][net].get("dense_val_accuracy")
-            lines += [
-                f"### {net}, {kind.replace('_', ' ')} (the dense network: "
-                f"{pct(dval)} on the same validation split)",
-                "",
-                "| # | " + " | ".join(factors) + " | val. acc. |",
-                "|---|" + "---|" * len(factors) + "---|",
-            ]
-            for r in sweep:
-                mark = " **(selected)**" if r["selected"] else ""
-                if kind == "jackpot" and r["recipe"] == st["official"]:
-                    mark += " (official)"
-                lines.append(
-                    f"| {r['order'] + 1} | "
-                    + " | ".join(
-                        f"{r['recipe'][f]:g}"
-                        if isinstance(r["recipe"][f], float)
-                        else str(r["recipe"][f])
-                        for f in factors
-                    )
-                    + f" | {pct(r['val_accuracy'])}"
-                    f"{mark} |"
-                )
+            head, table = _sweep_table(res, net, kind, factors, sweep)
+            lines += [head, "", block(f"{folder}/sweep/{net}/{kind}", table)]
             best = res["selected"][net][kind]
             design = st["designs"][net]
             around = []
@@ -283,7 +352,7 @@ def write_report(res: dict, workdir: str) -> str:
                         yerr=[100 * v for v in e],
                         marker=marker,
                         capsize=3,
-                        label=names[m],
+                        label=NAMES[m],
                     )
             ax.set(
                 title=f"{net}, {st['sparsity']:.0%} sparse",

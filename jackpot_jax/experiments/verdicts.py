@@ -64,7 +64,7 @@ def interval_text(diff: dict | None, unit: str = "points") -> str:
     return head + f" (95% interval {c[0]:+.2f} to {c[1]:+.2f}, {n} seeds)"
 
 
-def difference_sentence(a: str, b: str, diff: dict | None, unit: str = "points") -> str:
+def _difference_sentence(a: str, b: str, diff: dict | None, unit: str = "points") -> str:
     """'A minus B: +0.24 points (95% interval -0.18 to +0.66, 3 seeds).' and, when the
     interval excludes 0, which side it lies on; no claim of equality when it includes 0 (the
     interval's width says what it allows)."""
@@ -82,7 +82,7 @@ def difference_sentence(a: str, b: str, diff: dict | None, unit: str = "points")
     )
 
 
-def equivalence_sentence(
+def _equivalence_sentence(
     a: str, b: str, diff: dict | None, margin: float, unit: str = "points"
 ) -> str:
     """'A is within 0.5 points of B: ...' only when `within_margin(diff's interval, margin)`;
@@ -107,7 +107,7 @@ def equivalence_sentence(
     )
 
 
-def non_inferiority_sentence(
+def _non_inferiority_sentence(
     a: str, b: str, diff: dict | None, margin: float, unit: str = "points"
 ) -> str:
     """'A is no worse than B by more than 0.5 points: ...' only when `non_inferior`;
@@ -125,3 +125,30 @@ def non_inferiority_sentence(
         f"{a} minus {b}: {interval_text(diff, unit)}; not shown no worse than {b} within "
         f"{m:g} {unit} (lower bound {c[0]:+.2f} at or below -{m:g})."
     )
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def difference_sentence(a: str, b: str, diff: dict | None, unit: str = "points") -> str:
+    """'A minus B: +0.24 points (95% interval -0.18 to +0.66, 3 seeds).' and, when the
+    interval excludes 0, which side it lies on; no claim of equality when it includes 0 (the
+    interval's width says what it allows). The sentence starts with a capital."""
+    return _cap(_difference_sentence(a, b, diff, unit))
+
+
+def equivalence_sentence(
+    a: str, b: str, diff: dict | None, margin: float, unit: str = "points"
+) -> str:
+    """'A is within 0.5 points of B: ...' only when `within_margin(diff's interval, margin)`;
+    otherwise the difference with its interval and the bound that misses the margin."""
+    return _cap(_equivalence_sentence(a, b, diff, margin, unit))
+
+
+def non_inferiority_sentence(
+    a: str, b: str, diff: dict | None, margin: float, unit: str = "points"
+) -> str:
+    """'A is no worse than B by more than 0.5 points: ...' only when `non_inferior`;
+    otherwise the difference with its interval and how far below -margin its lower bound is."""
+    return _cap(_non_inferiority_sentence(a, b, diff, margin, unit))
