@@ -137,3 +137,95 @@ def test_t_quantiles_match_scipy():
 
 def test_the_committed_results_pass(capsys):
     assert check_results.main([os.path.join(ROOT, "docs", "results")]) == 0, capsys.readouterr()
+
+
+def _copy_tree(tmp_path):
+    """The files the checker reads, copied: README, benchmarks README and JSONs, docs/results."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(os.path.join(ROOT, "docs", "results"), root / "docs" / "results")
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    for name in os.listdir(os.path.join(ROOT, "benchmarks", "results")):
+        if name.startswith("bench_step_") and name.endswith(".json"):
+            shutil.copy(
+                os.path.join(ROOT, "benchmarks", "results", name), root / "benchmarks" / "results"
+            )
+    shutil.copy(os.path.join(ROOT, "README.md"), root / "README.md")
+    shutil.copy(os.path.join(ROOT, "benchmarks", "README.md"), root / "benchmarks" / "README.md")
+    return root
+
+
+def _run(root):
+    return check_results.main(["--root", str(root), str(root / "docs" / "results")])
+
+
+def _bump(path, old, new):
+    text = path.read_text()
+    assert text.count(old) >= 1, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_tampered_copies_fail(tmp_path, capsys):
+    root = _copy_tree(tmp_path)
+    assert _run(root) == 0, capsys.readouterr().out
+    capsys.readouterr()
+
+    # One number +0.1 in a report's generated table.
+    report = root / "docs" / "results" / "fashion_mnist" / "nm" / "report.md"
+    _bump(report, "| 91.13 ± 0.05 |", "| 91.23 ± 0.05 |")
+    assert _run(root) == 1
+    out = capsys.readouterr().out
+    assert (
+        "block 'nm/nm' differs" in out and "+| lenet5 | 2:4 | 50% | jackpot | 10(S) | 91.13" in out
+    )
+    _bump(report, "| 91.23 ± 0.05 |", "| 91.13 ± 0.05 |")
+
+    # One number +0.1 in the README.
+    _bump(root / "README.md", "| 90.66 |", "| 90.76 |")
+    assert _run(root) == 1
+    assert "block 'readme/lenet' differs" in capsys.readouterr().out
+    _bump(root / "README.md", "| 90.76 |", "| 90.66 |")
+    assert _run(root) == 0
+    capsys.readouterr()
+
+    # One per-seed value changed, its mean and std regenerated and every table rewritten:
+    # only the raw log can tell.
+    path = root / "docs" / "results" / "fashion_mnist" / "nm" / "results.json"
+    res = json.loads(path.read_text())
+    row = res["nm"][2]
+    row["per_seed"]["test_acc"]["0"] += 0.001
+    m, s, n = stats.mean_std(row["per_seed"]["test_acc"].values())
+    row.update(test_acc_mean=m, test_acc_std=s, seeds=n)
+    path.write_text(json.dumps(res))
+    check_results.check_blocks(str(root), write=True)
+    capsys.readouterr()
+    assert check_results.check_blocks(str(root))[0] == []
+    assert check_results.check_file(str(path))[0] == []  # consistent with itself
+    assert _run(root) == 1
+    out = capsys.readouterr().out
+    assert "nm[2]" in out and "seed 0: test_acc" in out and "in the log" in out
+
+
+def test_parse_log_pairs_each_summary_with_its_piece():
+    log = "\n".join(
+        [
+            "[study] n seed1 a ...",
+            "[study] n seed2 b ...",
+            "-" * 12,
+            "model  n",
+            "seed   2",
+            "test_accuracy  0.5000",
+            "-" * 12,
+            "-" * 12,
+            "model  n",
+            "seed   1",
+            "test_accuracy  0.2500",
+            "-" * 12,
+            "[study] n seed1 a done in 3s",
+            "[study] n seed2 b done in 4s",
+        ]
+    )
+    got = check_results.parse_log(log)
+    assert got[("n", 1, "a")]["test_accuracy"] == "0.2500"
+    assert got[("n", 2, "b")]["test_accuracy"] == "0.5000"
