@@ -251,7 +251,7 @@ def _bar(total: int, initial: int, desc: str):
 
 
 def _fmt(ppl: dict) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in ppl.items() if v is not None)
+    return f"val {ppl['val']:.3f}, test {ppl['test']:.3f}"
 
 
 def run_lm(config, workdir: str, *, convert=None) -> dict:
