@@ -8,7 +8,7 @@
 #    only their CUDA 13 builds for cp312 manylinux x86_64, which run on the CPU -- flax,
 #    optax, orbax-checkpoint, chex, numpy, timm, pillow, tqdm, absl-py and what they depend
 #    on) and nothing else of the project's: no ml_collections, grain, simplejpeg, pytest.
-# 2. The committed tree (git archive HEAD; GPU_DRY_RUN_TREE=work: the working tree as it is,
+# 2. The committed tree (git archive of HEAD as the script starts; GPU_DRY_RUN_TREE=work: the working tree as it is,
 #    which is what a device run ships) exported to .gpu_dry/tree.
 # 3. WITHOUT the bundle: `GPU_CHECKS_TINY=1 bash benchmarks/gpu_checks.sh` must stop at the
 #    preflight within 30 s, naming the missing packages
@@ -66,8 +66,9 @@ if [ "${GPU_DRY_RUN_TREE:-head}" = "work" ]; then
   TREE_NOTE="the working tree at $COMMIT ($(git status --porcelain | wc -l) paths differ from it)"
   git ls-files -z -c -o --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$TREE"
 else
-  TREE_NOTE="commit $COMMIT (git archive HEAD, clean)"
-  git archive HEAD | tar -xf - -C "$TREE"
+  TREE_NOTE="commit $COMMIT (git archive $COMMIT, clean)"
+  # The commit read at the start, not HEAD now: others may commit while the venv installs.
+  git archive "$COMMIT" | tar -xf - -C "$TREE"
 fi
 
 header() {  # header TITLE: the top of a log
