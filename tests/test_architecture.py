@@ -34,11 +34,14 @@ ALLOWED = {
 LAUNCHERS = {"main", "study", "sweep", "__init__"}
 # Layers of `experiments/`, bottom first: a module imports its own layer and those below.
 EXPERIMENT_LAYERS = (
-    {"__init__", "provenance", "stats", "runner", "common"},  # machinery every study shares
+    # machinery every study shares (tables and interval verdicts included)
+    {"__init__", "provenance", "stats", "runner", "common", "tables", "verdicts"},
     {"study_pieces", "vit_pieces", "claims"},  # the studies' pieces and verdicts
     {"study_report", "sweep_report", "vit_report"},  # reports (and printed answers)
     {"study", "sweep", "vit_study"},  # the studies
-    {"registry"},  # study name -> runner: the one module that imports every study
+    # study name -> runner: the one module that imports every study; the generated tables
+    # of every report (tools/check_results.py)
+    {"registry", "generated"},
 )
 
 
