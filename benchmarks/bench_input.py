@@ -14,7 +14,7 @@ Parts (`--only`, repeatable; default cifar, imagenet, lenet):
   flip (train path) and decode + Resize(256) + CenterCrop(224) (eval path), batch 64, for
   0, 1, 2 and all workers.
 
-Both host paths stop at uint8 batches, as the training loop uses them: the engine normalises
+Both host paths stop at uint8 batches, as the training loop uses them: the loop normalises
 on the device (`core.batch_to_mesh`).
 * lenet: the real training loop (`pipeline.loop.train_loop`, Caffe LeNet-5, dense SGD, batch
   256, on in-memory 28x28 data, 3 epochs) with device prefetch (2) and without (0), against
