@@ -32,10 +32,30 @@ search as the N:M pattern ``n:in`` with ``n = in - int(in * sparsity)`` along th
 axis, which keeps exactly ``n`` of each output's ``in`` inputs) or per layer
 (``lm.unstructured='layer'``: uniform keep counts).
 
+Switches a study sets (with these defaults when a config lacks them):
+
+- ``lm.train``: 'scores' (the jackpot search above), 'weights' (the baseline of weight
+  tuning: the prior's mask fixed and the kept weights of the pruned kernels trained with the
+  same tokens, loss and batches, by the ``finetune`` section's optimiser; embeddings, norms
+  and the head stay as they are) or 'none' (dense and one-shot perplexities only);
+- ``lm.evaluate_test`` (True): False evaluates no test perplexity at all (a selection run);
+- ``lm.dense`` (True): False skips the dense perplexities;
+- ``lm.prior_masks`` (''): a folder where another run saved ``masks_<prior>.npz``: the prior
+  is read from it instead of being calibrated again;
+- ``lm.save_masks`` (()): baselines whose masks are saved as ``masks_<name>.npz``;
+- ``lm.export`` (True): False writes no ``jackpot.npz`` (its masked params are the size of
+  the model), only ``final_mask.npz``; ``lm.keep_checkpoints`` (True): False deletes the
+  checkpoints once the summary is written.
+
+The seed (``config.seed``) picks the calibration sample and the order of the training
+batches. At the end the run prints a summary block (between two rules: ``model``, ``seed``
+and every perplexity to 6 decimals) that `tools/check_results.py` reads back from raw logs.
+
 Writes ``summary.json`` (every perplexity, tokens seen, steps, seq_len, the pattern),
 ``metrics.jsonl`` (one line per interval), ``oneshot.json`` (the baselines),
-``prior_mask.npz`` and ``jackpot.npz`` (masks and masked params, `pipeline.export`; the
-converter's ``--to-torch`` path writes it as a Hugging Face directory).
+``prior_mask.npz``, ``final_mask.npz`` (the masks, bit-packed) and ``jackpot.npz`` (masks
+and masked params, `pipeline.export`; the converter's ``--to-torch`` path writes it as a
+Hugging Face directory).
 """
 
 from __future__ import annotations
@@ -44,6 +64,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import time
 
 import jax
@@ -62,6 +83,17 @@ from jackpot_jax.pipeline.perplexity import check_context, perplexity
 from jackpot_jax.pipeline.resume import Checkpointer, MetricsLog
 
 BASELINES = ("magnitude", "wanda", "sparsegpt", "sparsegpt_update")
+TRAIN = ("scores", "weights", "none")
+# The study's switches and their defaults (a config without them runs as before).
+SWITCHES = {
+    "train": "scores",
+    "evaluate_test": True,
+    "dense": True,
+    "prior_masks": "",
+    "save_masks": (),
+    "export": True,
+    "keep_checkpoints": True,
+}
 PRIORS = ("magnitude", "wanda", "sparsegpt")
 SOURCE_DIR = "source_model"
 TOKENIZER = "tokenizer.json"
@@ -83,12 +115,16 @@ def check_lm_config(config) -> None:
     ):
         if cfg[key] not in allowed:
             raise ConfigError(f"lm.{key}={cfg[key]!r}; expected one of {tuple(allowed)}")
-    bad = [b for b in cfg.baselines if b not in BASELINES]
+    if switch(config, "train") not in TRAIN:
+        raise ConfigError(f"lm.train={switch(config, 'train')!r}; expected one of {TRAIN}")
+    bad = [b for b in (*cfg.baselines, *switch(config, "save_masks")) if b not in BASELINES]
     if bad:
-        raise ConfigError(f"lm.baselines has {bad}; each must be one of {BASELINES}")
+        raise ConfigError(
+            f"lm.baselines / lm.save_masks have {bad}; each must be one of {BASELINES}"
+        )
     if cfg.steps < 0 or cfg.tokens < 0 or cfg.eval_every < 0:
         raise ConfigError("lm.steps, lm.tokens and lm.eval_every must be >= 0")
-    if not (cfg.steps or cfg.tokens):
+    if switch(config, "train") != "none" and not (cfg.steps or cfg.tokens):
         raise ConfigError(
             "the LM search needs a budget: set lm.steps (search steps) or lm.tokens "
             "(training tokens)"
@@ -104,6 +140,11 @@ def check_lm_config(config) -> None:
             "search.mask_update='swap' needs per-layer counts: use lm.unstructured='layer' "
             "without a pattern, or mask_update='topk'"
         )
+
+
+def switch(config, key: str):
+    """``config.lm.<key>`` of the study's switches (`SWITCHES`), its default when absent."""
+    return config.lm.get(key, SWITCHES[key])
 
 
 # ------------------------------------------------------------------------------ the model
@@ -251,7 +292,36 @@ def _bar(total: int, initial: int, desc: str):
 
 
 def _fmt(ppl: dict) -> str:
-    return f"val {ppl['val']:.3f}, test {ppl['test']:.3f}"
+    return ", ".join(f"{s} {ppl[s]:.3f}" for s in ("val", "test") if s in ppl)
+
+
+def print_summary_block(summary: dict) -> None:
+    """The closing block `tools/check_results.py` reads from a raw log: ``key value`` lines
+    between two rules (model, seed, steps, tokens and every perplexity to 6 decimals)."""
+    rows = [("model", summary["model"]), ("seed", summary["seed"])]
+    rows += [(k, summary[k]) for k in ("train", "prior", "steps", "tokens_seen")]
+    for split, v in (summary.get("dense_perplexity") or {}).items():
+        rows.append((f"dense_{split}_perplexity", f"{v:.6f}"))
+    for name, r in (summary.get("baselines") or {}).items():
+        rows += [(f"{name}_{s}_perplexity", f"{r[s]:.6f}") for s in ("val", "test") if s in r]
+    for split, v in (summary.get("final_perplexity") or {}).items():
+        rows.append((f"{split}_perplexity", f"{v:.6f}"))
+    if summary.get("overlap_with_prior") is not None:
+        rows.append(("overlap_with_prior", f"{summary['overlap_with_prior']:.6f}"))
+    rows.append(("wall_seconds", f"{summary['wall_seconds']:.1f}"))
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "-" * (width + 16))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print("-" * (width + 16), flush=True)
+
+
+def _weight_labels(params, filter_fn):
+    """'train' on the prunable kernels, 'freeze' elsewhere: weight tuning trains only the
+    kept weights of the pruned kernels, what a jackpot search may change the masks of."""
+    flat = jm.flatten_paths(params)
+    labels = {p: "train" if filter_fn(p, w) else "freeze" for p, w in flat.items()}
+    return jm.tree_from_paths(params, labels)
 
 
 def run_lm(config, workdir: str, *, convert=None) -> dict:
@@ -261,6 +331,8 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
     t0 = time.time()
     cfg = config.lm
     check_lm_config(config)
+    train = switch(config, "train")
+    splits = ("val", "test") if switch(config, "evaluate_test") else ("val",)
     os.makedirs(workdir, exist_ok=True)
     path = model_dir(config, workdir, convert)
     arch, opts, module, variables, tokenizer = load_lm(path, cfg.remat)
@@ -296,7 +368,8 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
     utils.log(
         f"lm: {arch} from {path}; {cfg.dataset} windows of {cfg.seq_len} tokens: "
         f"{len(ds.train)} train, {len(ds.val)} val, {len(ds.test)} test; budget "
-        f"{pattern or f'{config.sparsity:.0%} per {cfg.unstructured}'}"
+        f"{pattern or f'{config.sparsity:.0%} per {cfg.unstructured}'}; train {train}"
+        + ("" if "test" in splits else "; no test perplexity (selection)")
     )
 
     logits_fn = jax.jit(lambda p, t: module.apply({"params": p}, t))
@@ -304,7 +377,7 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
     def ppl(p) -> dict:
         return {
             s: perplexity(lambda t: logits_fn(p, t), ds.split(s), cfg.eval_batch_size)["perplexity"]
-            for s in ("val", "test")
+            for s in splits
         }
 
     # -- dense and one-shot baselines (kept in oneshot.json: a resumed run skips them)
@@ -313,21 +386,38 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
     if os.path.isfile(results_file):
         with open(results_file) as f:
             results = json.load(f)
-    if "dense" not in results:
-        results["dense"] = {**ppl(params), "changes_weights": False}
-        utils.write_json(results_file, results)
-    utils.log(f"dense perplexity: {_fmt(results['dense'])}")
+    if switch(config, "dense"):
+        if "dense" not in results:
+            results["dense"] = {**ppl(params), "changes_weights": False}
+            utils.write_json(results_file, results)
+        utils.log(f"dense perplexity: {_fmt(results['dense'])}")
     calib = text.calibration_windows(
         ds, min(cfg.calibration_samples, len(ds.train)), seed=config.seed
     )
     prior_file = os.path.join(workdir, "prior_mask.npz")
-    todo = list(cfg.baselines)
-    if not os.path.isfile(prior_file) and cfg.prior not in todo:
+    given = switch(config, "prior_masks")
+    if given and train != "none" and not os.path.isfile(prior_file):
+        src = os.path.join(given, f"masks_{cfg.prior}.npz")
+        if not os.path.isfile(src):
+            raise MissingInputError(
+                f"lm.prior_masks={given!r} has no masks_{cfg.prior}.npz; run the one-shot "
+                f"piece with lm.save_masks=('{cfg.prior}',) there first"
+            )
+        shutil.copyfile(src, prior_file)
+    saved = tuple(switch(config, "save_masks"))
+    todo = list(dict.fromkeys([*cfg.baselines, *saved]))
+    if train != "none" and not os.path.isfile(prior_file) and cfg.prior not in todo:
         todo.append(cfg.prior)
+
+    def done(name):
+        have_prior = name != cfg.prior or train == "none" or os.path.isfile(prior_file)
+        have_saved = name not in saved or os.path.isfile(os.path.join(workdir, f"masks_{name}.npz"))
+        return (name in results or name not in cfg.baselines) and have_prior and have_saved
+
     for name in todo:
-        have_prior = name != cfg.prior or os.path.isfile(prior_file)
-        if name in results and have_prior:
-            utils.log(f"{name}: {_fmt(results[name])} (from {results_file})")
+        if done(name):
+            if name in results:
+                utils.log(f"{name}: {_fmt(results[name])} (from {results_file})")
             continue
         t = time.time()
         method = "sparsegpt" if name == "sparsegpt_update" else name
@@ -348,8 +438,10 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
         )
         if bar is not None:
             bar.close()
-        if name == cfg.prior:
+        if name == cfg.prior and train != "none":
             _save_masks(prior_file, cal.masks)
+        if name in saved:
+            _save_masks(os.path.join(workdir, f"masks_{name}.npz"), cal.masks)
         if name in cfg.baselines:
             results[name] = {
                 **ppl(cal.params),
@@ -360,15 +452,62 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
             utils.write_json(results_file, results)
             note = " (changes the kept weights)" if cal.update else ""
             utils.log(f"{name}{note}: {_fmt(results[name])} in {time.time() - t:.0f} s")
-    prior = _load_masks(prior_file, params)
 
-    # -- the jackpot search, through the core
+    summary = {
+        "mode": "lm",
+        "train": train,
+        "model": arch,
+        "seed": config.seed,
+        "pretrained_checkpoint": path,
+        "dataset": cfg.dataset,
+        "seq_len": cfg.seq_len,
+        "pattern": str(pattern) if pattern else None,
+        "sparsity": pattern.sparsity if pattern else config.sparsity,
+        "unstructured": None if pattern else cfg.unstructured,
+        "prior": cfg.prior if train != "none" else None,
+        "evaluate_test": "test" in splits,
+        "val_tokens": int(np.size(ds.val[:, 1:])) if len(ds.val) else 0,
+        "test_tokens": int(np.size(ds.test[:, 1:])) if "test" in splits else 0,
+        "calibration_windows": int(len(calib)),
+        "baselines": {b: results[b] for b in cfg.baselines},
+    }
+    if "dense" in results:
+        summary["dense_perplexity"] = {s: results["dense"][s] for s in splits}
+    if train == "none":
+        summary.update(steps=0, tokens_seen=0, wall_seconds=time.time() - t0)
+        return _close(summary, workdir, results)
+    summary.update(_train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path))
+    summary["wall_seconds"] = time.time() - t0
+    return _close(summary, workdir, results)
+
+
+def _close(summary: dict, workdir: str, results: dict) -> dict:
+    utils.write_json(os.path.join(workdir, "summary.json"), summary)
+    rows = [(k, results[k]) for k in ("dense", *summary["baselines"]) if k in results]
+    if "final_perplexity" in summary:
+        rows.append(
+            ("jackpot" if summary["train"] == "scores" else "tuned", summary["final_perplexity"])
+        )
+    utils.log(f"{'':18s} {'val ppl':>10s} {'test ppl':>10s}")
+    for name, r in rows:
+        utils.log(f"{name:18s} {r['val']:10.3f} {r.get('test', math.nan):10.3f}")
+    print_summary_block(summary)
+    return summary
+
+
+def _train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path) -> dict:
+    """The jackpot search (``lm.train='scores'``) or weight tuning (``'weights'``) from the
+    prior's mask; the summary's fields of that part."""
+    cfg = config.lm
+    train = switch(config, "train")
+    prior = _load_masks(os.path.join(workdir, "prior_mask.npz"), params)
     batch = int(config.search.get("batch_size") or config.batch_size)
     per_step = batch * cfg.seq_len
     steps = cfg.steps or math.ceil(cfg.tokens / per_step)
     interval = min(cfg.eval_every or steps, steps)
     intervals = math.ceil(steps / interval)
-    tx, schedule = core.make_optimizer(config.search, 1, steps)
+    opt_cfg = config.search if train == "scores" else config.finetune
+    tx, schedule = core.make_optimizer(opt_cfg, 1, steps)
     mesh = core.make_mesh(config.num_devices)
     core.check_batch(batch, mesh, "search.batch_size")
     if text.num_batches(ds, batch) == 0:
@@ -376,63 +515,101 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
             f"the training split has {len(ds.train)} windows, fewer than the search's batch of "
             f"{batch}: lower search.batch_size or lm.seq_len"
         )
-    budget = search_budget(params, filter_fn, config)
-    init = core.init_search(
-        params,
-        apply_fn=module.apply,
-        tx=tx,
-        sparsity=config.sparsity,
-        pattern=pattern,
-        distribution="uniform",
-        filter_fn=filter_fn,
-        init="magnitude",
-        score_kept=config.search.score_kept,
-        score_pruned=config.search.score_pruned,
-        mask_update=config.search.mask_update,
-        use_abs=config.search.use_abs,
-        seed=config.seed,
-    )
-    # MaskLLM's prior: the one-shot mask as the two score levels (instead of magnitude's).
-    scores = jm.init_scores_from_mask(prior, config.search.score_kept, config.search.score_pruned)
-    state = init.state.replace(
-        params=scores,
-        opt_state=tx.init(scores),
-        rule_state=prior if config.search.mask_update == "swap" else None,
-    )
-    step = core.make_search_step(
-        module.apply,
-        tx,
-        budget,
-        mask_update=config.search.mask_update,
-        use_abs=config.search.use_abs,
-        loss_fn=next_token_loss,
-        options=core.compute_options(config),
-    )
-
-    def current_masks(state):
-        return utils.as_numpy(
-            core.current_masks(
-                state,
-                budget,
-                mask_update=config.search.mask_update,
-                use_abs=config.search.use_abs,
-            )
+    logits_fn = jax.jit(lambda p, t: module.apply({"params": p}, t))
+    options = core.compute_options(config)
+    if train == "scores":
+        budget = search_budget(params, filter_fn, config)
+        init = core.init_search(
+            params,
+            apply_fn=module.apply,
+            tx=tx,
+            sparsity=config.sparsity,
+            pattern=pattern,
+            distribution="uniform",
+            filter_fn=filter_fn,
+            init="magnitude",
+            score_kept=config.search.score_kept,
+            score_pruned=config.search.score_pruned,
+            mask_update=config.search.mask_update,
+            use_abs=config.search.use_abs,
+            seed=config.seed,
         )
+        # MaskLLM's prior: the one-shot mask as the two score levels (instead of magnitude's).
+        scores = jm.init_scores_from_mask(
+            prior, config.search.score_kept, config.search.score_pruned
+        )
+        state = init.state.replace(
+            params=scores,
+            opt_state=tx.init(scores),
+            rule_state=prior if config.search.mask_update == "swap" else None,
+        )
+        step = core.make_search_step(
+            module.apply,
+            tx,
+            budget,
+            mask_update=config.search.mask_update,
+            use_abs=config.search.use_abs,
+            loss_fn=next_token_loss,
+            options=options,
+        )
+        frozen = params
+
+        def current_masks(state):
+            return utils.as_numpy(
+                core.current_masks(
+                    state,
+                    budget,
+                    mask_update=config.search.mask_update,
+                    use_abs=config.search.use_abs,
+                )
+            )
+
+        def current_params(state):
+            return jm.apply_masks(params, current_masks(state))
+
+        tracker = core.MaskTracker(current_masks, prior)
+    else:
+        # Weight tuning: the prior's mask fixed (state.frozen), the kept weights of the pruned
+        # kernels trained; every other leaf gets a zero update.
+        tx = optax.multi_transform(
+            {"train": tx, "freeze": optax.set_to_zero()}, _weight_labels(params, filter_fn)
+        )
+        state = core.SearchState.create(
+            apply_fn=module.apply, params=params, tx=tx, seed=config.seed, frozen=prior
+        )
+        step = core.make_train_step(
+            module.apply,
+            tx,
+            params_fn=core.masked_weights,
+            loss_fn=next_token_loss,
+            options=options,
+        )
+        frozen = prior
+
+        def current_masks(state):
+            return prior
+
+        def current_params(state):
+            return jm.apply_masks(state.params, prior)
+
+        tracker = None
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     start = 0
+    label = "lm search" if train == "scores" else "lm weight tuning"
     try:
         restored = ckpt.restore_latest(state.checkpoint_view())
         if restored is not None:
             start, saved = restored
-            state = saved.replace(frozen=params)
+            state = saved.replace(frozen=frozen)
             utils.log(f"resuming {workdir} from interval {start} (step {int(saved.step)})")
         log = MetricsLog(os.path.join(workdir, "metrics.jsonl"), start)
         state = core.replicate(mesh, utils.as_numpy(state))
         done = int(jax.device_get(state.step))
-        tracker = core.MaskTracker(current_masks, prior)
+        if tracker is not None and start:
+            tracker.previous = current_masks(state)
         batches = _batches(ds, batch, config.seed, done, mesh)
-        bar = _bar(steps, done, "lm search")
+        bar = _bar(steps, done, label)
         for k in range(start, intervals):
             n = min(interval, steps - k * interval)
             t = time.time()
@@ -444,14 +621,13 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
                 epoch=k,
                 tracker=tracker,
                 on_step=(lambda i, m: bar.update(1)) if bar is not None else None,
-                label="lm search",
-                lr=config.search.lr,
+                label=label,
+                what="scores" if train == "scores" else "weights",
+                lr=opt_cfg.lr,
             )
             done = k * interval + n
             val = perplexity(
-                lambda x: logits_fn(jm.apply_masks(params, current_masks(state)), x),
-                ds.val,
-                cfg.eval_batch_size,
+                lambda x: logits_fn(current_params(state), x), ds.val, cfg.eval_batch_size
             )["perplexity"]
             line = {
                 "epoch": k + 1,
@@ -466,54 +642,53 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
             }
             log.append(line)
             ckpt.save(k + 1, state.checkpoint_view())
+            moved = (
+                f", overlap with the prior {line['overlap_with_prior']:.4f}"
+                if line["overlap_with_prior"] is not None
+                else ""
+            )
             utils.log(
-                f"search step {done}/{steps} ({done * per_step} tokens): loss "
-                f"{record['loss']:.4f}, val perplexity {val:.3f}, overlap with the prior "
-                f"{line['overlap_with_prior']:.4f}"
+                f"{label} step {done}/{steps} ({done * per_step} tokens): loss "
+                f"{record['loss']:.4f}, val perplexity {val:.3f}{moved}"
             )
         if bar is not None:
             bar.close()
     finally:
         ckpt.close()
     masks = current_masks(state)
-    masked = utils.as_numpy(jm.apply_masks(params, masks))
+    masked = utils.as_numpy(current_params(state))
     final = ppl(masked)
-    utils.log(f"jackpot perplexity: {_fmt(final)}")
-    meta_config = ml_collections.ConfigDict(
-        {"model": arch, "sparsity": config.sparsity, "search": {"pattern": config.search.pattern}}
-    )
-    jackpot = export.write_jackpot(workdir, meta_config, opts, masks, {"params": masked}, path)
-    summary = {
-        "mode": "lm",
-        "model": arch,
-        "pretrained_checkpoint": path,
-        "dataset": cfg.dataset,
-        "seq_len": cfg.seq_len,
-        "pattern": str(pattern) if pattern else None,
-        "sparsity": pattern.sparsity if pattern else config.sparsity,
-        "unstructured": None if pattern else cfg.unstructured,
-        "prior": cfg.prior,
-        "dense_perplexity": {s: results["dense"][s] for s in ("val", "test")},
-        "baselines": {b: results[b] for b in cfg.baselines},
-        "jackpot_perplexity": final,
-        "steps": int(jax.device_get(state.step)),
-        "tokens_seen": int(jax.device_get(state.step)) * per_step,
+    utils.log(f"{'jackpot' if train == 'scores' else 'tuned'} perplexity: {_fmt(final)}")
+    _save_masks(os.path.join(workdir, "final_mask.npz"), masks)
+    jackpot = None
+    if switch(config, "export"):
+        meta_config = ml_collections.ConfigDict(
+            {
+                "model": config.model,
+                "sparsity": config.sparsity,
+                "search": {"pattern": config.search.pattern},
+            }
+        )
+        opts = ckpt_lib.load_model_info(path)["options"]
+        jackpot = export.write_jackpot(workdir, meta_config, opts, masks, {"params": masked}, path)
+    if not switch(config, "keep_checkpoints"):
+        shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+    n_steps = int(jax.device_get(state.step))
+    out = {
+        "final_perplexity": final,
+        "steps": n_steps,
+        "tokens_seen": n_steps * per_step,
         "batch_size": batch,
-        "calibration_windows": int(len(calib)),
+        "learning_rate": opt_cfg.lr,
         "overlap_with_prior": float(jm.overlap(masks, prior)),
         "pattern_satisfied": (
             jm.pattern_summary(masks, pattern)["pattern_satisfied"] if pattern else None
         ),
         "jackpot": jackpot,
-        "wall_seconds": time.time() - t0,
     }
-    utils.write_json(os.path.join(workdir, "summary.json"), summary)
-    rows = [("dense", results["dense"])] + [(b, results[b]) for b in cfg.baselines]
-    rows.append(("jackpot", final))
-    utils.log(f"{'':18s} {'val ppl':>10s} {'test ppl':>10s}")
-    for name, r in rows:
-        utils.log(f"{name:18s} {r['val']:10.3f} {r['test']:10.3f}")
-    return summary
+    if train == "scores":
+        out["jackpot_perplexity"] = final  # the name the LM mode has always written
+    return out
 
 
 def _batches(ds, batch: int, seed: int, start: int, mesh):
