@@ -92,6 +92,48 @@ def inductor_cache() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Host memory (Linux)
+# ---------------------------------------------------------------------------------------------
+
+
+def rss_bytes(field: str = "VmRSS") -> int | None:
+    """This process's ``VmRSS`` (resident now) or ``VmHWM`` (peak resident) in bytes, from
+    /proc/self/status; None where there is no such file."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Resets ``VmHWM`` to the current RSS (writes 5 to /proc/self/clear_refs, Linux >= 4.0);
+    False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    """Garbage-collects and hands glibc's free heap pages back to the kernel (``malloc_trim``),
+    so that the RSS counts live memory only (no-op without glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
 

@@ -336,3 +336,170 @@ def runner(
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     return make_step(net, x, y, **step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Language models: transformers' LlamaForCausalLM with straight-through N:M masks
+# ---------------------------------------------------------------------------------------------
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """0/1 mask of a Linear weight's scores (out, in): the ``n`` largest of every ``m``
+    consecutive entries along the input axis (each row), by `torch.topk` (ties: torch's
+    choice; the benchmark's scores have none)."""
+    out, inp = scores.shape
+    groups = scores.reshape(out, inp // m, m)
+    idx = groups.topk(n, dim=-1, sorted=False).indices
+    return torch.zeros_like(groups).scatter_(-1, idx, 1.0).reshape(out, inp)
+
+
+class GetNMMask(torch.autograd.Function):
+    """`nm_mask` forward, the identity backward (the straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, scores, n, m):
+        return nm_mask(scores, n, m)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None, None
+
+
+class MaskedNMLinear(nn.Linear):
+    """A Linear with a frozen ``weight`` and trained ``scores`` of its shape: it computes
+    ``x @ (weight * h(|scores|)).T (+ bias)``, ``h`` the straight-through N:M mask."""
+
+    def setup_scores(self, n: int, m: int):
+        self.n, self.m = n, m
+        self.weight.requires_grad_(False)
+        self.scores = nn.Parameter(torch.ones_like(self.weight))
+
+    def masked_weight(self):
+        return self.weight * GetNMMask.apply(self.scores.abs(), self.n, self.m)
+
+    def forward(self, x):
+        return F.linear(x, self.masked_weight(), self.bias)
+
+
+def masked_nm(net: nn.Module, names, n: int, m: int) -> nn.Module:
+    """``net`` with the Linear modules ``names`` replaced by `MaskedNMLinear` (same weights
+    and biases, scores of ones: set them after)."""
+    named = dict(net.named_modules())
+    missing = sorted(set(names) - set(named))
+    if missing:
+        raise ValueError(f"scores for modules the torch network lacks: {missing[:4]}")
+    for name in names:
+        old = named[name]
+        if type(old) is not nn.Linear:
+            raise ValueError(f"{name}: {type(old).__name__} is not an nn.Linear")
+        new = MaskedNMLinear(old.in_features, old.out_features, old.bias is not None)
+        new.to(old.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(old.weight)
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+        new.setup_scores(n, m)
+        parent, _, attr = name.rpartition(".")
+        setattr(named[parent] if parent else net, attr, new)
+    return net
+
+
+def lm_module_name(path: str) -> str:
+    """Our Llama kernel path (``layers_3/mlp/up_proj/kernel``) -> transformers' module name
+    (``model.layers.3.mlp.up_proj``)."""
+    parts = path.split("/")
+    if parts[-1] != "kernel" or not parts[0].startswith("layers_"):
+        raise ValueError(f"{path!r}: expected 'layers_<i>/<group>/<name>/kernel'")
+    return ".".join(["model", "layers", parts[0][len("layers_") :], *parts[1:-1]])
+
+
+def lm_network(
+    hf_config: dict, state_dict: dict, scores: dict, n: int, m: int, *, device: str = "cpu"
+):
+    """transformers' ``LlamaForCausalLM`` of ``hf_config`` with ``state_dict`` (both from
+    `jackpot_jax.interop.hf_lm.lm_to_hf`) loaded strictly, and every Linear named in
+    ``scores`` ({module name: (out, in) numpy scores}) a `MaskedNMLinear` holding those
+    scores; train mode, SDPA attention, no KV cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_dict(hf_config)  # as from the config.json lm_to_hf describes
+    config.use_cache = False
+    config._attn_implementation = "sdpa"
+    net = LlamaForCausalLM(config)
+    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(
+            f"state dict does not fit: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
+    net = masked_nm(net, list(scores), n, m)
+    with torch.no_grad():
+        named = dict(net.named_modules())
+        for name, s in scores.items():
+            named[name].scores.copy_(torch.from_numpy(np.ascontiguousarray(s)))
+    return net.to(device).train()
+
+
+def state_bytes(net, opt) -> int:
+    """Bytes of a step's resident state: the network's parameters and buffers (tied ones
+    once) and the optimiser's state tensors."""
+    seen, total = set(), 0
+    tensors = list(net.parameters()) + list(net.buffers())
+    tensors += [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def make_lm_step(
+    net,
+    tokens,
+    labels,
+    *,
+    adamw: dict,
+    device: str,
+    compile: bool = False,
+    bfloat16: bool = False,
+):
+    """A function running one search step of the masked LM ``net``: next-token cross-entropy
+    of ``net(tokens).logits`` (float32) against ``labels`` (already shifted), backward to the
+    scores only (every weight, norm and the embedding frozen), `torch.optim.AdamW` (``adamw``:
+    lr, betas, eps, weight_decay; fused) on the scores, gradients freed after the update;
+    returns (ms, loss). ``compile``: the network through `torch.compile`; ``bfloat16``: under
+    autocast, with ``check_loss0`` the float32 step-0 loss (as `make_step`). The function's
+    ``state_bytes()`` gives its resident state (`state_bytes`)."""
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.endswith(".scores"))
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    try:
+        opt = torch.optim.AdamW(trainable, fused=True, **adamw)
+    except (RuntimeError, TypeError):  # a torch without the fused kernel for this device
+        opt = torch.optim.AdamW(trainable, **adamw)
+    forward = torch.compile(net) if compile else net
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bfloat16)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def loss_of(model):
+        logits = model(input_ids=tokens).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+
+    def run():
+        sync()
+        t0 = time.perf_counter()
+        with autocast:
+            loss = loss_of(forward)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)  # freed here: the next step starts without them
+        sync()
+        return (time.perf_counter() - t0) * 1e3, float(loss.detach())
+
+    if bfloat16:
+        with torch.no_grad():
+            run.check_loss0 = float(loss_of(net))
+    run.state_bytes = lambda: state_bytes(net, opt)
+    run.optimizer = opt
+    return run
