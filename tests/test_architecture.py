@@ -36,9 +36,9 @@ LAUNCHERS = {"main", "study", "sweep", "__init__"}
 EXPERIMENT_LAYERS = (
     # machinery every study shares (tables and interval verdicts included)
     {"__init__", "provenance", "stats", "runner", "common", "tables", "verdicts"},
-    {"study_pieces", "vit_pieces", "claims"},  # the studies' pieces and verdicts
-    {"study_report", "sweep_report", "vit_report"},  # reports (and printed answers)
-    {"study", "sweep", "vit_study"},  # the studies
+    {"study_pieces", "vit_pieces", "lm_pieces", "claims"},  # the studies' pieces and verdicts
+    {"study_report", "sweep_report", "vit_report", "lm_report"},  # reports (and printed answers)
+    {"study", "sweep", "vit_study", "lm_study"},  # the studies
     # study name -> runner: the one module that imports every study; the generated tables
     # of every report (tools/check_results.py)
     {"registry", "generated"},

@@ -9,12 +9,13 @@ config naming it.
 
 from __future__ import annotations
 
-from jackpot_jax.experiments import common, study, sweep, vit_study
+from jackpot_jax.experiments import common, lm_study, study, sweep, vit_study
 
 STUDIES: dict[str, common.StudyRunner] = {
     "paper": common.StudyRunner(study.run_study, study.lines),  # configs/study_fashion_mnist.py
     "sweep": common.StudyRunner(sweep.run_sweep, sweep.lines),  # configs/sweep_*.py
     "vit": common.StudyRunner(vit_study.run_vit_study, vit_study.lines),  # study_*_vit.py
+    "lm": common.StudyRunner(lm_study.run_lm_study, lm_study.lines),  # study_lm_*.py
 }
 
 

@@ -51,7 +51,9 @@ The seed (``config.seed``) picks the calibration sample and the order of the tra
 batches. At the end the run prints a summary block (between two rules: ``model``, ``seed``
 and every perplexity to 6 decimals) that `tools/check_results.py` reads back from raw logs.
 
-Writes ``summary.json`` (every perplexity, tokens seen, steps, seq_len, the pattern),
+Writes ``summary.json`` (every perplexity, tokens seen, steps, seq_len, the pattern;
+``perplexity``: the run's own result, the searched or tuned model's, or with
+``lm.train='none'`` its one baseline's or the dense model's),
 ``metrics.jsonl`` (one line per interval), ``oneshot.json`` (the baselines),
 ``prior_mask.npz``, ``final_mask.npz`` (the masks, bit-packed) and ``jackpot.npz`` (masks
 and masked params, `pipeline.export`; the converter's ``--to-torch`` path writes it as a
@@ -297,8 +299,11 @@ def _fmt(ppl: dict) -> str:
 
 def print_summary_block(summary: dict) -> None:
     """The closing block `tools/check_results.py` reads from a raw log: ``key value`` lines
-    between two rules (model, seed, steps, tokens and every perplexity to 6 decimals)."""
+    between two rules (model, seed, steps, tokens and every perplexity to 6 decimals; the
+    run's own result, ``summary['perplexity']``, as ``val_ppl`` and ``test_ppl``)."""
     rows = [("model", summary["model"]), ("seed", summary["seed"])]
+    for split, v in (summary.get("perplexity") or {}).items():
+        rows.append((f"{split}_ppl", f"{v:.6f}"))
     rows += [(k, summary[k]) for k in ("train", "prior", "steps", "tokens_seen")]
     for split, v in (summary.get("dense_perplexity") or {}).items():
         rows.append((f"dense_{split}_perplexity", f"{v:.6f}"))
@@ -474,9 +479,15 @@ def run_lm(config, workdir: str, *, convert=None) -> dict:
     if "dense" in results:
         summary["dense_perplexity"] = {s: results["dense"][s] for s in splits}
     if train == "none":
+        # The run's own result: its one baseline, or the dense model when it has none.
+        only = list(cfg.baselines) or (["dense"] if "dense" in results else [])
+        if len(only) == 1:
+            summary["perplexity"] = {s: results[only[0]][s] for s in splits}
         summary.update(steps=0, tokens_seen=0, wall_seconds=time.time() - t0)
         return _close(summary, workdir, results)
-    summary.update(_train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path))
+    summary.update(
+        _train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path, logits_fn)
+    )
     summary["wall_seconds"] = time.time() - t0
     return _close(summary, workdir, results)
 
@@ -495,9 +506,10 @@ def _close(summary: dict, workdir: str, results: dict) -> dict:
     return summary
 
 
-def _train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path) -> dict:
+def _train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path, logits_fn):
     """The jackpot search (``lm.train='scores'``) or weight tuning (``'weights'``) from the
-    prior's mask; the summary's fields of that part."""
+    prior's mask; returns the summary's fields of that part. ``logits_fn(params, tokens)`` is
+    the run's jitted model (one compilation for every perplexity of the run)."""
     cfg = config.lm
     train = switch(config, "train")
     prior = _load_masks(os.path.join(workdir, "prior_mask.npz"), params)
@@ -515,7 +527,6 @@ def _train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path) -
             f"the training split has {len(ds.train)} windows, fewer than the search's batch of "
             f"{batch}: lower search.batch_size or lm.seq_len"
         )
-    logits_fn = jax.jit(lambda p, t: module.apply({"params": p}, t))
     options = core.compute_options(config)
     if train == "scores":
         budget = search_budget(params, filter_fn, config)
@@ -675,6 +686,7 @@ def _train(config, workdir, module, params, ds, filter_fn, pattern, ppl, path) -
         shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     n_steps = int(jax.device_get(state.step))
     out = {
+        "perplexity": final,
         "final_perplexity": final,
         "steps": n_steps,
         "tokens_seen": n_steps * per_step,

@@ -1,0 +1,176 @@
+"""The LM study end to end on a tiny random Llama (configs/study_lm_tiny.py): every row at
+every level, per-seed values equal to the pieces' own summaries and to the summary blocks
+of the log, selection runs that never evaluate the test split, tables that regenerate from
+results.json alone, and a rerun that runs nothing. Plus the learning-rate line search and the
+per-kernel overlap against hand-computed cases.
+"""
+
+import contextlib
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+import check_results  # noqa: E402
+from pipeline_helpers import ROOT, load_config  # noqa: E402
+from test_lm_pipeline import write_corpus, write_model  # noqa: E402
+
+from jackpot_jax.errors import ConfigError  # noqa: E402
+from jackpot_jax.experiments import lm_pieces, lm_report, lm_study, tables  # noqa: E402
+
+
+def tiny(files):
+    c = load_config(os.path.join(ROOT, "configs", "study_lm_tiny.py"))
+    c.base.pretrained, c.base.lm.path = files
+    return c
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm_study")
+    files = str(write_model(root / "model")), str(write_corpus(root / "corpus"))
+    config = tiny(files)
+    work = str(root / "work")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        res = lm_study.run_lm_study(config, work)
+    return config, work, res, out.getvalue()
+
+
+def _summary(work, seed, piece):
+    with open(os.path.join(work, "llama", f"seed{seed}", piece, "summary.json")) as f:
+        return json.load(f)
+
+
+def test_every_row_at_every_level(study):
+    config, _, res, _ = study
+    methods = {
+        "dense",
+        "magnitude",
+        "wanda",
+        "sparsegpt",
+        "sparsegpt_update",
+        "jackpot_wanda",
+        "jackpot_sparsegpt",
+        "tune",
+    }
+    for level in ("2:4", "50% unstructured"):
+        rows = [r for r in res["rows"] if r["level"] == level]
+        assert {r["method"] for r in rows} == methods and len(rows) == len(methods)
+        for r in rows:
+            assert r["seeds"] == 2 and set(r["per_seed"]["test_ppl"]) == {"1", "2"}
+        changes = {r["method"] for r in rows if r["changes_weights"]}
+        assert changes == {"sparsegpt_update", "tune"}
+    # Selection: as many runs for weight tuning as for the jackpot (issue 29's rule).
+    runs = res["selected"]["runs"]
+    assert runs["jackpot"] == runs["tune"] == config.selection_runs + 1
+    assert sum(r["selected"] for r in res["selection"] if r["method"] == "jackpot") == 1
+    assert sum(r["selected"] for r in res["selection"] if r["method"] == "tune") == 1
+    # Overlap per module type: q, k, v, o, gate, up, down for each prior and level.
+    mods = {(r["level"], r["prior"], r["module"]) for r in res["layers"]}
+    assert len(mods) == 2 * 2 * 7
+    assert all(0.0 <= r["overlap_mean"] <= 1.0 for r in res["layers"])
+
+
+def test_per_seed_values_are_the_pieces_summaries(study):
+    config, work, res, log = study
+    sel = res["selected"]
+    for r in res["rows"]:
+        for seed, value in r["per_seed"]["test_ppl"].items():
+            s = _summary(work, r["piece_seed"] or seed, r["piece"])
+            assert value == s["perplexity"]["test"]
+    # The jackpot's lr is the selected one, its tokens 4 steps x 2 x 16.
+    j = next(r for r in res["rows"] if r["method"] == f"jackpot_{sel['jackpot']['prior']}")
+    s = _summary(work, 1, j["piece"])
+    assert s["learning_rate"] == sel["jackpot"]["lr"] and s["tokens_seen"] == 4 * 2 * 16
+    # The raw log's summary blocks give the same values (what tools/check_results reads).
+    pieces = check_results.parse_log(log)
+    for r in res["rows"]:
+        for seed, value in r["per_seed"]["test_ppl"].items():
+            block = pieces[("llama", int(r["piece_seed"] or seed), r["piece"])]
+            assert abs(float(block["test_ppl"]) - value) < 5e-6
+    # A paired difference recomputed by hand from the rows.
+    d = next(x for x in res["differences"] if x["name"] == "2:4: tune - wanda")
+    a = next(r for r in res["rows"] if r["level"] == "2:4" and r["method"] == "tune")
+    b = next(r for r in res["rows"] if r["level"] == "2:4" and r["method"] == "wanda")
+    diffs = [a["per_seed"]["test_ppl"][s] - b["per_seed"]["test_ppl"][s] for s in ("1", "2")]
+    assert d["mean"] == pytest.approx(np.mean(diffs))
+    half = 12.706205 * np.std(diffs, ddof=1) / np.sqrt(2)
+    assert d["ci95"] == pytest.approx([np.mean(diffs) - half, np.mean(diffs) + half])
+
+
+def test_selection_runs_never_evaluate_the_test_split(study):
+    config, work, res, _ = study
+    folder = os.path.join(work, "llama", f"seed{config.select_seed}")
+    names = sorted(os.listdir(folder))
+    assert names and all("_val_" in n or n.startswith(("jackpot_", "tune_")) for n in names)
+    for name in names:
+        s = _summary(work, config.select_seed, name)
+        assert s["evaluate_test"] is False and s["test_tokens"] == 0
+        assert "test" not in s["perplexity"]
+    assert len(names) == 2 + len(res["selection"])  # the priors' one-shot pieces + the runs
+
+
+def test_report_tables_regenerate_from_results(study):
+    _, work, res, _ = study
+    with open(os.path.join(work, "report.md")) as f:
+        text = f.read()
+    with open(os.path.join(work, "results.json")) as f:
+        saved = json.load(f)
+    blocks = tables.generated_blocks(text)
+    want = lm_report.generated_tables(saved, "shakespeare")
+    assert set(blocks) == set(want)
+    for name, content in want.items():
+        assert blocks[name] == content.rstrip("\n") + "\n"
+    assert os.path.exists(os.path.join(work, "val_curves.png"))
+    # results.json passes the checker's recomputation (rows, differences, the table marked
+    # as having no raw log).
+    errors, checked = check_results.check_file(os.path.join(work, "results.json"))
+    assert not errors and checked == len(res["rows"]) + len(res["layers"]) + len(res["differences"])
+
+
+def test_rerun_runs_nothing(study):
+    config, work, res, _ = study
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        again = lm_study.run_lm_study(config, work)
+    assert again["run"]["pieces_run_this_invocation"] == 0
+    assert "[pieces]" not in out.getvalue()
+    assert again["rows"] == res["rows"]
+
+
+def test_line_search_by_hand():
+    calls = []
+
+    def f(lr):  # lowest at 0.03: the grid's edge first, then one step beyond
+        calls.append(lr)
+        return abs(np.log(lr / 0.03))
+
+    best, seen, done, edge = lm_pieces.line_search(f, (0.001, 0.003), 4, 3.0)
+    assert calls == [0.001, 0.003, 0.009, 0.027] and best == 0.027 and done and edge
+    calls.clear()
+    # An interior best: the midpoint toward the better neighbour.
+    best, seen, done, edge = lm_pieces.line_search(f, (0.01, 0.03, 0.1), 4, 3.0)
+    assert calls == [0.01, 0.03, 0.1, 0.0173] and best == 0.03 and not edge
+    # A value not known yet stops the search unfinished.
+    assert lm_pieces.line_search(lambda lr: None, (0.1, 0.2), 3, 2.0)[2] is False
+
+
+def test_layer_overlap_by_hand():
+    a = {"layers_0/mlp/up_proj/kernel": np.array([[1, 0], [1, 0]], np.uint8)}
+    b = {"layers_0/mlp/up_proj/kernel": np.array([[1, 0], [0, 1]], np.uint8)}
+    assert lm_pieces.layer_overlaps(a, b) == {"layers_0/mlp/up_proj/kernel": 0.5}
+    assert lm_pieces.module_of("layers_12/self_attn/q_proj/kernel") == ("q", 12)
+    assert lm_pieces.module_of("embed_tokens/embedding") is None
+
+
+def test_selection_seed_among_final_seeds_is_refused(tmp_path):
+    c = tiny(("unused", "unused"))
+    c.select_seed = 1
+    with pytest.raises(ConfigError, match="fresh seeds"):
+        lm_study.run_lm_study(c, str(tmp_path))
