@@ -134,6 +134,29 @@ def test_report_tables_regenerate_from_results(study):
     assert not errors and checked == len(res["rows"]) + len(res["layers"]) + len(res["differences"])
 
 
+def test_check_results_on_a_committed_copy(study, tmp_path):
+    """The folder as it would be committed (docs/results/shakespeare with results.json,
+    report.md and the log in logs/): tools/check_results.py regenerates every block and
+    recomputes every per-seed value from the log's summary blocks; a tampered value fails."""
+    _, work, res, log = study
+    folder = tmp_path / "docs" / "results" / "shakespeare"
+    (folder / "logs").mkdir(parents=True)
+    for name in ("results.json", "report.md"):
+        (folder / name).write_text(open(os.path.join(work, name)).read())
+    (folder / "logs" / "study.log").write_text(log)
+    errors, blocks = check_results.check_blocks(str(tmp_path))
+    assert not errors and blocks == len(lm_report.generated_tables(res, "shakespeare"))
+    report = (folder / "report.md").read_text().splitlines()
+    errors, from_logs = check_results.check_logs(str(folder / "results.json"), res, report)
+    assert not errors
+    assert from_logs == sum(len(v) for r in res["rows"] for v in r["per_seed"].values())
+    bad = json.loads(json.dumps(res))
+    first = next(iter(bad["rows"][3]["per_seed"]["test_ppl"]))
+    bad["rows"][3]["per_seed"]["test_ppl"][first] += 0.01
+    errors, _ = check_results.check_logs(str(folder / "results.json"), bad, report)
+    assert len(errors) == 1 and "test_ppl" in errors[0]
+
+
 def test_rerun_runs_nothing(study):
     config, work, res, _ = study
     out = io.StringIO()

@@ -247,10 +247,17 @@ def _sweep_source(row: dict, seed: int):
     return (net, seed, piece), "test_accuracy"
 
 
+def _lm_source(row: dict, seed: int):
+    # The LM study's rows name their piece; dense and magnitude read no data and were
+    # measured once, at `piece_seed`. The pieces print test_ppl / val_ppl to 6 decimals.
+    return ("llama", row.get("piece_seed") or seed, row["piece"]), "test_ppl"
+
+
 # Per results folder: {table: function(row, seed) -> ((network, seed, piece), summary key)}.
 LOG_SOURCES = {
     "nm": {"nm": _nm_source},
     "efficiency": {"rows": _sweep_source},
+    "shakespeare": {"rows": _lm_source},
 }
 
 

@@ -5,7 +5,8 @@ Block names and where their content comes from:
 - `<folder>/<table>` for a results folder `docs/results/fashion_mnist/<folder>/`: its
   results.json through its report module's `generated_tables(res, folder)` (study folders
   `full`, `quick`, `nm`: `study_report`; `efficiency`: `sweep_report`; `vit`: `vit_report`,
-  when it defines `generated_tables`).
+  when it defines `generated_tables`); `shakespeare/<table>` from
+  `docs/results/shakespeare/` (the LM study: `lm_report`).
 - `readme/lenet`, `readme/vit`: the README's result tables, from `full/` and `vit/`.
 - `readme/speed`: the README's speed table, from every bench_step JSON in
   benchmarks/results/ with PyTorch variants (`speed_runs`): per configuration the median over
@@ -33,13 +34,16 @@ REPORTS = {
     "nm": "study_report",
     "efficiency": "sweep_report",
     "vit": "vit_report",
+    "shakespeare": "lm_report",
 }
+# Results folders outside docs/results/fashion_mnist/ (another dataset's).
+FOLDERS = {"shakespeare": os.path.join("docs", "results", "shakespeare")}
 BENCH = os.path.join("benchmarks", "results")
 SPEED_MODELS = (("lenet5", "LeNet-5"), ("resnet32x2", "ResNet-32x2"))
 
 
 def load_results(root: str, folder: str) -> dict:
-    path = os.path.join(root, RESULTS, folder, "results.json")
+    path = os.path.join(root, FOLDERS.get(folder, os.path.join(RESULTS, folder)), "results.json")
     with open(path) as f:
         return json.load(f)
 
