@@ -197,3 +197,25 @@ def test_selection_seed_among_final_seeds_is_refused(tmp_path):
     c.select_seed = 1
     with pytest.raises(ConfigError, match="fresh seeds"):
         lm_study.run_lm_study(c, str(tmp_path))
+
+
+def test_a_diverged_run_is_a_finished_piece_with_no_value(tmp_path, monkeypatch):
+    """A selection's too-high learning rate: the piece is done (a rerun does not retry it),
+    its value is inf for the line search, and the study goes on."""
+    from jackpot_jax.errors import NonFiniteError
+    from jackpot_jax.pipeline import lm
+
+    calls = []
+
+    def boom(cfg, path):
+        calls.append(path)
+        raise NonFiniteError("lm weight tuning: the training loss became NaN at step 3")
+
+    monkeypatch.setattr(lm, "run_lm", boom)
+    c = tiny((str(tmp_path / "model"), str(tmp_path / "corpus")))
+    st = lm_pieces.LmPieces(c, str(tmp_path / "work"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        r = st.run(0, "tune_wanda_lr10_2of4_s4", **{"lm.train": "weights"})
+        again = st.run(0, "tune_wanda_lr10_2of4_s4", **{"lm.train": "weights"})
+    assert "NaN" in r["diverged"] and len(calls) == 1 and again["diverged"] == r["diverged"]
+    assert lm_study._val(r) == float("inf")

@@ -171,6 +171,7 @@ class LmPieces(Pieces):
             try:
                 lm.run_lm(cfg, path)
             except NonFiniteError as e:
+                os.makedirs(path, exist_ok=True)
                 utils.write_json(
                     summary_file,
                     {"diverged": str(e), "seed": seed, "final_perplexity": None, "steps": 0},

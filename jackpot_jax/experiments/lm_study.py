@@ -153,16 +153,19 @@ def final_runs(st: LmPieces, c, chosen: dict, level) -> dict:
             # dense and magnitude read no data: measured once, the same value for every seed
             "piece_seed": seeds[0] if method in ("dense", "magnitude") else None,
         }
+        # A diverged run (no perplexity) has no value: the row counts the seeds it has.
+        ppl = {s: runs[s].get("perplexity") or {} for s in seeds}
         rows.append(
             summary_row(
                 fields,
-                test_ppl=per_seed(seeds, [runs[s]["perplexity"]["test"] for s in seeds]),
-                val_ppl=per_seed(seeds, [runs[s]["perplexity"]["val"] for s in seeds]),
+                test_ppl=per_seed(seeds, [ppl[s].get("test") for s in seeds]),
+                val_ppl=per_seed(seeds, [ppl[s].get("val") for s in seeds]),
             )
         )
         if prior is None:
             continue
-        for s in seeds:
+        seeds_ok = [s for s in seeds if ppl[s]]
+        for s in seeds_ok:
             start = methods[prior][s]["perplexity"]["val"]
             curves.append({"level": label, "method": method, "seed": s, **_curve(runs[s], start)})
         if kind != "jackpot":
@@ -172,9 +175,10 @@ def final_runs(st: LmPieces, c, chosen: dict, level) -> dict:
                 read_masks(os.path.join(runs[s]["dir"], "final_mask.npz")),
                 read_masks(os.path.join(methods[prior][s]["dir"], f"masks_{prior}.npz")),
             )
-            for s in seeds
+            for s in seeds_ok
         }
-        layers += _layer_rows(per_kernel, label, prior, c.depth_groups)
+        if per_kernel:
+            layers += _layer_rows(per_kernel, label, prior, c.depth_groups)
     return {"rows": rows, "curves": curves, "layers": layers}
 
 
