@@ -223,3 +223,28 @@ def test_swap_rate_poly_defaults_by_hand():
     np.testing.assert_allclose(got, [1.0, 0.5**4, 0.1**4], rtol=1e-6)
     # power=0: a constant fraction ``rate`` in every epoch.
     assert [float(jm.swap_rate(e, 4, "poly", rate=0.25, power=0.0)) for e in range(4)] == [0.25] * 4
+
+
+# --- registries --------------------------------------------------------------------------------
+
+
+def test_data_criteria_without_their_data_name_what_is_missing():
+    """SNIP and GraSP read batches through `CriterionInputs`: without them the registry's
+    entry raises a `ConfigError` naming the criterion and the missing field, not a TypeError
+    deep in the gradient code; magnitude and random need nothing."""
+    from jackpot_jax.errors import ConfigError
+
+    params = {"fc": {"kernel": jnp.arange(12.0).reshape(3, 4)}}
+    inputs = jm.CriterionInputs(seed=0)
+    for name, field in (("snip", "batches"), ("grasp", "balanced")):
+        with pytest.raises(
+            ConfigError, match=f"criterion '{name}' reads data: it needs CriterionInputs.{field}"
+        ):
+            jm.CRITERIA[name](params, inputs)
+    np.testing.assert_array_equal(
+        jm.CRITERIA["magnitude"](params, inputs)["fc"]["kernel"], np.arange(12.0).reshape(3, 4)
+    )
+    assert jm.CRITERIA.tags("snip") == {"needs_data": True}
+    assert set(jm.WARMUPS) == {*jm.CRITERIA, "kaiming"}
+    with pytest.raises(ConfigError, match="criterion='nope' is not known; expected one of"):
+        jm.CRITERIA["nope"]
