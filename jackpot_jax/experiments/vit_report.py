@@ -185,7 +185,7 @@ def differences_table(res: dict) -> str:
         res["differences"],
         [
             ("difference", lambda d: d["name"]),
-            ("points", lambda d: verdicts.interval_text(d, "")),
+            ("mean and 95% interval", lambda d: verdicts.interval_text(d)),
         ],
     )
 
