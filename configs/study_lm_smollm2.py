@@ -23,24 +23,27 @@ Learning rates: jackpot AdamW on the scores from (1e-3, 3e-3, 1e-2) (score level
 with Adam's scale-free step and a top-k mask that reads only the order of the scores, the
 gap between the levels is redundant with the learning rate, so only the rate is searched;
 48 steps at 1e-3 move a score by ~0.025, half the gap), weight tuning AdamW on the kept
-weights from (1e-5, 3e-5, 1e-4); 4 runs each on the grid and one beyond the best (or a
-midpoint), then the other prior at the jackpot's rate and one more weight-tuning rate: 5
-and 5 selection runs.
+weights from (1e-5, 3e-5, 1e-4). Each: the 3 levels, then one more (beyond the best when it
+sits at an edge, else a midpoint toward its better neighbour): selection_runs = 4; then the
+jackpot's other prior at its selected rate, and one more weight-tuning rate: 5 and 5
+selection runs.
 
 Sizing, measured on this machine (2 cores, niced, shared with the ViT study and the
 benchmarks; load average in brackets):
 - a search step of 4 x 128 tokens: 13.3 s [4.5]; a weight-tuning step 26 s [10]; the
   first interval adds ~45 s of compilation; validation perplexity (4,096 tokens) 21 s [4.5],
   50 s [10];
-- one-shot pieces (each with its validation and test perplexities) at [~10]: magnitude
-  178 s, Wanda 284 s, SparseGPT mask-only 564 s (the LM mode author's run, /tmp/smol);
-  SparseGPT with its update and the dense piece: see the report of this change.
+- one-shot pieces (each with its validation and test perplexities): magnitude 178 s,
+  Wanda 284 s, SparseGPT mask-only 564 s [~10] (the LM mode author's run); SparseGPT with
+  its update 857 s [12.8], the dense piece 110 s [10.5];
+- a whole 6-step search piece (start, compile, 2 validations) 226 s [4.5], a 6-step
+  weight-tuning piece 335 s [10].
 Estimated on 2 cores of its own (about 2x the [4.5] speed, 4x the [10] speed): a run of 48
 steps ~7 min (steps ~5.2 min, 4 validations, compile, the test perplexity), a one-shot
 piece 1-2.5 min. Total: one-shot 2.4 ks (dense, magnitude at 2 levels, 3 seeds x 3
 baselines x 2 levels, the selection seed's 2), selection 10 runs 4 ks, finals 18 runs
-7.2 ks: ~3.8 hours, 2:4 done after ~2.5 hours. On the loaded machine (load ~10) expect 2-4x
-that: run it across sessions, 2:4 first.
+7.2 ks: ~3.8 hours, 2:4 done after ~2.5 hours. On the loaded machine (load ~10) expect up to
+4x that: run it across sessions, 2:4 first.
 """
 
 import ml_collections
