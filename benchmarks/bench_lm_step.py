@@ -372,6 +372,13 @@ def print_table(rows) -> None:
         )
 
 
+def profile_path(json_path: str) -> str:
+    """Where ``--profile`` writes its JSON beside ``--json FILE``: ``FILE`` less ``.json``
+    plus ``_profile.json``."""
+    stem = json_path[: -len(".json")] if json_path.endswith(".json") else json_path
+    return stem + "_profile.json"
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=2, help="token windows per step (2)")
@@ -388,7 +395,9 @@ def parse_args(argv=None):
         "--torch-variants", default=",".join(VARIANTS), help="comma-separated of eager,compile"
     )
     ap.add_argument("--profile", action="store_true", help="time ours' parts and torch's ops")
-    ap.add_argument("--json", help="write the rows (and the profile) to this JSON file")
+    ap.add_argument(
+        "--json", help="write the rows to this JSON file (the profile beside it: *_profile.json)"
+    )
     args = ap.parse_args(argv)
     if args.rounds is None:
         args.rounds = -(-MIN_TIMED_STEPS // max(args.steps, 1))
@@ -445,9 +454,12 @@ def main(argv=None):
         import bench_lm_profile
 
         out["profile"] = bench_lm_profile.profile(setup, args, rows)
-    if args.json:
+    if args.json:  # the rows as bench_step writes them (a list: bench/step/<stem> tables)
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=1, default=utils.json_default)
+            json.dump(rows, f, indent=1, default=utils.json_default)
+        if args.profile:
+            with open(profile_path(args.json), "w") as f:
+                json.dump(out["profile"], f, indent=1, default=utils.json_default)
     if failures:
         print("FAILED rows (step-0 losses disagree):\n  " + "\n  ".join(failures))
         raise SystemExit(1)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of this project, as ONE command for one NVIDIA H100 or H200: the tests that
 # need a GPU (the GPU's default code paths included), bench_step (CNNs beside PyTorch, ViT-S),
+# bench_lm_step (the 2:4 search step of a SmolLM2-135M-shaped LM beside transformers'),
 # bench_masks, bench_input and bench_nm (2:4 sparse tensor cores), run on
 # the GPU machine's image as it is (Python 3.12, jax/jaxlib 0.11.2 + jax-cuda13 plugins, flax,
 # optax, orbax-checkpoint, chex, numpy, pillow, tqdm, absl-py, torch 2.11, torchvision 0.26,
@@ -24,12 +25,16 @@
 # every jackpot_jax and benchmark module; if JAX sees no GPU (unless GPU_CHECKS_TINY=1) or an
 # import fails, the script stops right there with one [gpu_checks] STOP line naming the cause
 # (the missing package), exit status 2, so a broken environment costs seconds, not the slot.
-# The limits add up to 560 s (setup 45 + preflight 40 + checks 475), so the run ends within
+# The limits add up to 580 s (setup 45 + preflight 40 + checks 495), so the run ends within
 # 10 minutes even if every section runs to its limit; the setup and preflight take ~20-30 s.
+# GPU_CHECKS_ONLY='<glob>' runs only the check sections whose names match (setup and
+# preflight always run), e.g. GPU_CHECKS_ONLY='bench_lm*'; sections marked EXTRA (the LM step
+# through torch.compile, whose cold compile does not fit the budget above) run only when
+# GPU_CHECKS_ONLY names them.
 #
 # Variables: OUT (the logs), GPU_CHECKS_TINY=1, GPU_CHECKS_PYTHON (the base Python),
 # GPU_CHECKS_ENV (the environment's folder), GPU_CHECKS_SETUP=0, GPU_CHECKS_COMMIT (the commit
-# named in the logs where the tree has no .git).
+# named in the logs where the tree has no .git), GPU_CHECKS_ONLY (a glob of section names).
 #
 # Each section writes $OUT/<name>.log (command, commit, date, device at the top) and runs
 # under its own time limit, so one slow section cannot eat the others' time; a section that
@@ -44,8 +49,21 @@ TINY="${GPU_CHECKS_TINY:-0}"
 COMMIT="${GPU_CHECKS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 FAILED=()
 
+ONLY="${GPU_CHECKS_ONLY:-}"
+selected() {  # selected NAME: whether GPU_CHECKS_ONLY (a glob; unset: all) lets NAME run
+  # shellcheck disable=SC2053  # $ONLY is a glob on purpose
+  [ -z "$ONLY" ] || [ "$1" = setup ] || [ "$1" = preflight ] || [[ "$1" == $ONLY ]]
+}
+extra_section() {  # extra_section NAME SECONDS COMMAND...: a section only GPU_CHECKS_ONLY runs
+  if [ -n "$ONLY" ] && [[ "$1" == $ONLY ]]; then section "$@"; fi
+}
+
 section() {  # section NAME SECONDS COMMAND...: run COMMAND, log to $OUT/NAME.log
   local name="$1" limit="$2"; shift 2
+  if ! selected "$name"; then
+    echo "[gpu_checks] $name: skipped (GPU_CHECKS_ONLY=$ONLY)"
+    return 0
+  fi
   local log="$OUT/$name.log" t0=$SECONDS
   {
     echo "# $name"
@@ -141,6 +159,9 @@ if [ "$TINY" = "1" ]; then
   section bench_step_vit_small 300 python benchmarks/bench_step.py --models vit_small \
       --batch 2 --steps 1 --warmup 1 --rounds 1 --torch-variants eager \
       --json "$OUT/bench_step_vit_small.json"
+  section bench_lm_step 300 python benchmarks/bench_lm_step.py --tiny --batch 2 --seq-len 16 \
+      --dtype bfloat16 --steps 1 --rounds 1 --torch-variants eager \
+      --json "$OUT/bench_lm_step.json"
   section bench_input 300 python benchmarks/bench_input.py --only cifar --only imagenet \
       --imagenet-files 128 --seconds 2 --json "$OUT/bench_input.json"
   section bench_nm 300 python benchmarks/bench_nm.py --device cpu --batch 1 --repeats 2
@@ -158,7 +179,7 @@ else
   # channels_last, and torch.autocast bfloat16 on the same card), batch 256; torch.compile
   # in a section of its own (its compile time is the cost).
   for model in resnet32x2 resnet50; do
-    limit=45; [ "$model" = resnet50 ] && limit=55
+    limit=45
     section "bench_step_${model}_float32" "$limit" python benchmarks/bench_step.py \
         --models "$model" --batch 256 --steps 10 --warmup 3 --dtype float32 \
         --torch-variants eager,channels_last,autocast --json "$OUT/bench_step_${model}_float32.json"
@@ -171,17 +192,27 @@ else
       --torch-variants compile+channels_last --json "$OUT/bench_step_resnet32x2_compile.json"
   # ViT-S/16 at 224 px, batch 256: search and dense, float32 (PyTorch eager and autocast
   # bfloat16 beside it) and bfloat16 (PyTorch eager in bfloat16); timm's model on its side.
-  section bench_step_vit_small_float32 35 python benchmarks/bench_step.py \
+  section bench_step_vit_small_float32 30 python benchmarks/bench_step.py \
       --models vit_small --batch 256 --steps 10 --warmup 3 --dtype float32 \
       --torch-variants eager,autocast --json "$OUT/bench_step_vit_small_float32.json"
-  section bench_step_vit_small_bfloat16 30 python benchmarks/bench_step.py \
+  section bench_step_vit_small_bfloat16 25 python benchmarks/bench_step.py \
       --models vit_small --batch 256 --steps 10 --warmup 3 --dtype bfloat16 \
       --torch-variants eager --json "$OUT/bench_step_vit_small_bfloat16.json"
+  # The LM search step (SmolLM2-135M's shape, random weights: no model file), bfloat16,
+  # 8 x 512 tokens, 20 timed steps per side: ours beside transformers' LlamaForCausalLM with
+  # straight-through 2:4 masked Linears (eager), tokens/s, memory and the mask's share.
+  section bench_lm_step_bfloat16 60 python benchmarks/bench_lm_step.py --batch 8 --seq-len 512 \
+      --dtype bfloat16 --steps 10 --rounds 2 --warmup 2 --torch-variants eager \
+      --json "$OUT/bench_lm_step_bfloat16.json"
+  # EXTRA (GPU_CHECKS_ONLY='bench_lm*'): the same with torch.compile, and ours' profile.
+  extra_section bench_lm_step_compile 240 python benchmarks/bench_lm_step.py --batch 8 \
+      --seq-len 512 --dtype bfloat16 --steps 10 --rounds 2 --warmup 2 \
+      --torch-variants eager,compile --profile --json "$OUT/bench_lm_step_compile.json"
   # Mask cost per layout (the radix search is the 'together' layout's default here).
   section bench_masks 20 python benchmarks/bench_masks.py --skip-step --repeats 5
   # The input pipeline feeding the GPU: CIFAR and ImageNet-size JPEGs, ResNet-32 loop with
   # and without prefetch.
-  section bench_input 35 python benchmarks/bench_input.py --only resnet32 --only cifar \
+  section bench_input 25 python benchmarks/bench_input.py --only resnet32 --only cifar \
       --only imagenet --imagenet-files 1024 --seconds 3 --json "$OUT/bench_input_gpu.json"
   # 2:4 sparse tensor cores: the exported jackpot's layers dense vs semi-structured.
   section bench_nm 25 python benchmarks/bench_nm.py --repeats 50

@@ -7,7 +7,8 @@
 #    versions (IMAGE_SET: jax/jaxlib 0.11.2 CPU, torch 2.11.0 / torchvision 0.26.0 -- PyPI has
 #    only their CUDA 13 builds for cp312 manylinux x86_64, which run on the CPU -- flax,
 #    optax, orbax-checkpoint, chex, numpy, timm, pillow, tqdm, absl-py and what they depend
-#    on) and nothing else of the project's: no ml_collections, grain, simplejpeg, pytest.
+#    on) and nothing else of the project's: no ml_collections, grain, simplejpeg, pytest,
+#    transformers, gguf, tokenizers (the bundle brings them).
 # 2. The committed tree (git archive of HEAD as the script starts; GPU_DRY_RUN_TREE=work: the working tree as it is,
 #    which is what a device run ships) exported to .gpu_dry/tree.
 # 3. WITHOUT the bundle: `GPU_CHECKS_TINY=1 bash benchmarks/gpu_checks.sh` must stop at the
@@ -48,7 +49,7 @@ echo "[gpu_dry_run] image-like venv $IMAGE: ${IMAGE_SET[*]}"
 # torch's nvidia-* / cuda-* dependencies come with it (the CUDA build), as in the image.
 "$IMAGE/bin/python" -m pip install -q --disable-pip-version-check "${IMAGE_SET[@]}" \
     2> >(grep -v "is ignored: it is neither" >&2) || exit 1
-for pkg in ml_collections grain simplejpeg pytest; do  # the image lacks them: so must this
+for pkg in ml_collections grain simplejpeg pytest transformers gguf tokenizers; do  # the image lacks them: so must this
   if "$IMAGE/bin/python" -c "import $pkg" 2>/dev/null; then
     echo "[gpu_dry_run] $pkg is installed in $IMAGE, which the GPU image lacks: remove $IMAGE and rerun"
     exit 1

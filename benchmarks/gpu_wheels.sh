@@ -7,8 +7,10 @@
 # flax, optax, orbax-checkpoint, chex, numpy, pillow, tqdm, absl-py, torch 2.11, torchvision
 # 0.26 and timm (IMAGE_HAS below). This downloads binary wheels for CPython 3.12 on manylinux
 # x86_64 of every dependency of the project (pyproject.toml's [project] dependencies, read
-# here, so a new one joins the bundle by itself) that the image does not have, of the tools the
-# GPU checks run (CHECK_TOOLS: pytest, psutil for bench_input), and of their dependencies,
+# here, so a new one joins the bundle by itself) and of its optional groups in EXTRAS (``lm``:
+# gguf, safetensors, tokenizers) that the image does not have, of the tools the GPU checks run
+# (CHECK_TOOLS: pytest, psutil for bench_input, transformers for bench_lm_step's PyTorch
+# side), and of their dependencies,
 # less the image's packages (numpy, absl-py, ... come along as dependencies and are dropped:
 # no jax, torch, CUDA or numpy wheel ever enters the bundle, the script fails if one does).
 # It writes gpu_wheels/requirements.txt (the top-level packages, pinned), which
@@ -26,23 +28,32 @@ PY_TAG="cp${PY_VERSION/./}"
 SHIP_LIMIT_MIB=64
 # What the GPU image already has (pip's names); never downloaded into the bundle.
 IMAGE_HAS="jax jaxlib flax optax orbax-checkpoint chex numpy pillow tqdm absl-py torch torchvision timm"
-# What the checks need beyond the package's dependencies (the tests, bench_input).
-CHECK_TOOLS="pytest psutil"
+# What the checks need beyond the package's dependencies (the tests, bench_input, and
+# transformers' LlamaForCausalLM for bench_lm_step).
+CHECK_TOOLS="pytest psutil transformers"
+# pyproject's optional-dependency groups the bundle carries too (the language models' readers).
+EXTRAS="lm"
 # Never in the bundle, whatever asks for them: the image's jax, torch, CUDA and numpy.
 FORBIDDEN_RE='^(jax|jaxlib|jax[-_]cuda.*|jax[-_]plugin.*|torch|torchvision|torchaudio|triton|nvidia[-_].*|cuda[-_].*|numpy)$'
 
 PIP_PY="$(command -v python3 || command -v python)"
 
 # The top-level requirements: pyproject's dependencies not in IMAGE_HAS, plus CHECK_TOOLS.
-NEEDS="$("$PIP_PY" - "$IMAGE_HAS" "$CHECK_TOOLS" <<'EOF'
+NEEDS="$("$PIP_PY" - "$IMAGE_HAS" "$CHECK_TOOLS" "$EXTRAS" <<'EOF'
 import re, sys
 try:
     import tomllib
-    deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+    project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+    deps = project["dependencies"]
+    for extra in sys.argv[3].split():
+        deps = deps + project["optional-dependencies"][extra]
 except ImportError:  # Python < 3.11: the dependency strings of the [project] table
     text = open("pyproject.toml").read()
     block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.S | re.M).group(1)
     deps = re.findall(r'^\s*"([^"]+)"', block, re.M)
+    for extra in sys.argv[3].split():
+        line = re.search(rf"^{extra}\s*=\s*\[(.*?)\]", text, re.M).group(1)
+        deps = deps + re.findall(r'"([^"]+)"', line)
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 image = {norm(n) for n in sys.argv[1].split()}
 out = [d.replace(" ", "") for d in deps

@@ -426,7 +426,7 @@ def lm_network(
     config.use_cache = False
     config._attn_implementation = "sdpa"
     net = LlamaForCausalLM(config)
-    tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}  # writable
     missing, unexpected = net.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:

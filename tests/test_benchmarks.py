@@ -83,3 +83,66 @@ def test_masked_layers_keep_the_top_scores_and_pass_gradients_straight_through()
     expected = w.grad * layer.weight * torch.sign(layer.mask.detach())
     torch.testing.assert_close(layer.mask.grad, expected)
     assert layer.weight.grad is None  # frozen
+
+
+def test_lm_row_masks_losses_and_score_gradients_agree_with_transformers():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import jax
+    import reference
+    from bench_lm_step import PATTERN, TINY, jax_runner, lm_setup, torch_runner, torch_weights
+
+    from jackpot_jax import method as jm
+    from jackpot_jax.pipeline.lm import next_token_loss
+
+    setup = lm_setup(dict(TINY, vocab_size=96), batch=2, seq_len=8)
+    # Distinct random scores (no ties, either sign) instead of the two magnitude levels.
+    rng = np.random.default_rng(1)
+    scores = jax.tree.map(
+        lambda s: (
+            (rng.permutation(s.size).reshape(s.shape) + 1.0) * rng.choice([-1.0, 1.0], s.shape)
+        ),
+        setup.search.state.params,
+    )
+    scores = jax.tree.map(lambda s: np.asarray(s, np.float32), scores)
+    state = setup.search.state.replace(params=scores)
+    masks = jm.masks_from_scores(scores, setup.search.budget)
+    setup = setup._replace(search=setup.search._replace(state=state, masks=masks))
+    weights = torch_weights(setup)
+    net = reference.lm_network(*weights, PATTERN.n, PATTERN.m)
+    layers = {n: m for n, m in net.named_modules() if isinstance(m, reference.MaskedNMLinear)}
+    ours = {reference.lm_module_name(p): np.asarray(m) for p, m in jm.flatten_paths(masks).items()}
+    assert sorted(layers) == sorted(ours) and len(ours) == 7 * TINY["num_hidden_layers"]
+    for name, layer in layers.items():
+        m = reference.nm_mask(layer.scores.detach().abs(), 2, 4).numpy()
+        np.testing.assert_array_equal(m, ours[name].T, err_msg=name)
+        # exactly 2 of every 4 consecutive inputs of each output row
+        assert (m.reshape(m.shape[0], -1, 4).sum(-1) == 2).all(), name
+    # Step-0 losses: the benchmark's two steps (ours through the core, transformers' eager)
+    # on the same masked network and next-token loss.
+    loss_jax = jax_runner(setup, "float32")()[1]
+    run = torch_runner(setup, weights, "eager", "float32", "cpu")
+    loss_torch = run()[1]
+    assert loss_torch == pytest.approx(loss_jax, rel=1e-5)
+    trained = [p for g in run.optimizer.param_groups for p in g["params"]]
+    assert sorted(tuple(p.shape) for p in trained) == sorted(m.T.shape for m in ours.values())
+
+    # The straight-through gradient reaching the scores: ours (jax.grad through
+    # jm.masked_params) against torch's autograd through MaskedNMLinear.
+    def loss(s):
+        p = jm.masked_params(setup.variables["params"], s, setup.search.budget)
+        return next_token_loss(setup.module.apply({"params": p}, setup.inputs), setup.labels)
+
+    value, grads = jax.value_and_grad(loss)(scores)
+    assert float(value) == pytest.approx(loss_jax, rel=1e-6)
+    net = reference.lm_network(*weights, PATTERN.n, PATTERN.m)
+    x = torch.from_numpy(setup.inputs.astype(np.int64))
+    y = torch.from_numpy(setup.labels.astype(np.int64))
+    logits = net(input_ids=x).logits
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+    named = dict(net.named_modules())
+    for path, g in jm.flatten_paths(grads).items():
+        layer = named[reference.lm_module_name(path)]
+        got = layer.scores.grad.numpy()
+        np.testing.assert_allclose(got, np.asarray(g).T, rtol=1e-4, atol=1e-7, err_msg=path)
+        assert np.abs(got).max() > 0 and layer.weight.grad is None, path  # weights frozen
