@@ -161,7 +161,7 @@ def verdicts(res: dict) -> str:
             out.append(
                 f"- Of the gap between its prior ({_ppl(pr['test_ppl_mean'])}) and dense "
                 f"({_ppl(dn['test_ppl_mean'])}), the jackpot closed {closed:.0%} (means over "
-                f"seeds) with {j['tokens']:,} tokens."
+                f"seeds; above 100%: below dense) with {j['tokens']:,} tokens."
             )
         out.append(
             f"- Goal (test perplexity below SparseGPT mask-only's and Wanda's, both intervals "
