@@ -124,6 +124,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.lm.remat = False  # rematerialise each block in the backward pass
     c.lm.blocksize = 128  # SparseGPT
     c.lm.percdamp = 0.01
+    c.lm.train = "scores"  # scores (jackpot search) | weights (tune the prior's kept weights) | none
+    c.lm.evaluate_test = True  # False: no test perplexity (selection runs)
+    c.lm.dense = True  # the dense model's perplexity
+    c.lm.prior_masks = ""  # a folder with masks_<prior>.npz from another run
+    c.lm.save_masks = ()  # baselines whose masks are saved as masks_<name>.npz
+    c.lm.export = True  # False: final_mask.npz only, no jackpot.npz
+    c.lm.keep_checkpoints = True
     return c
 
 
