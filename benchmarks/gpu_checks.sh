@@ -14,7 +14,7 @@
 #        device run with carry ["gpu_wheels"] and timeout_s 600; logs in $OUT (default ./gpu_out)
 #   GPU_CHECKS_TINY=1 bash benchmarks/gpu_checks.sh   # the same steps, tiny, on any machine
 #
-# First the setup (limit 45 s): a virtual environment in $GPU_CHECKS_ENV (default
+# First the setup (limit 60 s): a virtual environment in $GPU_CHECKS_ENV (default
 # ./.gpu_checks_env) on top of the image's Python ($GPU_CHECKS_PYTHON, default python3) that
 # sees the image's packages and gets gpu_wheels/ installed into it with `pip install
 # --no-index --find-links gpu_wheels -r gpu_wheels/requirements.txt`: nothing is downloaded,
@@ -25,7 +25,7 @@
 # every jackpot_jax and benchmark module; if JAX sees no GPU (unless GPU_CHECKS_TINY=1) or an
 # import fails, the script stops right there with one [gpu_checks] STOP line naming the cause
 # (the missing package), exit status 2, so a broken environment costs seconds, not the slot.
-# The limits add up to 580 s (setup 45 + preflight 40 + checks 495), so the run ends within
+# The limits add up to 590 s (setup 60 + preflight 40 + checks 490), so the run ends within
 # 10 minutes even if every section runs to its limit; the setup and preflight take ~20-30 s.
 # GPU_CHECKS_ONLY='<glob>' runs only the check sections whose names match (setup and
 # preflight always run), e.g. GPU_CHECKS_ONLY='bench_lm*'; sections marked EXTRA (the LM step
@@ -113,13 +113,14 @@ print("\n".join(f"{n}=={v}" for n, v in sorted(pins.items()) if pat.match(n)))' 
     return 0
   fi
   # No configuration file, no PIP_* variable (--isolated), no index: only the shipped wheels.
-  PIP_CONFIG_FILE=/dev/null "$ENV_DIR/bin/python" -m pip install --isolated \
+  # --no-compile: no byte-compiling of transformers' thousands of modules (most never imported)
+  PIP_CONFIG_FILE=/dev/null "$ENV_DIR/bin/python" -m pip install --isolated --no-compile \
       --disable-pip-version-check --no-index --find-links gpu_wheels -c "$ENV_DIR/image_pins.txt" -r gpu_wheels/requirements.txt
 }
 if [ "${GPU_CHECKS_SETUP:-1}" = "1" ]; then
   export BASE_PY ENV_DIR
   export -f setup_env
-  section setup 45 bash -c setup_env \
+  section setup 60 bash -c setup_env \
       || stop "setup failed (see $OUT/setup.log): $(grep -E 'ERROR|Error' "$OUT/setup.log" | head -1)"
   grep -E '^no gpu_wheels' "$OUT/setup.log" | sed 's/^/[gpu_checks] /'
   export PATH="$ENV_DIR/bin:$PATH"
@@ -201,7 +202,7 @@ else
   # The LM search step (SmolLM2-135M's shape, random weights: no model file), bfloat16,
   # 8 x 512 tokens, 20 timed steps per side: ours beside transformers' LlamaForCausalLM with
   # straight-through 2:4 masked Linears (eager), tokens/s, memory and the mask's share.
-  section bench_lm_step_bfloat16 60 python benchmarks/bench_lm_step.py --batch 8 --seq-len 512 \
+  section bench_lm_step_bfloat16 55 python benchmarks/bench_lm_step.py --batch 8 --seq-len 512 \
       --dtype bfloat16 --steps 10 --rounds 2 --warmup 2 --torch-variants eager \
       --json "$OUT/bench_lm_step_bfloat16.json"
   # EXTRA (GPU_CHECKS_ONLY='bench_lm*'): the same with torch.compile, and ours' profile.
