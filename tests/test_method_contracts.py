@@ -248,3 +248,35 @@ def test_data_criteria_without_their_data_name_what_is_missing():
     assert set(jm.WARMUPS) == {*jm.CRITERIA, "kaiming"}
     with pytest.raises(ConfigError, match="criterion='nope' is not known; expected one of"):
         jm.CRITERIA["nope"]
+
+
+# --- found by the mutation sample at 40ec643 ---------------------------------------------------
+
+
+def test_default_filter_reads_the_last_path_component_at_any_depth():
+    """The default prunable filter chooses leaves *named* ``kernel`` (the last '/'-joined
+    component) with at least 2 dims, however deep the module nesting."""
+    params = {
+        "layer1_0": {"conv1": {"kernel": np.ones((3, 3, 4, 4))}, "bn1": {"scale": np.ones(4)}},
+        "kernel": {"bias": np.ones(4)},  # a module named 'kernel': its bias is no kernel
+        "fc": {"kernel": np.ones((4, 2)), "bias": np.ones(2)},
+        "classifier": {"kernel": np.ones((2, 3))},
+    }
+    assert jm.prunable_paths(params, jm.make_filter()) == ["fc/kernel", "layer1_0/conv1/kernel"]
+
+
+def test_satisfies_pattern_groups_along_the_input_axis_of_a_conv_kernel():
+    """For an HWIO kernel the groups of ``m`` run along axis -2 (input channels) within each
+    (h, w, out) position: a mask that is 2:4 that way passes, and one that is 2:4 only along
+    another axis fails."""
+    pattern = jm.NMPattern(2, 4)
+    good = np.zeros((2, 3, 8, 5), np.float32)
+    good[:, :, 0::4, :] = 1  # inputs 0 and 1 of each group of 4, at every position
+    good[:, :, 1::4, :] = 1
+    assert jm.satisfies_pattern(good, pattern)
+    wrong = np.zeros((2, 4, 8, 5), np.float32)
+    wrong[:, 0:2, :, :] = 1  # 2 of every 4 along axis 1, all inputs kept there
+    assert not jm.satisfies_pattern(wrong, pattern)
+    bad = good.copy()
+    bad[1, 2, 0, 4] = 0  # one group with a single kept weight
+    assert not jm.satisfies_pattern(bad, pattern)
