@@ -224,6 +224,6 @@ def test_the_command_names_an_unknown_study_in_one_error_line(tmp_path):
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: study='vit_large' is not a study; expected one of ['paper', 'sweep', 'vit']"
+        "error: study='vit_large' is not a study; expected one of ['lm', 'paper', 'sweep', 'vit']"
     ]
     assert not os.listdir(tmp_path)  # nothing ran
