@@ -124,7 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.lm.remat = False  # rematerialise each block in the backward pass
     c.lm.blocksize = 128  # SparseGPT
     c.lm.percdamp = 0.01
-    c.lm.train = "scores"  # scores (jackpot search) | weights (tune the prior's kept weights) | none
+    c.lm.train = (
+        "scores"  # scores (jackpot search) | weights (tune the prior's kept weights) | none
+    )
     c.lm.evaluate_test = True  # False: no test perplexity (selection runs)
     c.lm.dense = True  # the dense model's perplexity
     c.lm.prior_masks = ""  # a folder with masks_<prior>.npz from another run
