@@ -8,7 +8,16 @@ The GGUF is converted once into <workdir>/source_model; dense, magnitude, Wanda,
 search from Wanda's 2:4 mask (MaskLLM's prior): AdamW on the scores, next-token loss, 48
 steps of 4 windows of 128 tokens (24,576 tokens), validation perplexity every 12 steps.
 Sized for two CPU cores: calibration on 32 windows, perplexity on the first 4,096 tokens of
-each held-out split. Measured time: see the end of this docstring.
+each held-out split.
+
+Measured on the 2 shared CPU cores (raw log benchmarks/results/lm_smollm2_wanda_prior_cpu2_22a4705.log):
+with only the Wanda baseline (``'--config.lm.baselines=("wanda",)'``) the whole run took
+12 min 49 s at load 1-8 (conversion, dense perplexity, Wanda 165 s, 48 search steps with 4
+validations); dense 49.7 / 61.4 (val / test), Wanda 183.9 / 224.0, the jackpot after 24,576
+tokens 187.8 / 230.1 (overlap with the prior 0.975): at this budget the search did not beat
+its prior. The other baselines took magnitude 178 s, SparseGPT mask-only 564 s and SparseGPT
+with its update 857 s in earlier runs at load 10-13, so the default config takes about 40
+minutes.
 """
 
 from jackpot_jax.pipeline.config import base_config
