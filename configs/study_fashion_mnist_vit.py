@@ -2,7 +2,7 @@
 its controls (issue 29, items 4 and 5).
 
 Run (resumable in pieces: rerun the same command to continue; about 4 hours of 2 CPU cores):
-  python -m jackpot_jax.study --config configs/study_fashion_mnist_vit.py --workdir /work/runs/study_vit_rerun
+  python -m jackpot_jax.study --config configs/study_fashion_mnist_vit.py --workdir runs/study_vit_rerun
 Smoke variant (tiny: a few hundred images, 1-2 epochs, one final seed; a few minutes):
   python -m jackpot_jax.study --config configs/study_fashion_mnist_vit.py --workdir runs/study_vit_quick \\
       --config.quick=True

